@@ -1,0 +1,355 @@
+"""Typed, frozen configuration loaded from YAML.
+
+Every parameter of the model lives in ``configs/default.yaml``; this module
+turns that file (plus user files and ``section.key=value`` overrides) into
+frozen dataclasses. Each field carries its allowed range or choices in its
+metadata, so validation and error messages come from one place. Any bad key,
+type or value raises :class:`ConfigError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
+
+
+class CosimError(Exception):
+    """Base of every error that scripts report as one line, without a traceback."""
+
+
+class ConfigError(CosimError, ValueError):
+    """A configuration key, type or value is not allowed."""
+
+
+def _f(default: Any, lo: float | None = None, hi: float | None = None, choices: Iterable[Any] | None = None,
+       doc: str = "") -> Any:
+    """A dataclass field with its allowed range (inclusive) or choices."""
+    meta = {"lo": lo, "hi": hi, "choices": tuple(choices) if choices is not None else None, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class RSUConfig:
+    x: float = _f(0.0, doc="x in network coordinates, m")
+    y: float = _f(0.0, doc="y in network coordinates (road: lateral offset l_k), m")
+    height: float = _f(10.0, 0.0, 500.0, doc="antenna height H_k, m")
+    radius: float = _f(200.0, 1.0, 10_000.0, doc="coverage radius (horizontal distance), m")
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    n_cvs: int = _f(5, 1, 64, doc="client vehicles I (the agents)")
+    road_length_m: float = _f(700.0, 10.0, 100_000.0)
+    lanes_per_direction: int = _f(2, 1, 8)
+    lane_width_m: float = _f(3.75, 1.0, 10.0)
+    rsus: tuple[RSUConfig, ...] = _f(
+        (RSUConfig(200.0, 9.375), RSUConfig(350.0, 9.375), RSUConfig(500.0, 9.375)),
+        doc="RSUs K: list of {x, y, height, radius}")
+    slot_s: float = _f(1.0, 1e-3, 60.0, doc="slot length tau, s")
+    episode_slots: int = _f(30, 1, 100_000)
+    cv_speed_mps: Range = _f((12.0, 16.0), 0.0, 70.0, doc="CV speed U[lo, hi], drawn per episode")
+    boundary: str = _f("wrap", choices=("wrap", "uturn"),
+                       doc="analytic road ends: re-enter at the other end, or U-turn into the mirror lane")
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    bandwidth_hz: float = _f(20e6, 1e3, 1e11)
+    noise_w: float = _f(1e-13, 1e-20, 1.0)
+    tx_power_w: float = _f(1.0, 1e-6, 100.0)
+    sensing_gain: float = _f(1.5, 0.1, 100.0, doc="ISAC enhancement factor Theta")
+    pathloss_db_1m: float = _f(-38.4, -200.0, 0.0, doc="path loss g = pathloss_db_1m - slope_db * log10(d)")
+    pathloss_slope_db: float = _f(21.0, 0.0, 100.0)
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    cv_cpu_hz: Range = _f((2e9, 3e9), 1e6, 1e12, doc="CV CPU U[lo, hi], drawn per episode")
+    rsu_cpu_hz: float = _f(20e9, 1e6, 1e13, doc="F_max per RSU")
+    twin_reserve_hz: float = _f(1e9, 0.0, 1e13, doc="C_twin reserved per RSU for the digital twin")
+    kappa_cv: float = _f(1e-26, 0.0, 1e-20)
+    kappa_rsu: float = _f(1e-28, 0.0, 1e-20)
+    min_rsu_share_hz: float = _f(1e6, 0.0, 1e10, doc="floor on F_ik where a part is offloaded")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    size_bits: Range = _f((1e6, 3e6), 1.0, 1e12)
+    instr_bits: Range = _f((1e4, 5e4), 0.0, 1e12)
+    intensity_cycles_per_bit: Range = _f((1500.0, 2000.0), 1e-3, 1e7)
+    co_intensity_cycles_per_bit: Range = _f((100.0, 500.0), 0.0, 1e7)
+    deadline_s: Range = _f((0.5, 1.0), 1e-4, 1e4)
+
+
+@dataclass(frozen=True)
+class LyapunovConfig:
+    V: float = _f(5.0, 0.0, 1e6, doc="drift-plus-penalty weight")
+    alpha: float = _f(0.6, 0.0, 1.0, doc="delay weight in the cost")
+    energy_budget_j: float = _f(10.0, 0.0, 1e9, doc="E_max / I: per-CV energy budget per slot, J")
+    little_window: int = _f(10, 1, 10_000, doc="Little's-law window m, slots")
+    deadline_penalty: float = _f(0.0, 0.0, 1e6, doc="cost added per deadline miss (0: reported only)")
+
+
+@dataclass(frozen=True)
+class ActionConfig:
+    min_bandwidth_share: float = _f(1e-3, 0.0, 0.3, doc="b_min on a link that carries a part")
+    min_split_share: float = _f(0.01, 0.0, 0.3,
+                                doc="parts below this share are dropped and the rest renormalised")
+
+
+@dataclass(frozen=True)
+class TwinConfig:
+    enabled: bool = _f(True, doc="Ly-DTMPPO (true) or Ly-MAPPO (false): DT part of the actor's observation")
+    sync_error: float = _f(0.0, 0.0, 10.0, doc="relative Gaussian noise on the DT part")
+    staleness: int = _f(0, 0, 1000, doc="slots by which the DT part lags")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    lr: float = _f(8e-5, 1e-7, 1.0)
+    critic_lr: float = _f(8e-5, 1e-7, 1.0)
+    gamma: float = _f(0.99, 0.0, 1.0)
+    gae_lambda: float = _f(0.95, 0.0, 1.0)
+    clip: float = _f(0.2, 0.0, 10.0)
+    epochs: int = _f(10, 1, 1000)
+    batch_size: int = _f(512, 1, 1_000_000, doc="minibatch size, samples")
+    episodes: int = _f(1800, 1, 10_000_000)
+    n_envs: int = _f(16, 1, 4096, doc="episodes collected in parallel per update")
+    hidden: int = _f(128, 4, 4096, doc="width of the two hidden layers")
+    entropy_coef: float = _f(0.0, 0.0, 10.0)
+    value_coef: float = _f(0.5, 0.0, 100.0)
+    max_grad_norm: float = _f(10.0, 0.0, 1e6)
+    log_std_init: float = _f(-0.5, -10.0, 5.0)
+    value_norm: bool = _f(True)
+    orthogonal_init: bool = _f(True)
+    adv_norm: bool = _f(True)
+    share_params: bool = _f(True, doc="one actor for all agents with an agent-id one-hot")
+    team_reward: bool = _f(True, doc="train on R(t) (true) or on each agent's r_i (false)")
+    checkpoint_every: int = _f(100, 1, 10_000_000, doc="episodes between checkpoints")
+    extra: dict = _f({}, doc="algorithm-specific settings, free-form")
+
+
+@dataclass(frozen=True)
+class SumoConfig:
+    sumocfg: str | None = _f(None, doc=".sumocfg of the map; null: the paper's road in sumo_net/road")
+    net: str | None = _f(None, doc=".net.xml of another map (with routes, or random trips)")
+    routes: str | None = _f(None)
+    step_length_s: float | None = _f(None, 1e-3, 60.0, doc="SUMO step length; null: the map's own (or 1 s)")
+    cv_vtype: str | None = _f(None, doc="CVs are vehicles of this vType; null: the first I vehicles to depart")
+    background_vehicles: int = _f(0, 0, 100_000, doc="non-CV vehicles on the paper's road")
+    rsu_spacing_m: float = _f(300.0, 10.0, 100_000.0, doc="automatic RSU placement spacing on other maps")
+    rsu_placement: str = _f("config", choices=("config", "auto"))
+    random_trips_period_s: float = _f(2.0, 0.01, 1000.0)
+    use_libsumo: bool = _f(True, doc="libsumo headless; TraCI when false (always TraCI with the GUI)")
+    restart_on_crash: bool = _f(False)
+    extra_args: tuple[str, ...] = _f((), doc="further SUMO command-line arguments")
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: str = _f("analytic", choices=("analytic", "sumo"))
+    seed: int = _f(0, 0, 2**31 - 1)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    tasks: TaskConfig = field(default_factory=TaskConfig)
+    lyapunov: LyapunovConfig = field(default_factory=LyapunovConfig)
+    actions: ActionConfig = field(default_factory=ActionConfig)
+    twin: TwinConfig = field(default_factory=TwinConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    sumo: SumoConfig = field(default_factory=SumoConfig)
+
+    def replace(self, **changes: Any) -> "Config":
+        """Dotted-key replacement with validation: cfg.replace(**{"lyapunov.V": 10})."""
+        return from_dict(deep_merge(to_dict(self), _nest(changes)))
+
+    @property
+    def n_rsus(self) -> int:
+        return len(self.scenario.rsus)
+
+
+# ---------------------------------------------------------------------------
+# dict <-> dataclass
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k != "extra":
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{key}': '{p}' is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key, meta)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))},"
+                              f" got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]", meta) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} numbers [lo, hi], got {value!r}")
+        out = tuple(_convert(v, a, key, meta) for v, a in zip(value, args))
+        if len(out) == 2 and all(isinstance(v, (int, float)) for v in out) and out[0] > out[1]:
+            raise ConfigError(f"{key}: lower bound {out[0]} exceeds upper bound {out[1]}")
+        return out
+    if tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        value = int(value)
+    elif tp is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads '1e9' as a string
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    else:  # pragma: no cover - a field type this loader does not know is a programming error
+        raise TypeError(f"{key}: unsupported field type {_type_name(tp)}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{key}: {value!r} is out of range [{lo:g}, {hi:g}]")
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (allowed in "
+                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(fields)})")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(value, hints[name], prefix + name, fields[name].metadata)
+    return cls(**kwargs)
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    cfg = _build(Config, data)
+    if len(cfg.scenario.rsus) < 1:
+        raise ConfigError("scenario.rsus: at least one RSU is needed")
+    if cfg.compute.twin_reserve_hz >= cfg.compute.rsu_cpu_hz:
+        raise ConfigError(f"compute.twin_reserve_hz: {cfg.compute.twin_reserve_hz:g} leaves no RSU capacity "
+                          f"(must be below compute.rsu_cpu_hz = {cfg.compute.rsu_cpu_hz:g})")
+    return cfg
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["lyapunov.V=10", "twin.enabled=false"]`` -> nested dict; values parsed as YAML."""
+    flat: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            flat[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            flat[key.strip()] = raw
+    return _nest(flat)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {p} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections")
+    return data
+
+
+def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = (),
+                defaults: Mapping[str, Any] | None = None) -> Config:
+    """configs/default.yaml, then ``defaults`` (a script's own), then each file, then overrides."""
+    data = read_yaml(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.is_file() else {}
+    if defaults:
+        data = deep_merge(data, _nest(defaults))
+    for f in files:
+        data = deep_merge(data, read_yaml(f))
+    data = deep_merge(data, parse_overrides(overrides))
+    return from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

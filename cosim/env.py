@@ -1,0 +1,252 @@
+"""Environments: a vectorised batch co-simulation and a PettingZoo ParallelEnv.
+
+One slot, in the order of MODEL.md section 2: mobility gives positions, every
+CV draws a task and every link a fade, agents observe and act, the model turns
+the projected actions into delays, energies, cost and reward, queues move on,
+mobility advances tau seconds.
+
+:class:`BatchCoSim` steps E episodes at once in numpy (all in lockstep, every
+episode ``episode_slots`` long); :class:`CoSimParallelEnv` is the same
+simulation with E = 1 behind PettingZoo's ParallelEnv API.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+from . import model as M
+from .config import Config, CosimError, load_config
+from .mobility import AnalyticMobility, MobilityState
+from .twin import DigitalTwin, ObsLayout
+
+ACTION_BOUND = 10.0  # raw actions in [-10, 10] already saturate every softmax and sigmoid
+
+
+def make_mobility(cfg: Config, backend: str, n_envs: int, n_cvs: int, **sumo_kwargs: Any):
+    """The mobility backend with the batch interface reset_batch/advance_batch -> (E, I) arrays."""
+    if backend == "analytic":
+        if sumo_kwargs.get("gui") or sumo_kwargs.get("record_dir"):
+            raise CosimError("--gui and --record need the SUMO backend (--backend sumo)")
+        return AnalyticMobility(cfg, n_envs=n_envs, n_cvs=n_cvs)
+    if backend == "sumo":
+        from .sumo_mobility import SumoBatchMobility
+        return SumoBatchMobility(cfg, n_envs=n_envs, n_cvs=n_cvs, **sumo_kwargs)
+    raise CosimError(f"unknown backend '{backend}' (choose analytic or sumo)")
+
+
+@dataclass
+class StepOutput:
+    """What one batch step returns."""
+
+    obs: np.ndarray           # (E, I, D) actor observations for the next slot
+    state: np.ndarray         # (E, S) critic state for the next slot
+    agent_reward: np.ndarray  # (E, I), r_i
+    reward: np.ndarray        # (E,), R(t)
+    done: bool                # the episode ended (truncation at episode_slots)
+    result: M.SlotResult      # everything the model computed this slot
+    decision: M.Decision      # the projected decision
+    mobility: MobilityState   # where the CVs were during the slot
+
+
+class BatchCoSim:
+    """E co-simulated episodes stepped together; numpy arrays in and out."""
+
+    def __init__(self, cfg: Config | None = None, n_envs: int = 1, n_cvs: int | None = None,
+                 backend: str | None = None, twin: bool | None = None, seed: int | None = None,
+                 mobility: Any = None, **sumo_kwargs: Any):
+        cfg = cfg if cfg is not None else load_config()
+        if n_cvs is not None:
+            cfg = cfg.replace(**{"scenario.n_cvs": n_cvs})
+        if twin is not None:
+            cfg = cfg.replace(**{"twin.enabled": bool(twin)})
+        self.cfg = cfg
+        self.backend = backend or cfg.backend
+        self.n_envs = n_envs
+        self.n_cvs = cfg.scenario.n_cvs
+        self.mobility = mobility if mobility is not None else make_mobility(
+            cfg, self.backend, n_envs, self.n_cvs, **sumo_kwargs)
+        rsus = self.mobility.rsu_configs() if hasattr(self.mobility, "rsu_configs") else cfg.scenario.rsus
+        self.params = M.ModelParams.from_config(cfg, rsus)
+        self.n_rsus = self.params.n_rsus
+        self.twin = DigitalTwin(self.params, cfg.twin.enabled, cfg.twin.sync_error, cfg.twin.staleness,
+                                speed_scale=max(cfg.scenario.cv_speed_mps[1], 1.0))
+        self.layout: ObsLayout = self.twin.layout
+        self.obs_dim = self.layout.dim
+        self.state_dim = self.n_cvs * self.obs_dim
+        self.action_dim = M.action_dim(self.n_rsus)
+        self.episode_slots = cfg.scenario.episode_slots
+        self._seed_seq = np.random.SeedSequence(seed)
+        self._rng = np.random.default_rng(self._seed_seq)
+        self._closed = False
+        self.t = 0
+
+    # -- one slot's random inputs and observation --------------------------------------------
+    def _begin_slot(self) -> tuple[np.ndarray, np.ndarray]:
+        shape = (self.n_envs, self.n_cvs)
+        self.tasks = M.draw_tasks(self._rng, self.params, shape)
+        self.fading = M.draw_fading(self._rng, shape + (self.n_rsus,))
+        mob = self.mob
+        hd = M.horizontal_distance(self.params, mob.x, mob.y)
+        self.covered = M.coverage(self.params, hd, mob.active)
+        self.d3 = M.distance_3d(self.params, hd)
+        self.spec_eff = M.spectral_efficiency(self.params, self.d3, self.fading)
+        self.obs, self.state = self.twin.observe(mob, self.tasks, self.cv_cpu, self.covered, self.d3,
+                                                 self.spec_eff, self.queues)
+        return self.obs, self.state
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Start new episodes; ``seed`` restarts the random streams (None continues them)."""
+        if seed is not None:
+            self._seed_seq = np.random.SeedSequence(seed)
+            self._rng = np.random.default_rng(self._seed_seq)
+        mob_seed, twin_seed = (int(s) for s in self._rng.integers(0, 2**31 - 1, 2))
+        self.mob = self.mobility.reset_batch(mob_seed)
+        self.twin.reset(twin_seed)
+        self.cv_cpu = M.draw_cv_cpu(self._rng, self.params, (self.n_envs, self.n_cvs))
+        self.queues = M.QueueState.zeros(self.n_envs, self.n_cvs, self.n_rsus, self.params.window)
+        self.t = 0
+        return self._begin_slot()
+
+    def project(self, raw: np.ndarray) -> M.Decision:
+        return M.project(self.params, raw, self.covered, self.mob.active)
+
+    def step(self, raw_actions: np.ndarray) -> StepOutput:
+        """Apply raw actions (E, I, 3K+2) for the current slot and move to the next."""
+        raw = np.asarray(raw_actions, dtype=float).reshape(self.n_envs, self.n_cvs, self.action_dim)
+        decision = self.project(raw)
+        result, self.queues = M.slot(self.params, self.queues, self.tasks, self.cv_cpu, self.spec_eff,
+                                     decision, self.mob.active)
+        mob_now = self.mob
+        self.mob = self.mobility.advance_batch(self.params.tau)
+        self.t += 1
+        obs, state = self._begin_slot()
+        return StepOutput(obs, state, result.agent_reward, result.reward, self.t >= self.episode_slots,
+                          result, decision, mob_now)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.mobility.close()
+
+    def __enter__(self) -> "BatchCoSim":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def slot_metrics(result: M.SlotResult, decision: M.Decision, e: int, i: int) -> dict[str, Any]:
+    """Per-CV metrics of one slot, for infos and logs."""
+    off = result.offloaded[e, i]
+    modes = np.where(~off, "-", np.where(result.instr_mode[e, i], "InstrT", "DataT"))
+    return {
+        "active": bool(result.active[e, i]),
+        "delay_s": float(result.delay[e, i]),
+        "energy_j": float(result.energy[e, i]),
+        "cost": float(result.cost[e, i]),
+        "deadline_miss": bool(result.deadline_miss[e, i]),
+        "split": decision.split[e, i].copy(),
+        "bandwidth": decision.bandwidth[e, i].copy(),
+        "cpu_hz": decision.cpu[e, i].copy(),
+        "modes": modes.tolist(),
+        "reward": float(result.agent_reward[e, i]),
+    }
+
+
+class CoSimParallelEnv(ParallelEnv):
+    """PettingZoo ParallelEnv over one co-simulated episode at a time.
+
+    Agents ``cv_0`` ... ``cv_{I-1}`` are present for the whole episode; each
+    acts with 3K+2 raw numbers in [-10, 10] that the environment projects onto
+    the feasible set. Rewards are the per-agent r_i (``reward='agent'``, they add
+    up to R(t)) or R(t) for every agent (``reward='team'``).
+    """
+
+    metadata = {"name": "dtcosim_v0", "render_modes": [], "is_parallelizable": True}
+
+    def __init__(self, cfg: Config | None = None, backend: str | None = None, n_cvs: int | None = None,
+                 seed: int | None = None, twin: bool | None = None, reward: str = "agent", **sumo_kwargs: Any):
+        if reward not in ("agent", "team"):
+            raise CosimError(f"reward '{reward}' is not one of agent, team")
+        self.sim = BatchCoSim(cfg, n_envs=1, n_cvs=n_cvs, backend=backend, twin=twin, seed=seed, **sumo_kwargs)
+        self.cfg = self.sim.cfg
+        self.reward_mode = reward
+        self.possible_agents = [f"cv_{i}" for i in range(self.sim.n_cvs)]
+        self.agents: list[str] = []
+        self._obs_space = spaces.Box(-np.inf, np.inf, (self.sim.obs_dim,), np.float32)
+        self._act_space = spaces.Box(-ACTION_BOUND, ACTION_BOUND, (self.sim.action_dim,), np.float32)
+        self.state_space = spaces.Box(-np.inf, np.inf, (self.sim.state_dim,), np.float32)
+        self.last: StepOutput | None = None
+
+    @functools.lru_cache(maxsize=None)
+    def observation_space(self, agent: str) -> spaces.Box:
+        return self._obs_space
+
+    @functools.lru_cache(maxsize=None)
+    def action_space(self, agent: str) -> spaces.Box:
+        return self._act_space
+
+    def _obs_dict(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        return {a: obs[0, i] for i, a in enumerate(self.possible_agents)}
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        obs, _ = self.sim.reset(seed)
+        self.agents = list(self.possible_agents)
+        self.last = None
+        infos = {a: {"active": bool(self.sim.mob.active[0, i])} for i, a in enumerate(self.agents)}
+        return self._obs_dict(obs), infos
+
+    def state(self) -> np.ndarray:
+        return self.sim.state[0]
+
+    def step(self, actions: dict[str, np.ndarray]):
+        if not self.agents:
+            raise CosimError("step() called on a finished episode: call reset() first")
+        raw = np.zeros((1, self.sim.n_cvs, self.sim.action_dim))
+        for i, a in enumerate(self.possible_agents):
+            if a in actions:
+                raw[0, i] = np.clip(actions[a], -ACTION_BOUND, ACTION_BOUND)
+        out = self.sim.step(raw)
+        self.last = out
+        r = out.result
+        rewards = {a: float(out.reward[0] if self.reward_mode == "team" else out.agent_reward[0, i])
+                   for i, a in enumerate(self.possible_agents)}
+        infos = {}
+        for i, a in enumerate(self.possible_agents):
+            info = slot_metrics(r, out.decision, 0, i)
+            info["q_loc"] = float(self.sim.queues.q_loc[0, i])
+            info["energy_queue"] = float(self.sim.queues.energy[0, i])
+            info["system_cost"] = float(r.system_cost[0])
+            info["system_reward"] = float(r.reward[0])
+            infos[a] = info
+        terms = {a: False for a in self.possible_agents}
+        truncs = {a: out.done for a in self.possible_agents}
+        obs = self._obs_dict(out.obs)
+        if out.done:
+            self.agents = []
+        return obs, rewards, terms, truncs, infos
+
+    def render(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.sim.close()
+
+
+def make_env(config: Config | None = None, backend: str | None = None, n_cvs: int | None = None,
+             seed: int | None = None, twin: bool | None = None, **kwargs: Any) -> CoSimParallelEnv:
+    """A PettingZoo ParallelEnv; None arguments take the config's values (5 CVs, twin on, analytic)."""
+    return CoSimParallelEnv(config, backend=backend, n_cvs=n_cvs, seed=seed, twin=twin, **kwargs)
+
+
+def make_batch_env(config: Config | None = None, n_envs: int = 16, backend: str | None = None,
+                   n_cvs: int | None = None, seed: int | None = None, twin: bool | None = None,
+                   **kwargs: Any) -> BatchCoSim:
+    """A vectorised simulator stepping ``n_envs`` episodes at once (for training)."""
+    return BatchCoSim(config, n_envs=n_envs, n_cvs=n_cvs, backend=backend, twin=twin, seed=seed, **kwargs)

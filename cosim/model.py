@@ -1,0 +1,395 @@
+"""The system model of MODEL.md sections 3-7, as pure functions over arrays.
+
+Arrays carry batch axes: E environments, I client vehicles (CVs), K RSUs.
+Nothing here touches SUMO, torch or a global random state: randomness comes
+in through an explicit ``numpy.random.Generator`` and state through
+:class:`QueueState`, so every function is a plain map from arrays to arrays.
+
+Units are SI throughout (m, s, Hz, bit, cycles, W, J); cost and reward are
+normalised by one average task done locally (T_ref, E_ref, W_ref, section 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+
+from .config import Config
+
+_EPS = 1e-12  # keeps rates and spectral efficiencies strictly positive under deep fades
+_LOGIT_CLIP = 50.0  # raw actions beyond this saturate every softmax/sigmoid anyway
+
+
+@dataclass(frozen=True, eq=False)
+class ModelParams:
+    """Everything the model needs, in SI units, derived once from a :class:`Config`."""
+
+    rsu_xy: np.ndarray        # (K, 2)
+    rsu_height: np.ndarray    # (K,)
+    rsu_radius: np.ndarray    # (K,)
+    bandwidth: float
+    noise: float
+    tx_power: float
+    sensing_gain: float
+    pathloss_db_1m: float
+    pathloss_slope_db: float
+    rsu_cpu: float
+    twin_reserve: float
+    kappa_cv: float
+    kappa_rsu: float
+    min_rsu_share: float
+    tau: float
+    V: float
+    alpha: float
+    energy_budget: float      # per CV per slot
+    window: int
+    deadline_penalty: float
+    min_bandwidth_share: float
+    min_split_share: float
+    cv_cpu_range: tuple[float, float]
+    size_range: tuple[float, float]
+    instr_range: tuple[float, float]
+    intensity_range: tuple[float, float]
+    co_intensity_range: tuple[float, float]
+    deadline_range: tuple[float, float]
+    T_ref: float
+    E_ref: float
+    W_ref: float
+
+    @property
+    def n_rsus(self) -> int:
+        return self.rsu_xy.shape[0]
+
+    @property
+    def rsu_capacity(self) -> float:
+        """F_max - C_twin: what an RSU can give to offloaded tasks per second."""
+        return self.rsu_cpu - self.twin_reserve
+
+    @classmethod
+    def from_config(cls, cfg: Config, rsus=None) -> "ModelParams":
+        """``rsus`` overrides cfg.scenario.rsus (e.g. RSUs placed on a SUMO map)."""
+        rsus = tuple(rsus) if rsus is not None else cfg.scenario.rsus
+        t, c, ch, ly = cfg.tasks, cfg.compute, cfg.channel, cfg.lyapunov
+        mean = lambda r: 0.5 * (r[0] + r[1])  # noqa: E731
+        work_ref = mean(t.size_bits) * mean(t.intensity_cycles_per_bit)
+        cpu_ref = mean(c.cv_cpu_hz)
+        return cls(
+            rsu_xy=np.array([[r.x, r.y] for r in rsus], dtype=float),
+            rsu_height=np.array([r.height for r in rsus], dtype=float),
+            rsu_radius=np.array([r.radius for r in rsus], dtype=float),
+            bandwidth=ch.bandwidth_hz, noise=ch.noise_w, tx_power=ch.tx_power_w,
+            sensing_gain=ch.sensing_gain, pathloss_db_1m=ch.pathloss_db_1m,
+            pathloss_slope_db=ch.pathloss_slope_db,
+            rsu_cpu=c.rsu_cpu_hz, twin_reserve=c.twin_reserve_hz, kappa_cv=c.kappa_cv,
+            kappa_rsu=c.kappa_rsu, min_rsu_share=c.min_rsu_share_hz,
+            tau=cfg.scenario.slot_s, V=ly.V, alpha=ly.alpha, energy_budget=ly.energy_budget_j,
+            window=ly.little_window, deadline_penalty=ly.deadline_penalty,
+            min_bandwidth_share=cfg.actions.min_bandwidth_share,
+            min_split_share=cfg.actions.min_split_share,
+            cv_cpu_range=c.cv_cpu_hz, size_range=t.size_bits, instr_range=t.instr_bits,
+            intensity_range=t.intensity_cycles_per_bit, co_intensity_range=t.co_intensity_cycles_per_bit,
+            deadline_range=t.deadline_s,
+            T_ref=work_ref / cpu_ref,
+            E_ref=c.kappa_cv * work_ref * cpu_ref**2,
+            W_ref=work_ref,
+        )
+
+
+# ---------------------------------------------------------------------------
+# Random inputs of a slot (explicit generator, no global state)
+
+@dataclass
+class Tasks:
+    """One task per CV per slot, arrays of shape (E, I)."""
+
+    size: np.ndarray          # G, bit
+    instr: np.ndarray         # G_ins, bit
+    intensity: np.ndarray     # I_task, cycles/bit
+    co_intensity: np.ndarray  # I_co, cycles/bit
+    deadline: np.ndarray      # T_max, s
+
+
+def draw_tasks(rng: np.random.Generator, p: ModelParams, shape: tuple[int, ...]) -> Tasks:
+    u = lambda r: rng.uniform(r[0], r[1], shape)  # noqa: E731
+    return Tasks(size=u(p.size_range), instr=u(p.instr_range), intensity=u(p.intensity_range),
+                 co_intensity=u(p.co_intensity_range), deadline=u(p.deadline_range))
+
+
+def draw_cv_cpu(rng: np.random.Generator, p: ModelParams, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.uniform(p.cv_cpu_range[0], p.cv_cpu_range[1], shape)
+
+
+def draw_fading(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """|h|^2 with h ~ CN(0, 1): exponential with mean 1."""
+    return rng.exponential(1.0, shape)
+
+
+# ---------------------------------------------------------------------------
+# Geometry and channel (section 3)
+
+def horizontal_distance(p: ModelParams, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(E, I) positions -> (E, I, K) horizontal CV-RSU distances."""
+    dx = p.rsu_xy[:, 0] - x[..., None]
+    dy = p.rsu_xy[:, 1] - y[..., None]
+    return np.hypot(dx, dy)
+
+
+def distance_3d(p: ModelParams, horizontal: np.ndarray) -> np.ndarray:
+    """Eq. (2): the antenna height adds to the horizontal distance."""
+    return np.sqrt(horizontal**2 + p.rsu_height**2)
+
+
+def coverage(p: ModelParams, horizontal: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+    cov = horizontal <= p.rsu_radius
+    if active is not None:
+        cov = cov & active[..., None]
+    return cov
+
+
+def path_gain(p: ModelParams, d: np.ndarray) -> np.ndarray:
+    """Linear large-scale gain g = 10^((a - b log10 d) / 10)."""
+    return 10.0 ** ((p.pathloss_db_1m - p.pathloss_slope_db * np.log10(d)) / 10.0)
+
+
+def spectral_efficiency(p: ModelParams, d: np.ndarray, fading: np.ndarray) -> np.ndarray:
+    """log2(1 + P |h|^2 g / sigma^2), bit/s/Hz, before bandwidth and sensing gain."""
+    snr = p.tx_power * fading * path_gain(p, d) / p.noise
+    return np.maximum(np.log2(1.0 + snr), _EPS)
+
+
+# ---------------------------------------------------------------------------
+# Actions and their projection onto C4-C6 (section 4)
+
+@dataclass
+class Decision:
+    """A feasible decision of every CV; shapes (E, I, K+1) for split, (E, I, K) else."""
+
+    split: np.ndarray      # [l_loc, l_i1..l_iK], sums to 1 (C5)
+    bandwidth: np.ndarray  # b_ik, sum over k <= 1 (C4)
+    cpu_request: np.ndarray  # w_ik in [0, 1], where a part is offloaded
+    cpu: np.ndarray        # F_ik, Hz; sum over i <= F_max - C_twin per RSU (C6)
+
+    @property
+    def offloaded(self) -> np.ndarray:
+        return self.split[..., 1:] > 0
+
+
+def action_dim(n_rsus: int) -> int:
+    """Raw action length: split logits (K+1), bandwidth logits (K+1), CPU requests (K)."""
+    return 3 * n_rsus + 2
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _floor_within_budget(x: np.ndarray, used: np.ndarray, floor: float, budget: float, axis: int) -> np.ndarray:
+    """Raise used entries to ``floor`` and, if their sum along ``axis`` then exceeds
+    ``budget``, shrink only the amounts above the floor so that it does not."""
+    xf = np.where(used, np.maximum(x, floor), 0.0)
+    n = used.sum(axis=axis, keepdims=True)
+    total = xf.sum(axis=axis, keepdims=True)
+    over = total > budget
+    room = np.where(over, total - n * floor, 1.0)
+    scale = np.where(over, (budget - n * floor) / np.where(room > 0, room, 1.0), 1.0)
+    return np.where(used, floor + (xf - floor) * scale, 0.0)
+
+
+def allocate_cpu(p: ModelParams, split: np.ndarray, request: np.ndarray) -> np.ndarray:
+    """C6: requests count where a part is offloaded and are scaled down per RSU
+    when they add up to more than 1; F_ik >= min_rsu_share where used."""
+    used = split[..., 1:] > 0
+    w = np.where(used, request, 0.0)
+    load = np.maximum(1.0, w.sum(axis=-2, keepdims=True))
+    F = p.rsu_capacity * w / load
+    return _floor_within_budget(F, used, p.min_rsu_share, p.rsu_capacity, axis=-2)
+
+
+def make_decision(p: ModelParams, split: np.ndarray, bandwidth: np.ndarray, cpu_request: np.ndarray) -> Decision:
+    """Feasible shares -> Decision: b and w are zeroed where nothing is offloaded,
+    b_min is enforced on used links, and RSU CPU is allocated (C6)."""
+    used = split[..., 1:] > 0
+    b = _floor_within_budget(bandwidth, used, p.min_bandwidth_share, 1.0, axis=-1)
+    w = np.where(used, cpu_request, 0.0)
+    return Decision(split=split, bandwidth=b, cpu_request=w, cpu=allocate_cpu(p, split, w))
+
+
+def project(p: ModelParams, raw: np.ndarray, covered: np.ndarray, active: np.ndarray | None = None) -> Decision:
+    """Any raw action (E, I, 3K+2) -> a decision that meets C4-C6.
+
+    Split: softmax over K+1, RSUs out of range masked out, parts below
+    ``min_split_share`` dropped (the largest part always kept), renormalised.
+    Bandwidth: first K entries of a softmax over K+1. CPU: sigmoid requests.
+    """
+    K = p.n_rsus
+    raw = np.clip(np.nan_to_num(np.asarray(raw, dtype=float)), -_LOGIT_CLIP, _LOGIT_CLIP)
+    split = _softmax(raw[..., : K + 1])
+    split[..., 1:] *= covered
+    if active is not None:
+        split[..., 0] = np.where(active, split[..., 0], 1.0)
+        split[..., 1:] *= active[..., None]
+    split /= split.sum(axis=-1, keepdims=True)
+    if p.min_split_share > 0:
+        keep = (split >= p.min_split_share) | (split == split.max(axis=-1, keepdims=True))
+        split = np.where(keep, split, 0.0)
+        split /= split.sum(axis=-1, keepdims=True)
+    bandwidth = _softmax(raw[..., K + 1: 2 * K + 2])[..., :K]
+    request = 1.0 / (1.0 + np.exp(-raw[..., 2 * K + 2: 3 * K + 2]))
+    return make_decision(p, split, bandwidth, request)
+
+
+# ---------------------------------------------------------------------------
+# Queues (section 6)
+
+@dataclass
+class QueueState:
+    """Backlogs (cycles), energy queues (J) and Little's-law windows."""
+
+    q_loc: np.ndarray        # (E, I)
+    q_rsu: np.ndarray        # (E, K)
+    energy: np.ndarray       # (E, I), Y_i
+    hist_q_loc: np.ndarray   # (E, m, I)
+    hist_lam_loc: np.ndarray  # (E, m, I)
+    hist_q_rsu: np.ndarray   # (E, m, K)
+    hist_lam_rsu: np.ndarray  # (E, m, K)
+    t: int = 0               # slots since the episode started (all environments step in lockstep)
+
+    @classmethod
+    def zeros(cls, n_envs: int, n_cvs: int, n_rsus: int, window: int) -> "QueueState":
+        z = np.zeros
+        return cls(z((n_envs, n_cvs)), z((n_envs, n_rsus)), z((n_envs, n_cvs)),
+                   z((n_envs, window, n_cvs)), z((n_envs, window, n_cvs)),
+                   z((n_envs, window, n_rsus)), z((n_envs, window, n_rsus)), 0)
+
+    def copy(self) -> "QueueState":
+        return replace(self, **{f.name: getattr(self, f.name).copy() for f in fields(self) if f.name != "t"})
+
+
+def littles_law_delay(tau: float, hist_q: np.ndarray, hist_lam: np.ndarray) -> np.ndarray:
+    """W = tau * mean(Q) / mean(lambda) over the window (axis -2); 0 without arrivals."""
+    q = hist_q.sum(axis=-2)
+    lam = hist_lam.sum(axis=-2)
+    return np.where(lam > 0, tau * q / np.where(lam > 0, lam, 1.0), 0.0)
+
+
+# ---------------------------------------------------------------------------
+# One slot (sections 5-7)
+
+@dataclass
+class SlotResult:
+    """Everything a slot computes. Shapes: (E, I, K) per link, (E, I) per CV, (E, K) per RSU, (E,) per system."""
+
+    rate: np.ndarray            # R_ik, bit/s (0 where unused)
+    instr_mode: np.ndarray      # eta_ik: True = InstrT (only meaningful where offloaded)
+    offloaded: np.ndarray       # l_ik > 0
+    upload_delay: np.ndarray    # D_up
+    compute_delay: np.ndarray   # D_comp at the RSU
+    local_delay: np.ndarray     # T_loc (incl. queueing)
+    rsu_delay: np.ndarray       # T_ik (incl. queueing)
+    wait_loc: np.ndarray        # W_loc (E, I)
+    wait_rsu: np.ndarray        # W_rsu (E, K)
+    delay: np.ndarray           # T_i
+    energy: np.ndarray          # E_i
+    cost: np.ndarray            # C_i, normalised
+    deadline_miss: np.ndarray   # T_i > T_max
+    arrivals_loc: np.ndarray    # lambda_loc (E, I), cycles
+    arrivals_rsu: np.ndarray    # lambda_ik (E, I, K), cycles
+    drift_loc: np.ndarray       # (E, I), normalised
+    drift_rsu: np.ndarray       # (E, K)
+    drift_energy: np.ndarray    # (E, I)
+    system_cost: np.ndarray     # (E,)
+    reward: np.ndarray          # R(t), (E,)
+    agent_reward: np.ndarray    # r_i, (E, I), sums to R(t)
+    active: np.ndarray          # (E, I)
+
+
+def slot(p: ModelParams, state: QueueState, tasks: Tasks, cv_cpu: np.ndarray, spec_eff: np.ndarray,
+         decision: Decision, active: np.ndarray | None = None) -> tuple[SlotResult, QueueState]:
+    """One slot: rates, modes, delays, energies, cost and reward; queues move to t+1.
+
+    ``spec_eff`` is log2(1 + SNR) per link (E, I, K); ``cv_cpu`` is C_i (E, I).
+    Inactive CVs have no task: no arrivals, no cost, no energy.
+    """
+    if active is None:
+        active = np.ones(cv_cpu.shape, dtype=bool)
+    act = active.astype(float)
+    G = tasks.size * act
+    split, F = decision.split, decision.cpu
+    l_loc, l_rsu = split[..., 0], split[..., 1:]
+    used = (l_rsu > 0) & active[..., None]
+    Gk = (l_rsu * G[..., None])  # bits offloaded to each RSU
+
+    # Rates (1) and the two ways to upload (7)-(11); the twin picks the faster (12), (22).
+    rate = p.sensing_gain * decision.bandwidth * p.bandwidth * spec_eff
+    safe_rate = np.where(used, np.maximum(rate, _EPS), 1.0)
+    safe_F = np.where(used, np.maximum(F, _EPS), 1.0)
+    instr_bits = tasks.instr[..., None]
+    d_data = Gk / safe_rate
+    co_cycles = Gk * tasks.co_intensity[..., None]
+    d_instr = instr_bits / safe_rate + co_cycles / safe_F
+    instr = used & (d_instr < d_data)
+    d_up = np.where(used, np.where(instr, d_instr, d_data), 0.0)
+    e_up = np.where(instr, p.tx_power * instr_bits / safe_rate + p.kappa_rsu * co_cycles * F**2,
+                    p.tx_power * d_data)
+    e_up = np.where(used, e_up, 0.0)
+
+    # RSU compute (13), (14) and local compute (5), (6).
+    rsu_cycles = Gk * tasks.intensity[..., None]
+    d_comp = np.where(used, rsu_cycles / safe_F, 0.0)
+    e_comp = np.where(used, p.kappa_rsu * rsu_cycles * F**2, 0.0)
+    loc_cycles = l_loc * G * tasks.intensity
+    d_loc = loc_cycles / cv_cpu
+    e_loc = p.kappa_cv * loc_cycles * cv_cpu**2
+
+    # Arrivals (16), (17) and Little's-law windows (18), slot t included.
+    lam_loc = loc_cycles
+    lam_rsu = np.where(used, Gk * (tasks.intensity[..., None] + instr * tasks.co_intensity[..., None]), 0.0)
+    lam_rsu_total = lam_rsu.sum(axis=-2)  # (E, K)
+    served_rsu = np.where(used, F, 0.0).sum(axis=-2) * p.tau
+    j = state.t % p.window
+    new = state.copy()
+    new.hist_q_loc[:, j], new.hist_lam_loc[:, j] = state.q_loc, lam_loc
+    new.hist_q_rsu[:, j], new.hist_lam_rsu[:, j] = state.q_rsu, lam_rsu_total
+    w_loc = littles_law_delay(p.tau, new.hist_q_loc, new.hist_lam_loc)
+    w_rsu = littles_law_delay(p.tau, new.hist_q_rsu, new.hist_lam_rsu)
+
+    # Latency (19), (21) and energy (23).
+    t_loc = np.where(l_loc > 0, d_loc + w_loc, 0.0) * act
+    t_rsu = np.where(used, d_up + d_comp + w_rsu[:, None, :], 0.0)
+    delay = np.maximum(t_loc, t_rsu.max(axis=-1))
+    energy = (e_loc + (e_up + e_comp).sum(axis=-1)) * act
+    miss = (delay > tasks.deadline) & active
+
+    # Normalised cost (24), (25).
+    cost = (p.alpha * delay / p.T_ref + (1.0 - p.alpha) * energy / p.E_ref + p.deadline_penalty * miss) * act
+    system_cost = cost.sum(axis=-1)
+
+    # Drift terms of (44) in normalised units, with queues at the start of the slot.
+    budget = p.energy_budget
+    drift_loc = (state.q_loc / p.W_ref) * (lam_loc - cv_cpu * p.tau) / p.W_ref
+    drift_rsu = (state.q_rsu / p.W_ref) * (lam_rsu_total - served_rsu) / p.W_ref
+    drift_energy = (state.energy / p.E_ref) * (energy - budget) / p.E_ref
+    reward = -(p.V * system_cost + drift_loc.sum(-1) + drift_rsu.sum(-1) + drift_energy.sum(-1))
+
+    # Per-agent split: own terms plus each RSU term in proportion to what the agent sent there.
+    n_cvs = cost.shape[-1]
+    share = np.where(lam_rsu_total[:, None, :] > 0,
+                     lam_rsu / np.where(lam_rsu_total > 0, lam_rsu_total, 1.0)[:, None, :], 1.0 / n_cvs)
+    agent_reward = -(p.V * cost + drift_loc + drift_energy + (share * drift_rsu[:, None, :]).sum(-1))
+
+    # Queues move to t+1.
+    new.q_loc = np.maximum(state.q_loc - cv_cpu * p.tau + lam_loc, 0.0)
+    new.q_rsu = np.maximum(state.q_rsu - served_rsu + lam_rsu_total, 0.0)
+    new.energy = np.maximum(state.energy - budget + energy, 0.0)
+    new.t = state.t + 1
+
+    result = SlotResult(
+        rate=np.where(used, rate, 0.0), instr_mode=instr, offloaded=used, upload_delay=d_up,
+        compute_delay=d_comp, local_delay=t_loc, rsu_delay=t_rsu, wait_loc=w_loc, wait_rsu=w_rsu,
+        delay=delay, energy=energy, cost=cost, deadline_miss=miss, arrivals_loc=lam_loc,
+        arrivals_rsu=lam_rsu, drift_loc=drift_loc, drift_rsu=drift_rsu, drift_energy=drift_energy,
+        system_cost=system_cost, reward=reward, agent_reward=agent_reward, active=active)
+    return result, new

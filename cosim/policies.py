@@ -1,0 +1,119 @@
+"""Reference policies, with the interface every learned policy has too.
+
+A policy maps actor observations (E, I, D) to raw actions (E, I, 3K+2); the
+environment projects them onto C4-C6. Reference policies read only the CV's
+own observation (coverage flags and link distances), as a decentralised
+actor would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .config import CosimError
+from .env import ACTION_BOUND
+from .twin import ObsLayout
+
+HIGH, LOW = ACTION_BOUND, -ACTION_BOUND
+
+
+@runtime_checkable
+class Policy(Protocol):
+    name: str
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray: ...
+
+
+class _Reference:
+    name = "reference"
+
+    def __init__(self, n_rsus: int, seed: int | None = None):
+        self.K = n_rsus
+        self.layout = ObsLayout(n_rsus)
+        self.rng = np.random.default_rng(seed)
+
+    def _blank(self, obs: np.ndarray) -> np.ndarray:
+        """Everything local, no bandwidth, full CPU requests (they only count where offloaded)."""
+        a = np.full(obs.shape[:-1] + (3 * self.K + 2,), LOW)
+        a[..., 0] = HIGH
+        a[..., 2 * self.K + 1] = HIGH  # the "unused bandwidth" logit
+        a[..., 2 * self.K + 2:] = HIGH
+        return a
+
+    def _offload(self, a: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """Split equally over the chosen RSUs (E, I, K bool), bandwidth equally, none local."""
+        K = self.K
+        any_ = chosen.any(axis=-1)
+        a[..., 0] = np.where(any_, LOW, HIGH)
+        a[..., 1:K + 1] = np.where(chosen, 0.0, LOW)
+        a[..., K + 1:2 * K + 1] = np.where(chosen, 0.0, LOW)
+        a[..., 2 * K + 1] = np.where(any_, LOW, HIGH)
+        return a
+
+    def covered(self, obs: np.ndarray) -> np.ndarray:
+        return obs[..., self.layout["covered"]] > 0.5
+
+
+class LocalPolicy(_Reference):
+    """All-local: every task runs on its own CV."""
+
+    name = "local"
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        return self._blank(obs)
+
+
+class NearestPolicy(_Reference):
+    """Full offload to the nearest covering RSU with all bandwidth; local when none covers."""
+
+    name = "nearest"
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        cov = self.covered(obs)
+        dist = np.where(cov, obs[..., self.layout["distance"]], np.inf)
+        chosen = (np.arange(self.K) == dist.argmin(axis=-1)[..., None]) & cov
+        return self._offload(self._blank(obs), chosen)
+
+
+class EqualPolicy(_Reference):
+    """Equal split over all covering RSUs, bandwidth shared equally; local when none covers."""
+
+    name = "equal"
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        return self._offload(self._blank(obs), self.covered(obs))
+
+
+class RandomPolicy(_Reference):
+    """Raw actions uniform in [-10, 10] (its own seeded generator)."""
+
+    name = "random"
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        return self.rng.uniform(LOW, HIGH, obs.shape[:-1] + (3 * self.K + 2,))
+
+
+REFERENCE_POLICIES: dict[str, type[_Reference]] = {
+    "local": LocalPolicy, "nearest": NearestPolicy, "equal": EqualPolicy, "random": RandomPolicy}
+
+# Further policies register here: name -> factory(n_rsus, seed, env) (e.g. the per-slot optimiser).
+EXTRA_POLICIES: dict[str, object] = {}
+
+
+def make_policy(name_or_path: str, n_rsus: int, seed: int | None = None, env=None):
+    """A reference policy by name, a registered one, or a trained checkpoint by path."""
+    if name_or_path in REFERENCE_POLICIES:
+        return REFERENCE_POLICIES[name_or_path](n_rsus, seed)
+    if name_or_path in EXTRA_POLICIES:
+        return EXTRA_POLICIES[name_or_path](n_rsus, seed, env)  # type: ignore[operator]
+    path = Path(name_or_path)
+    if path.exists():
+        from agents.checkpoint import load_policy  # torch is imported only when a checkpoint is used
+        return load_policy(path, env=env)
+    names = ", ".join(list(REFERENCE_POLICIES) + list(EXTRA_POLICIES))
+    if "/" in name_or_path or name_or_path.endswith((".pt", ".safetensors")):
+        raise CosimError(f"policy checkpoint not found: {name_or_path}")
+    raise CosimError(f"unknown policy '{name_or_path}' (choose {names}, or a checkpoint path)")

@@ -1,0 +1,195 @@
+"""Run a policy for episodes, log every slot and summarise (shared by run_cosim and evaluate)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from .env import BatchCoSim, StepOutput
+
+
+@dataclass
+class EpisodeStats:
+    episode: int
+    seed: int
+    cost: float             # mean over slots of the system cost
+    reward: float           # mean over slots of R(t)
+    delay_s: float          # mean over tasks
+    energy_j: float         # mean over tasks
+    instr_share: float      # InstrT parts / RSU parts
+    deadline_misses: int
+    tasks: int
+    q_loc_final: float      # sum over CVs, in units of one average local task (W_ref)
+    q_rsu_final: float      # sum over RSUs, W_ref units
+    energy_queue_final: float  # sum over CVs, J
+
+
+@dataclass
+class _Acc:
+    cost: float = 0.0
+    reward: float = 0.0
+    slots: int = 0
+    delay: float = 0.0
+    energy: float = 0.0
+    tasks: int = 0
+    parts: int = 0
+    instr: int = 0
+    misses: int = 0
+
+    def add(self, out: StepOutput, e: int) -> None:
+        r = out.result
+        act = r.active[e]
+        self.cost += float(r.system_cost[e])
+        self.reward += float(r.reward[e])
+        self.slots += 1
+        self.delay += float(r.delay[e][act].sum())
+        self.energy += float(r.energy[e][act].sum())
+        self.tasks += int(act.sum())
+        self.parts += int(r.offloaded[e].sum())
+        self.instr += int(r.instr_mode[e].sum())
+        self.misses += int(r.deadline_miss[e].sum())
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+SLOT_FIELDS_BASE = ["episode", "slot", "cv", "active", "x", "y", "lane", "speed", "split_local"]
+
+
+def slot_rows(out: StepOutput, episode: int, slot: int, e: int, sim: BatchCoSim) -> Iterable[dict[str, Any]]:
+    r, d, m = out.result, out.decision, out.mobility
+    for i in range(sim.n_cvs):
+        row: dict[str, Any] = {
+            "episode": episode, "slot": slot, "cv": i, "active": int(r.active[e, i]),
+            "x": round(float(m.x[e, i]), 3), "y": round(float(m.y[e, i]), 3), "lane": int(m.lane[e, i]),
+            "speed": round(float(m.speed[e, i]), 3), "split_local": round(float(d.split[e, i, 0]), 5)}
+        for k in range(sim.n_rsus):
+            off = bool(r.offloaded[e, i, k])
+            row[f"split_rsu{k}"] = round(float(d.split[e, i, k + 1]), 5)
+            row[f"bw_rsu{k}"] = round(float(d.bandwidth[e, i, k]), 5)
+            row[f"cpu_ghz_rsu{k}"] = round(float(d.cpu[e, i, k]) / 1e9, 5)
+            row[f"mode_rsu{k}"] = ("InstrT" if r.instr_mode[e, i, k] else "DataT") if off else ""
+        row.update({
+            "delay_s": float(r.delay[e, i]), "energy_j": float(r.energy[e, i]), "cost": float(r.cost[e, i]),
+            "deadline_miss": int(r.deadline_miss[e, i]), "agent_reward": float(r.agent_reward[e, i]),
+            "system_cost": float(r.system_cost[e]), "system_reward": float(r.reward[e])})
+        yield row
+
+
+@dataclass
+class RunResult:
+    episodes: list[EpisodeStats] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv_path: str | Path | None = None,
+                 on_slot: Callable[[StepOutput, int, int], None] | None = None, progress: bool = True,
+                 policy_name: str | None = None) -> RunResult:
+    """Run ``episodes`` episodes of ``policy``; episode chunk c is reset with seed + c.
+
+    With E parallel environments episodes run E at a time. ``on_slot(out, episode, slot)``
+    is called after every slot (the GUI colours vehicles there).
+    """
+    E = sim.n_envs
+    totals = _Acc()
+    result = RunResult()
+    writer = None
+    fh = open(csv_path, "w", newline="") if csv_path else None
+    bar = tqdm(total=episodes * sim.episode_slots, unit="slot", disable=not progress, leave=False,
+               desc=policy_name or getattr(policy, "name", "policy"))
+    try:
+        for chunk in range(math.ceil(episodes / E)):
+            obs, _ = sim.reset(seed + chunk)
+            if hasattr(policy, "reset"):
+                policy.reset()
+            accs = [_Acc() for _ in range(E)]
+            n_here = min(E, episodes - chunk * E)
+            done = False
+            while not done:
+                slot_idx = sim.t
+                out = sim.step(_act(policy, obs, sim))
+                obs, done = out.obs, out.done
+                for e in range(n_here):
+                    ep = chunk * E + e
+                    accs[e].add(out, e)
+                    if fh is not None:
+                        for row in slot_rows(out, ep, slot_idx, e, sim):
+                            if writer is None:
+                                writer = csv.DictWriter(fh, fieldnames=list(row))
+                                writer.writeheader()
+                            writer.writerow(row)
+                    if on_slot is not None:
+                        on_slot(out, ep, slot_idx)
+                bar.update(n_here)
+            q = sim.queues
+            for e in range(n_here):
+                a = accs[e]
+                result.episodes.append(EpisodeStats(
+                    episode=chunk * E + e, seed=seed + chunk, cost=_div(a.cost, a.slots),
+                    reward=_div(a.reward, a.slots), delay_s=_div(a.delay, a.tasks),
+                    energy_j=_div(a.energy, a.tasks), instr_share=_div(a.instr, a.parts),
+                    deadline_misses=a.misses, tasks=a.tasks,
+                    q_loc_final=float(q.q_loc[e].sum() / sim.params.W_ref),
+                    q_rsu_final=float(q.q_rsu[e].sum() / sim.params.W_ref),
+                    energy_queue_final=float(q.energy[e].sum())))
+                for k, v in vars(a).items():
+                    setattr(totals, k, getattr(totals, k) + v)
+    finally:
+        bar.close()
+        if fh is not None:
+            fh.close()
+    costs = np.array([s.cost for s in result.episodes])
+    result.summary = {
+        "mean_cost": _div(totals.cost, totals.slots),
+        "mean_reward": _div(totals.reward, totals.slots),
+        "mean_delay_s": _div(totals.delay, totals.tasks),
+        "mean_energy_j": _div(totals.energy, totals.tasks),
+        "instr_share": _div(totals.instr, totals.parts),
+        "deadline_miss_rate": _div(totals.misses, totals.tasks),
+        "cost_ci95": float(1.96 * costs.std(ddof=1) / np.sqrt(len(costs))) if len(costs) > 1 else 0.0,
+        "episodes": episodes, "slots": totals.slots, "tasks": totals.tasks,
+        "n_cvs": sim.n_cvs, "n_rsus": sim.n_rsus, "backend": sim.backend,
+        "policy": policy_name or getattr(policy, "name", "policy"), "seed": seed,
+    }
+    return result
+
+
+def _act(policy: Any, obs: np.ndarray, sim: BatchCoSim) -> np.ndarray:
+    if hasattr(policy, "act_sim"):  # policies that need the full slot (e.g. the per-slot optimiser)
+        return policy.act_sim(sim)
+    return policy.act(obs, deterministic=True)
+
+
+EPISODE_COLUMNS = [("episode", "ep", "{:d}"), ("cost", "cost", "{:.4f}"), ("reward", "reward", "{:.3f}"),
+                   ("delay_s", "delay s", "{:.4f}"), ("energy_j", "energy J", "{:.2f}"),
+                   ("instr_share", "InstrT", "{:.1%}"), ("deadline_misses", "misses", "{:d}"),
+                   ("q_loc_final", "Q_loc", "{:.3f}"), ("q_rsu_final", "Q_rsu", "{:.3f}"),
+                   ("energy_queue_final", "Y J", "{:.1f}")]
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """A plain aligned text table: columns are (key, header, format)."""
+    cells = [[h for _, h, _ in columns]] + [[f.format(r[k]) for k, _, f in columns] for r in rows]
+    widths = [max(len(c[j]) for c in cells) for j in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def episode_table(result: RunResult) -> str:
+    return format_table([asdict(s) for s in result.episodes], EPISODE_COLUMNS)
+
+
+def write_summary(path: str | Path, summary: dict[str, Any], episodes: list[EpisodeStats] | None = None) -> None:
+    data = dict(summary)
+    if episodes is not None:
+        data["per_episode"] = [asdict(s) for s in episodes]
+    Path(path).write_text(json.dumps(data, indent=2))
