@@ -99,8 +99,15 @@ class RandomPolicy(_Reference):
 REFERENCE_POLICIES: dict[str, type[_Reference]] = {
     "local": LocalPolicy, "nearest": NearestPolicy, "equal": EqualPolicy, "random": RandomPolicy}
 
-# Further policies register here: name -> factory(n_rsus, seed, env) (e.g. the per-slot optimiser).
-EXTRA_POLICIES: dict[str, object] = {}
+
+
+def _dpp_optimiser(n_rsus: int, seed: int | None, env):
+    from .optimizer import DppOptimizer  # scipy is only needed when the optimiser is used
+    return DppOptimizer(env, seed=seed)
+
+
+# Policies that need more than a name and a seed: name -> factory(n_rsus, seed, env).
+EXTRA_POLICIES: dict[str, object] = {"dpp-opt": _dpp_optimiser}
 
 
 def make_policy(name_or_path: str, n_rsus: int, seed: int | None = None, env=None):
