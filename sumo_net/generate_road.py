@@ -23,9 +23,8 @@ import math
 import os
 import re
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import sumo
@@ -35,9 +34,11 @@ NAME = "road"
 EAST, WEST = "eastbound", "westbound"
 CV_VTYPE, BACKGROUND_VTYPE = "cv", "background"
 ROUTE_EAST, ROUTE_WEST = "loop_east", "loop_west"
-# Loops of 2 x 700 m each vehicle drives before its route ends: ~11 days at 16 m/s.
-ROUTE_REPEATS = 10_000
+# Loops of 2 x 700 m a vehicle drives before its route ends: a day at 16 m/s. SUMO expands
+# the route at load time, so this costs time at each load; cosim.sumo_mobility sizes it per episode.
+ROUTE_REPEATS = 1_000
 COVERAGE_VERTICES = 72
+DECISION_PARAM = "decision"  # vehicle parameter that sumo-gui shows beside each CV
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,9 @@ class RoadSpec:
     lanes_per_direction: int = 2
     lane_width_m: float = 3.75
     speed_limit_mps: float = 20.0  # above the fastest CV (16 m/s)
-    # (x, y, coverage radius) of each RSU, network coordinates, m
-    rsus: tuple[tuple[float, float, float], ...] = field(
-        default=((200.0, 9.375, 200.0), (350.0, 9.375, 200.0), (500.0, 9.375, 200.0)))
+    # (x, y, coverage radius) of each RSU, network coordinates, m: drawn in road.add.xml
+    rsus: tuple[tuple[float, float, float], ...] = ((200.0, 9.375, 200.0), (350.0, 9.375, 200.0),
+                                                    (500.0, 9.375, 200.0))
     background_vehicles: int = 0  # written into road.rou.xml, for runs of the .sumocfg alone
 
 
@@ -108,17 +109,23 @@ def _netconvert(out: Path) -> None:
 
 def _routes(spec: RoadSpec, out: Path) -> None:
     routes = ET.Element("routes")
-    # Exact speeds (sigma, speedDev 0); no urge to keep right, so a CV stays in the lane it was drawn in.
+    # Exact speeds (sigma, speedDev 0); no urge to keep right: a CV keeps the lane it was drawn in
+    # unless it overtakes.
     ET.SubElement(routes, "vType", id=CV_VTYPE, vClass="passenger", sigma="0", speedDev="0",
                   lcKeepRight="0", color="255,200,0")
     ET.SubElement(routes, "vType", id=BACKGROUND_VTYPE, vClass="passenger", color="150,150,150")
     ET.SubElement(routes, "route", id=ROUTE_EAST, edges=f"{EAST} {WEST}", repeat=str(ROUTE_REPEATS))
     ET.SubElement(routes, "route", id=ROUTE_WEST, edges=f"{WEST} {EAST}", repeat=str(ROUTE_REPEATS))
-    for i in range(spec.background_vehicles):
+    add_background(routes, spec.background_vehicles)
+    _write(routes, out / f"{NAME}.rou.xml")
+
+
+def add_background(routes: ET.Element, n: int) -> None:
+    """Append ``n`` background vehicles, half in each direction, at free places drawn by SUMO's --seed."""
+    for i in range(n):
         ET.SubElement(routes, "vehicle", id=f"bg{i}", type=BACKGROUND_VTYPE,
                       route=(ROUTE_EAST, ROUTE_WEST)[i % 2], depart="0",
-                      departLane="random", departPos="random_free", departSpeed="desired")
-    _write(routes, out / f"{NAME}.rou.xml")
+                      departLane="random", departPos="random_free", departSpeed="max")
 
 
 def _rsus(spec: RoadSpec, out: Path) -> None:
@@ -136,9 +143,13 @@ def _rsus(spec: RoadSpec, out: Path) -> None:
 
 def _view(spec: RoadSpec, out: Path) -> None:
     view = ET.Element("viewsettings")
-    ET.SubElement(view, "scheme", name="real world")
-    # Zoom (percent) that shows the whole road with its RSU coverage in sumo-gui's default window.
-    ET.SubElement(view, "viewport", zoom="150", x=_num(spec.length_m / 2.0), y="0")
+    # Only what differs from sumo-gui's defaults: bigger vehicles and RSUs, each CV's decision as text.
+    scheme = ET.SubElement(view, "scheme", name="cosim")
+    ET.SubElement(scheme, "vehicles", vehicle_exaggeration="4", vehicleTextParam=DECISION_PARAM,
+                  vehicleText_show="1", vehicleText_size="40", vehicleText_constantSize="1")
+    ET.SubElement(scheme, "pois", poi_exaggeration="3", poiType_show="1")
+    # Zoom in percent of the whole network's extent: the road with a margin at both ends.
+    ET.SubElement(view, "viewport", zoom="90", x=_num(spec.length_m / 2.0), y="0")
     ET.SubElement(view, "delay", value="100")
     _write(view, out / f"{NAME}.view.xml")
 
@@ -149,13 +160,14 @@ def _sumocfg(out: Path) -> None:
     ET.SubElement(inp, "net-file", value=f"{NAME}.net.xml")
     ET.SubElement(inp, "route-files", value=f"{NAME}.rou.xml")
     ET.SubElement(inp, "additional-files", value=f"{NAME}.add.xml")
-    time = ET.SubElement(cfg, "time")
-    ET.SubElement(time, "begin", value="0")
-    ET.SubElement(time, "step-length", value="1")
+    timing = ET.SubElement(cfg, "time")
+    ET.SubElement(timing, "begin", value="0")
+    ET.SubElement(timing, "step-length", value="1")
     report = ET.SubElement(cfg, "report")
     ET.SubElement(report, "no-step-log", value="true")
     gui = ET.SubElement(cfg, "gui_only")
     ET.SubElement(gui, "gui-settings-file", value=f"{NAME}.view.xml")
+    ET.SubElement(gui, "window-size", value="1400,360")  # wide and low, like the road
     _write(cfg, out / f"{NAME}.sumocfg")
 
 
@@ -187,4 +199,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,0 +1,730 @@
+"""SUMO mobility: the CVs are vehicles in a SUMO simulation (libsumo or TraCI).
+
+:class:`SumoMobility` runs one simulation and implements the :class:`~cosim.mobility.Mobility`
+protocol; :class:`SumoBatchMobility` runs several side by side with (E, I) arrays like
+:class:`~cosim.mobility.AnalyticMobility`'s batch methods.
+
+Maps
+    * default (``sumo.sumocfg`` and ``sumo.net`` null): the paper's road in ``sumo_net/road``
+      (rebuilt into a temporary directory when ``scenario``'s geometry or RSUs differ from the
+      committed files);
+    * ``sumo.sumocfg``: that configuration as it is;
+    * ``sumo.net``: with ``sumo.routes``, or else random trips from SUMO's ``randomTrips.py``
+      (seeded by ``cfg.seed``, one episode long).
+
+How the paper's road mirrors ``AnalyticMobility(boundary='uturn')``
+    * ``reset(seed)`` draws x, speed and lane with the very numpy calls, in the same order, of
+      ``AnalyticMobility.reset_batch``, so one seed gives both backends the same start.
+    * The CVs of an episode are written to a small route file and SUMO is (re)loaded with it,
+      rather than added over TraCI: XML sets every attribute at once. ``departPos`` is the
+      front bumper, which is what SUMO reports as a vehicle's position; ``departSpeed = v``
+      and ``speedFactor = v / speed limit`` with the CV vType's ``sigma = speedDev = 0`` give
+      exact constant speeds; ``insertionChecks="none"`` puts every CV on the road at t = 0
+      however close it was drawn to another; the vType's ``lcKeepRight = 0`` keeps a CV in
+      the lane it was drawn in.
+    * The road is a ring (lane-to-lane U-turns at both ends, a repeating route), so a CV turns
+      into the mirror lane at an end exactly as the analytic fold does.
+    * The backends part only where the analytic model is unphysical: two CVs drawn closer in
+      one lane than they can be, or a faster CV reaching a slower one. SUMO's car following
+      then brakes the follower, or it overtakes in the next lane. Otherwise positions agree
+      to rounding (with 5 CVs, in about three episodes of 30 slots out of four).
+    * SUMO reports the body's angle, from rear to front: for the second it takes a CV's rear
+      to follow it through a U-turn, its heading is askew, where the analytic one has flipped.
+    * ``sumo.background_vehicles`` vehicles of vType ``background`` are inserted at free
+      places drawn by SUMO's own ``--seed``.
+
+CV slots
+    Slot i is the agent i for the whole episode. On the road slot i is vehicle ``cv<i>``,
+    which never leaves the ring (``sumo.cv_vtype`` does not apply there). On other maps the
+    CVs are the vehicles of vType ``sumo.cv_vtype`` (or any vehicle when it is null) in the
+    order they depart; a CV that arrives frees its slot, which the next such vehicle to
+    depart fills. A slot without a vehicle (or whose vehicle is being teleported) has
+    ``active = False`` and zeros elsewhere.
+
+Each reset (re)loads SUMO with its own ``--seed`` and performs SUMO's first step, which
+inserts the vehicles that depart at time 0; ``advance(dt)`` performs as many steps as dt
+spans. Every CV's position, speed, angle and lane come from subscriptions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+import weakref
+import xml.etree.ElementTree as ET
+import xml.sax
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+import numpy as np
+import sumo
+import sumolib
+import traci
+import traci.constants as tc
+from traci.exceptions import FatalTraCIError, TraCIException
+
+from .config import REPO_ROOT, Config, ConfigError, CosimError, RSUConfig
+from .mobility import MobilityState, stack_states
+
+
+def _load_road_generator() -> ModuleType:
+    # sumo_net/ holds data and its generator, not a package: import the generator by path.
+    path = REPO_ROOT / "sumo_net" / "generate_road.py"
+    spec = importlib.util.spec_from_file_location("sumo_net_generate_road", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+road = _load_road_generator()
+
+_VEHICLE_VARS = (tc.VAR_POSITION, tc.VAR_SPEED, tc.VAR_ANGLE, tc.VAR_LANE_INDEX, tc.VAR_ROAD_ID)
+_SIM_VARS = (tc.VAR_TIME, tc.VAR_DEPARTED_VEHICLES_IDS, tc.VAR_ARRIVED_VEHICLES_IDS)
+_CONNECT_TIMEOUT_S = 60.0
+_labels = itertools.count()
+# libsumo runs one simulation per process: the _Sumo that holds it, if any.
+_libsumo_holder: "_Sumo | None" = None
+
+
+def _binary(name: str) -> str:
+    # Not sumolib.checkBinary, which prefers a user's SUMO_HOME (maybe another version), and not
+    # os.environ["SUMO_HOME"], which importing libsumo points at a directory without bin/.
+    return os.path.join(sumo.SUMO_HOME, "bin", name)
+
+
+def _sumo_env() -> dict[str, str]:
+    return dict(os.environ, SUMO_HOME=sumo.SUMO_HOME)
+
+
+def _error_line(text: str) -> str:
+    """SUMO's first error message (``Error: ...`` and its indented location lines) as one line.
+
+    Without one, the last line it printed (sumo-gui's display errors have no prefix), or ''.
+    """
+    lines = [line for line in text.splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if line.startswith("Error:")), None)
+    if start is None:
+        return lines[-1].strip() if lines else ""
+    block = [lines[start]] + list(itertools.takewhile(lambda s: s.startswith(" "), lines[start + 1:]))
+    return " ".join(s.strip() for s in block)
+
+
+# ---------------------------------------------------------------------------
+# The map: which files SUMO loads, and what the network offers
+
+@dataclass(frozen=True)
+class _Map:
+    name: str                    # the file the user named, for messages
+    args: tuple[str, ...]        # how SUMO loads it
+    net: Path
+    demand: tuple[Path, ...]     # route and additional files: where vTypes are defined
+    road: Any = None             # generate_road.RoadSpec on the paper's road, else None
+
+
+@dataclass(frozen=True)
+class _NetInfo:
+    bbox: tuple[float, float, float, float]  # x0, y0, x1, y1
+    # (length, shape) of each road passenger cars may use, one per pair of opposite edges, longest first
+    roads: tuple[tuple[float, tuple[tuple[float, float], ...]], ...]
+
+
+@lru_cache(maxsize=16)
+def _net_info(path: str, mtime: float) -> _NetInfo:
+    """Parsed once per file version (``mtime`` is part of the cache key only)."""
+    try:
+        net = sumolib.net.readNet(path)
+    except xml.sax.SAXException as exc:
+        raise CosimError(f"network {path} does not parse: {exc}") from None
+    roads: dict[frozenset[str], tuple[float, tuple[tuple[float, float], ...]]] = {}
+    for edge in net.getEdges():
+        if edge.getFunction() or not edge.allows("passenger"):  # '' is a normal road
+            continue
+        key = frozenset((edge.getFromNode().getID(), edge.getToNode().getID()))
+        if key not in roads or edge.getLength() > roads[key][0]:
+            roads[key] = (edge.getLength(), tuple(edge.getShape()))
+    if not roads:
+        raise CosimError(f"network {path} has no road that passenger cars may use")
+    (x0, y0), (x1, y1) = net.getBBoxXY()
+    return _NetInfo((x0, y0, x1, y1), tuple(sorted(roads.values(), key=lambda r: -r[0])))
+
+
+def _existing(value: str, key: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{key}: file not found: {path}")
+    return path
+
+
+def _sumocfg_inputs(path: Path) -> dict[str, list[Path]]:
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise CosimError(f"sumo.sumocfg: {path} is not valid XML ({exc})") from None
+    inputs: dict[str, list[Path]] = {}
+    for key in ("net-file", "route-files", "additional-files"):
+        element = root.find(f".//{key}")
+        value = element.get("value", "") if element is not None else ""
+        inputs[key] = [path.parent / v for v in value.replace(",", " ").split()]
+        for f in inputs[key]:
+            if not f.is_file():
+                raise CosimError(f"sumo.sumocfg: {path} names {key} {f}, which does not exist")
+    if len(inputs["net-file"]) != 1:
+        raise CosimError(f"sumo.sumocfg: {path} names no net-file")
+    return inputs
+
+
+def _random_trips(net: Path, out_dir: Path, cfg: Config) -> Path:
+    trips = out_dir / "random.trips.xml"
+    episode_s = cfg.scenario.episode_slots * cfg.scenario.slot_s
+    cmd = [sys.executable, os.path.join(sumo.SUMO_HOME, "tools", "randomTrips.py"),
+           "--net-file", str(net), "--output-trip-file", str(trips), "--seed", str(cfg.seed),
+           "--begin", "0", "--end", repr(episode_s), "--period", repr(cfg.sumo.random_trips_period_s),
+           "--validate"]  # drop trips that have no route
+    done = subprocess.run(cmd, cwd=out_dir, env=_sumo_env(), capture_output=True, text=True)
+    if done.returncode != 0 or not trips.is_file():
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise CosimError(f"randomTrips.py failed on {net}: {last}")
+    return trips
+
+
+def _resolve_map(cfg: Config, workdir: Path) -> _Map:
+    s = cfg.sumo
+    if s.sumocfg:
+        path = _existing(s.sumocfg, "sumo.sumocfg")
+        inputs = _sumocfg_inputs(path)
+        return _Map(str(path), ("-c", str(path)), inputs["net-file"][0],
+                    tuple(inputs["route-files"] + inputs["additional-files"]))
+    if s.net:
+        net = _existing(s.net, "sumo.net")
+        _net_info(str(net), net.stat().st_mtime)  # a broken network fails here, not inside randomTrips.py
+        routes = _existing(s.routes, "sumo.routes") if s.routes else _random_trips(net, workdir, cfg)
+        return _Map(str(net), ("-n", str(net), "-r", str(routes)), net, (routes,))
+    sc = cfg.scenario
+    spec = road.RoadSpec(length_m=sc.road_length_m, lanes_per_direction=sc.lanes_per_direction,
+                         lane_width_m=sc.lane_width_m, rsus=tuple((r.x, r.y, r.radius) for r in sc.rsus))
+    directory = road.ROAD_DIR if spec == road.RoadSpec() else road.build(workdir / "road", spec).parent
+    sumocfg = directory / f"{road.NAME}.sumocfg"
+    return _Map(str(sumocfg), ("-c", str(sumocfg)), directory / f"{road.NAME}.net.xml",
+                (directory / f"{road.NAME}.rou.xml",), spec)
+
+
+def _check_vtype(vtype: str, files: Sequence[Path]) -> None:
+    defined = {"DEFAULT_VEHTYPE"}
+    for f in files:
+        try:
+            with sumolib.openz(str(f), "rb") as stream:
+                for _, element in ET.iterparse(stream):
+                    if element.tag == "vType":
+                        defined.add(element.get("id", ""))
+                    element.clear()  # route files can be large
+        except ET.ParseError as exc:
+            raise CosimError(f"{f} is not valid XML ({exc})") from None
+    if vtype not in defined:
+        raise ConfigError(f"sumo.cv_vtype: vType '{vtype}' is not defined in "
+                          f"{', '.join(str(f) for f in files)} (defined: {', '.join(sorted(defined))})")
+
+
+def _rsus_in_box(rsus: Sequence[RSUConfig], net: _NetInfo, name: str) -> tuple[RSUConfig, ...]:
+    x0, y0, x1, y1 = net.bbox
+    for k, r in enumerate(rsus):
+        # Roadside RSUs stand beside the roads: allow their coverage radius around the box.
+        if not (x0 - r.radius <= r.x <= x1 + r.radius and y0 - r.radius <= r.y <= y1 + r.radius):
+            raise ConfigError(f"scenario.rsus[{k}] at ({r.x:g}, {r.y:g}) is off the map {name}, which spans "
+                              f"x {x0:g}..{x1:g}, y {y0:g}..{y1:g} (plus the RSU's {r.radius:g} m radius)")
+    return tuple(rsus)
+
+
+def _rsus_along_roads(template: Sequence[RSUConfig], net: _NetInfo, spacing: float,
+                      name: str) -> tuple[RSUConfig, ...]:
+    """As many RSUs as configured, spaced along the longest roads, each at least ``spacing`` from the rest."""
+    placed: list[tuple[float, float]] = []
+    for length, shape in net.roads:
+        n = int(length // spacing) + 1
+        for offset in (length - (n - 1) * spacing) / 2.0 + spacing * np.arange(n):
+            x, y = sumolib.geomhelper.positionAtShapeOffset(shape, float(offset))
+            if all(math.hypot(x - px, y - py) >= spacing for px, py in placed):
+                placed.append((x, y))
+            if len(placed) == len(template):
+                return tuple(RSUConfig(x, y, t.height, t.radius) for (x, y), t in zip(placed, template))
+    raise ConfigError(f"sumo.rsu_spacing_m: only {len(placed)} of {len(template)} RSUs fit {spacing:g} m apart "
+                      f"on the roads of {name}; lower the spacing or use sumo.rsu_placement: config")
+
+
+# ---------------------------------------------------------------------------
+# The paper's road: the model's lanes 0..2L-1 (south to north) and SUMO's (edge, index)
+
+def _to_sumo_lane(lane: int, lanes_per_direction: int) -> tuple[str, int]:
+    if lane < lanes_per_direction:
+        return road.EAST, lane
+    return road.WEST, 2 * lanes_per_direction - 1 - lane
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Start of the CVs on the road, arrays of shape (E, I) (or (I,) for one environment)."""
+
+    x: np.ndarray
+    speed: np.ndarray
+    lane: np.ndarray
+
+    def row(self, e: int) -> "_Placement":
+        return _Placement(self.x[e], self.speed[e], self.lane[e])
+
+
+def _draw_episode(rng: np.random.Generator, cfg: Config, n_envs: int, n_cvs: int,
+                  on_road: bool) -> tuple[_Placement | None, np.ndarray]:
+    """The CVs' start on the road (None on other maps) and each environment's SUMO seed."""
+    placement = None
+    if on_road:
+        # The same calls, in the same order, as AnalyticMobility.reset_batch: one seed, one start.
+        shape = (n_envs, n_cvs)
+        lo, hi = cfg.scenario.cv_speed_mps
+        x = rng.uniform(0.0, cfg.scenario.road_length_m, shape)
+        speed = rng.uniform(lo, hi, shape)
+        lane = rng.integers(0, 2 * cfg.scenario.lanes_per_direction, shape)
+        placement = _Placement(x, speed, lane)
+    return placement, rng.integers(0, 2**31 - 1, n_envs)
+
+
+def _write_episode_routes(path: Path, cfg: Config, spec: Any, routes_file: Path, start: _Placement) -> None:
+    """The road's routes, looping just long enough for an episode, with this episode's vehicles."""
+    routes = ET.parse(routes_file).getroot()
+    # Loading a route expands its repeats, which takes time: a vehicle at 1.5 times the faster
+    # of the speed limit and the fastest CV must not reach the end of its route in an episode.
+    episode_s = cfg.scenario.episode_slots * cfg.scenario.slot_s
+    fastest = 1.5 * max(spec.speed_limit_mps, cfg.scenario.cv_speed_mps[1])
+    loops = math.ceil(episode_s * fastest / (2.0 * spec.length_m)) + 1
+    for route in routes.iter("route"):
+        route.set("repeat", str(loops))
+    for i, (x, v, lane) in enumerate(zip(start.x, start.speed, start.lane)):
+        edge, index = _to_sumo_lane(int(lane), spec.lanes_per_direction)
+        pos = x if edge == road.EAST else spec.length_m - x
+        ET.SubElement(routes, "vehicle", id=f"cv{i}", type=road.CV_VTYPE,
+                      route=road.ROUTE_EAST if edge == road.EAST else road.ROUTE_WEST, depart="0",
+                      departLane=str(index), departPos=repr(float(pos)), departSpeed=repr(float(v)),
+                      speedFactor=repr(float(v) / spec.speed_limit_mps), insertionChecks="none")
+    road.add_background(routes, cfg.sumo.background_vehicles)
+    ET.ElementTree(routes).write(path, encoding="UTF-8", xml_declaration=True)
+
+
+# ---------------------------------------------------------------------------
+# One running SUMO
+
+class _Sumo:
+    """A SUMO process behind TraCI, or libsumo in this process; ``api`` has TraCI's interface."""
+
+    def __init__(self, label: str, gui: bool, want_libsumo: bool, log: Path):
+        self.label = label
+        self.gui = gui
+        self.want_libsumo = want_libsumo and not gui
+        self.log = log
+        self.api: Any = None
+        self.proc: subprocess.Popen | None = None
+        # What SUMO failing looks like: TraCI's exceptions, a dropped socket, (later) libsumo's exceptions.
+        self.errors: tuple[type[BaseException], ...] = (FatalTraCIError, TraCIException, ConnectionError)
+
+    def load(self, argv: list[str]) -> None:
+        """Start SUMO with ``argv``, or reload the running one; a map SUMO rejects raises CosimError."""
+        if self.api is not None:
+            try:
+                self.api.load(argv)
+                return
+            except self.errors:
+                self.close()
+        if self.want_libsumo and self._claim_libsumo():
+            self._start_libsumo(argv)
+        else:
+            self._start_traci(argv)
+
+    def _claim_libsumo(self) -> bool:
+        global _libsumo_holder
+        import libsumo  # only here: importing it rewrites os.environ["SUMO_HOME"]
+
+        if _libsumo_holder is None and not libsumo.isLoaded():
+            _libsumo_holder = self
+            self.errors = (*self.errors, libsumo.FatalTraCIError, libsumo.TraCIException)
+            return True
+        warnings.warn(f"libsumo already runs a simulation in this process; SUMO '{self.label}' uses TraCI",
+                      RuntimeWarning, stacklevel=5)
+        self.want_libsumo = False
+        return False
+
+    def _start_libsumo(self, argv: list[str]) -> None:
+        import libsumo
+
+        self.api = libsumo  # a failed start leaves libsumo loaded: close() must close it
+        try:
+            libsumo.start([_binary("sumo"), *argv])
+        except self.errors as exc:
+            self.close()
+            # libsumo printed SUMO's message to the terminal: ask the binary for it once more, 0 s long.
+            check = list(argv)
+            check[check.index("--end") + 1] = "0"
+            done = subprocess.run([_binary("sumo"), *check], capture_output=True, text=True, env=_sumo_env())
+            message = _error_line(done.stderr) or _one_line(exc)
+            raise CosimError(f"SUMO could not load {_argv_map(argv)}: {message}") from None
+
+    def _start_traci(self, argv: list[str]) -> None:
+        if traci.connection.has(self.label):
+            raise CosimError(f"a TraCI connection labelled '{self.label}' is already open")
+        binary = _binary("sumo-gui" if self.gui else "sumo")
+        port = sumolib.miscutils.getFreeSocketPort()
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen([binary, *argv, "--remote-port", str(port)], stdout=subprocess.DEVNULL,
+                                         stderr=log, env=_sumo_env())
+        # traci.start sleeps 1 s after the first refused connection; poll every 5 ms instead.
+        deadline = time.monotonic() + _CONNECT_TIMEOUT_S
+        while True:
+            try:
+                self.api = traci.connection.Connection("localhost", port, self.proc, None, False, self.label)
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    message = _error_line(self.log.read_text()) or f"exit status {self.proc.returncode}"
+                    self.close()
+                    raise CosimError(f"SUMO could not load {_argv_map(argv)}: {message}") from None
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise CosimError(f"{binary} did not accept a TraCI connection within "
+                                     f"{_CONNECT_TIMEOUT_S:g} s") from None
+                time.sleep(0.005)
+
+    def failure(self, exc: BaseException) -> str:
+        """What SUMO said about why it failed (over TraCI, its error output), as one line."""
+        said = _error_line(self.log.read_text()) if self.proc is not None and self.log.is_file() else ""
+        return said or _one_line(exc)
+
+    def close(self) -> None:
+        """Stop SUMO; harmless when it is stopped already or died."""
+        global _libsumo_holder
+        api, proc = self.api, self.proc
+        self.api = self.proc = None
+        try:
+            # Closing a connection whose SUMO died fails once, dropping the socket; the second
+            # attempt then only unregisters the TraCI label.
+            for _ in range(2 if api is not None else 0):
+                try:
+                    api.close(False) if proc is not None else api.close()
+                    break
+                except self.errors:
+                    pass
+        finally:
+            if proc is not None:
+                if api is None:  # never connected: nothing will tell it to quit
+                    proc.kill()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if _libsumo_holder is self:
+                _libsumo_holder = None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _argv_map(argv: Sequence[str]) -> str:
+    """The map files named in a SUMO command line, for messages."""
+    names = [v for k, v in zip(argv, argv[1:]) if k in ("-c", "-n", "-r", "--route-files")]
+    return ", ".join(names) or " ".join(argv)
+
+
+# ---------------------------------------------------------------------------
+
+class SumoMobility:
+    """One SUMO simulation behind the Mobility protocol; see the module docstring.
+
+    ``gui=True`` runs sumo-gui (over TraCI) and needs a display. ``record_dir`` (with the GUI)
+    saves one screenshot per slot, ``slot_00000.png``, ``slot_00001.png``, ..., numbered on
+    across episodes. ``close()`` stops SUMO; it also runs when the object is garbage-collected
+    and at interpreter exit.
+    """
+
+    def __init__(self, cfg: Config, n_cvs: int | None = None, gui: bool = False, label: str | None = None,
+                 record_dir: str | None = None):
+        self.cfg = cfg
+        self.n_cvs = n_cvs if n_cvs is not None else cfg.scenario.n_cvs
+        if self.n_cvs < 1:
+            raise ConfigError(f"n_cvs: {self.n_cvs} CV slots; at least 1 is needed")
+        self.gui = gui
+        self.label = label if label is not None else f"cosim-sumo-{next(_labels)}"
+        self.record_dir = Path(record_dir) if record_dir is not None else None
+        if gui and not os.environ.get("DISPLAY"):
+            raise CosimError("sumo-gui needs a display but DISPLAY is not set (run under xvfb-run, or without the GUI)")
+        if self.record_dir is not None:
+            if not gui:
+                raise ConfigError("record_dir needs gui=True: the screenshots come from sumo-gui")
+            self.record_dir.mkdir(parents=True, exist_ok=True)
+        self._tmp = tempfile.TemporaryDirectory(prefix="cosim-sumo-")
+        workdir = Path(self._tmp.name)
+        try:
+            self._map = _resolve_map(cfg, workdir)
+            self._net = _net_info(str(self._map.net), self._map.net.stat().st_mtime)
+            if cfg.sumo.cv_vtype is not None and self._map.road is None:
+                _check_vtype(cfg.sumo.cv_vtype, self._map.demand)
+            if cfg.sumo.rsu_placement == "auto":
+                self._rsus = _rsus_along_roads(cfg.scenario.rsus, self._net, cfg.sumo.rsu_spacing_m, self._map.name)
+            else:
+                self._rsus = _rsus_in_box(cfg.scenario.rsus, self._net, self._map.name)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+        self._episode_routes = workdir / "episode.rou.xml"
+        self._sumo = _Sumo(self.label, gui, cfg.sumo.use_libsumo, workdir / "sumo.log")
+        weakref.finalize(self, self._sumo.close)
+        self._rng = np.random.default_rng(cfg.seed)
+        self._closed = False
+        self.step_length: float | None = None  # SUMO's step length, s, known after the first reset
+        self.sim_time = 0.0                     # SUMO's clock after the last step, s
+        self._episode: tuple[int, _Placement | None] = (0, None)
+        self._slot_vehicle: list[str | None] = [None] * self.n_cvs
+        self._slot_of: dict[str, int] = {}
+        self._state: MobilityState | None = None
+        self._frame = 0
+
+    # -- Mobility protocol -------------------------------------------------------------------
+
+    def reset(self, seed: int | None = None) -> MobilityState:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        placement, sumo_seeds = _draw_episode(self._rng, self.cfg, 1, self.n_cvs, self._map.road is not None)
+        return self._begin(int(sumo_seeds[0]), None if placement is None else placement.row(0))
+
+    def advance(self, dt: float) -> MobilityState:
+        if self._sumo.api is None:
+            raise CosimError("SumoMobility.advance(): no simulation is running (call reset() first)")
+        n = round(dt / self.step_length)
+        if n < 1 or abs(n * self.step_length - dt) > 1e-9 * max(dt, 1.0):
+            raise ConfigError(f"a slot of {dt:g} s is not a whole number of SUMO steps of {self.step_length:g} s")
+        try:
+            return self._steps(n)
+        except self._sumo.errors as exc:
+            if not self.cfg.sumo.restart_on_crash:
+                raise self._crashed(exc) from exc
+        # SUMO died and sumo.restart_on_crash is set: a new SUMO runs this slot again.
+        self._restart()
+        try:
+            return self._steps(n)
+        except self._sumo.errors as exc:
+            raise self._crashed(exc) from exc
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._sumo.close()
+            finally:
+                self._tmp.cleanup()
+
+    # -- extras --------------------------------------------------------------------------------
+
+    def rsu_configs(self) -> tuple[RSUConfig, ...]:
+        """The RSUs on this map: ``scenario.rsus`` (checked to lie on it) or placed along its longest roads."""
+        return self._rsus
+
+    @property
+    def sumo_pid(self) -> int | None:
+        """Process id of the SUMO behind TraCI (None with libsumo or before the first reset)."""
+        return self._sumo.proc.pid if self._sumo.proc is not None else None
+
+    def show_decisions(self, colors: Sequence[Sequence[int]], labels: Sequence[str] | None = None) -> None:
+        """Colour each CV slot's vehicle, (r, g, b, a) in 0..255; ``labels`` become its text in sumo-gui."""
+        if len(colors) != self.n_cvs or (labels is not None and len(labels) != self.n_cvs):
+            raise ValueError(f"show_decisions: expected one colour (and label) per CV slot, {self.n_cvs}")
+        for slot, vehicle in enumerate(self._slot_vehicle):
+            if vehicle is not None:
+                self._sumo.api.vehicle.setColor(vehicle, tuple(int(c) for c in colors[slot]))
+                if labels is not None:
+                    self._sumo.api.vehicle.setParameter(vehicle, road.DECISION_PARAM, labels[slot])
+
+    def screenshot(self, path: str | Path) -> None:
+        """Save sumo-gui's view to ``path``. SUMO writes the file during its next step."""
+        if not self.gui:
+            raise CosimError("screenshot() needs gui=True")
+        self._sumo.api.gui.screenshot(self._sumo.api.gui.DEFAULT_VIEW, str(path))
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _argv(self, sumo_seed: int, start: _Placement | None) -> list[str]:
+        options = {"--seed": str(sumo_seed), "--no-step-log": "true", "--no-warnings": "true",
+                   "--end": "-1"}  # the episode decides when to stop, not the map's end time
+        if self.cfg.sumo.step_length_s is not None:
+            options["--step-length"] = repr(self.cfg.sumo.step_length_s)
+        if self.gui:
+            options.update({"--start": "true", "--quit-on-end": "true"})
+        if start is not None:
+            # In place of the road's route file: its vTypes and routes, and this episode's vehicles.
+            _write_episode_routes(self._episode_routes, self.cfg, self._map.road, self._map.demand[0], start)
+            options["--route-files"] = str(self._episode_routes)
+        extra = list(self.cfg.sumo.extra_args)
+        given = {a for a in extra if a.startswith("-")}  # SUMO rejects an option given twice
+        argv = list(self._map.args)
+        for key, value in options.items():
+            if key not in given:
+                argv += [key, value]
+        return argv + extra
+
+    def _begin(self, sumo_seed: int, start: _Placement | None) -> MobilityState:
+        """Start an episode: (re)load SUMO and perform the step that inserts the vehicles departing at 0."""
+        if self._closed:
+            raise CosimError("SumoMobility is closed")
+        self._episode = (sumo_seed, start)
+        argv = self._argv(sumo_seed, start)
+        self._sumo.load(argv)
+        self._slot_vehicle = [None] * self.n_cvs
+        self._slot_of = {}
+        try:
+            api = self._sumo.api
+            api.simulation.subscribe(_SIM_VARS)
+            self.step_length = api.simulation.getDeltaT()
+            return self._steps(1)
+        except self._sumo.errors as exc:  # SUMO reads route files as it goes: a bad one fails here
+            message = self._sumo.failure(exc)
+            self._sumo.close()
+            raise CosimError(f"SUMO could not load {_argv_map(argv)}: {message}") from exc
+
+    def _steps(self, n: int) -> MobilityState:
+        api = self._sumo.api
+        for k in range(n):
+            if k == n - 1 and self.record_dir is not None:
+                # Requested before the slot's last step, the screenshot shows the state after it.
+                self.screenshot(self.record_dir / f"slot_{self._frame:05d}.png")
+                self._frame += 1
+            api.simulationStep()
+            self._update_slots(api.simulation.getSubscriptionResults())
+        return self._read()
+
+    def _update_slots(self, sim: dict[int, Any]) -> None:
+        self.sim_time = sim[tc.VAR_TIME]
+        for vehicle in sim[tc.VAR_ARRIVED_VEHICLES_IDS]:
+            slot = self._slot_of.pop(vehicle, None)
+            if slot is not None:
+                self._slot_vehicle[slot] = None
+        for vehicle in sim[tc.VAR_DEPARTED_VEHICLES_IDS]:
+            slot = self._slot_for(vehicle)
+            if slot is not None:
+                self._slot_vehicle[slot] = vehicle
+                self._slot_of[vehicle] = slot
+                self._sumo.api.vehicle.subscribe(vehicle, _VEHICLE_VARS)
+
+    def _slot_for(self, vehicle: str) -> int | None:
+        if self._map.road is not None:  # slot i is cv<i>; background vehicles get none
+            return int(vehicle[2:]) if vehicle.startswith("cv") else None
+        if None not in self._slot_vehicle:
+            return None
+        vtype = self.cfg.sumo.cv_vtype
+        if vtype is not None and self._sumo.api.vehicle.getTypeID(vehicle) != vtype:
+            return None
+        return self._slot_vehicle.index(None)
+
+    def _read(self) -> MobilityState:
+        results = self._sumo.api.vehicle.getAllSubscriptionResults()
+        n = self.n_cvs
+        x, y, speed, angle = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+        lane = np.zeros(n, dtype=np.int64)
+        active = np.zeros(n, dtype=bool)
+        spec = self._map.road
+        for slot, vehicle in enumerate(self._slot_vehicle):
+            r = results.get(vehicle) if vehicle is not None else None
+            if not r or r[tc.VAR_POSITION][0] == tc.INVALID_DOUBLE_VALUE:  # not inserted, or teleporting
+                continue
+            x[slot], y[slot] = r[tc.VAR_POSITION]
+            speed[slot] = r[tc.VAR_SPEED]
+            angle[slot] = r[tc.VAR_ANGLE]
+            index = r[tc.VAR_LANE_INDEX]
+            if spec is not None and r[tc.VAR_ROAD_ID] == road.WEST:
+                index = 2 * spec.lanes_per_direction - 1 - index
+            lane[slot] = index
+            active[slot] = True
+        # SUMO: degrees clockwise from north; the model: radians counter-clockwise from east, in (-pi, pi].
+        heading = np.where(active, np.pi - np.mod(np.pi / 2.0 + np.radians(angle), 2.0 * np.pi), 0.0)
+        self._state = MobilityState(x=x, y=y, speed=speed, heading=heading, lane=lane, active=active)
+        return self._state.copy()
+
+    def _crashed(self, exc: BaseException) -> CosimError:
+        message = self._sumo.failure(exc)
+        self._sumo.close()
+        return CosimError(f"SUMO exited at simulation time {self.sim_time:g} s running {self._map.name}: {message}")
+
+    def _restart(self) -> None:
+        """After a crash: a new SUMO, the road's CVs where they were, at their drawn speeds."""
+        warnings.warn(f"SUMO '{self.label}' exited at simulation time {self.sim_time:g} s; restarting it",
+                      RuntimeWarning, stacklevel=3)
+        self._sumo.close()
+        sumo_seed, start = self._episode
+        if start is not None:
+            start = _Placement(self._state.x, start.speed, self._state.lane)
+        self._begin(sumo_seed, start)
+
+
+class SumoBatchMobility:
+    """``n_envs`` SUMO simulations side by side, with (E, I) arrays like AnalyticMobility's batch methods.
+
+    One environment uses libsumo (if ``sumo.use_libsumo``); more use TraCI, one labelled
+    connection each, stepped in turn. (Stepping them from threads was measured no faster on
+    two cores: the Python side of each step is what takes the time.) Environment e's start and SUMO
+    seed derive from the reset seed; on the road the start equals ``AnalyticMobility(cfg,
+    n_envs).reset_batch(seed)``. Environment e generates its random trips (maps without
+    routes) with seed ``cfg.seed + e``. The GUI (and recording) shows one simulation, so it
+    needs ``n_envs == 1``; ``show_decisions`` and ``screenshot`` act on it.
+    """
+
+    def __init__(self, cfg: Config, n_envs: int, n_cvs: int | None = None, gui: bool = False,
+                 record_dir: str | None = None):
+        if n_envs < 1:
+            raise ConfigError(f"n_envs: {n_envs}; at least 1 environment is needed")
+        if (gui or record_dir is not None) and n_envs != 1:
+            raise ConfigError(f"the SUMO GUI shows one simulation, not n_envs = {n_envs}")
+        if n_envs > 1:  # libsumo runs one simulation per process
+            cfg = cfg.replace(**{"sumo.use_libsumo": False})
+        self.cfg = cfg
+        self.n_envs = n_envs
+        prefix = f"cosim-batch-{next(_labels)}"
+        self.envs: list[SumoMobility] = []
+        try:
+            for e in range(n_envs):
+                self.envs.append(SumoMobility(cfg.replace(seed=(cfg.seed + e) % 2**31), n_cvs, gui=gui,
+                                              label=f"{prefix}-{e}", record_dir=record_dir))
+        except BaseException:
+            self.close()
+            raise
+        self.n_cvs = self.envs[0].n_cvs
+        self._rng = np.random.default_rng(cfg.seed)
+
+    def reset_batch(self, seed: int | None = None) -> MobilityState:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        on_road = self.envs[0]._map.road is not None
+        placement, sumo_seeds = _draw_episode(self._rng, self.cfg, self.n_envs, self.n_cvs, on_road)
+        return stack_states([env._begin(int(sumo_seeds[e]), None if placement is None else placement.row(e))
+                             for e, env in enumerate(self.envs)])
+
+    def advance_batch(self, dt: float) -> MobilityState:
+        return stack_states([env.advance(dt) for env in self.envs])
+
+    def rsu_configs(self) -> tuple[RSUConfig, ...]:
+        return self.envs[0].rsu_configs()
+
+    def show_decisions(self, colors: Sequence[Sequence[int]], labels: Sequence[str] | None = None) -> None:
+        self.envs[0].show_decisions(colors, labels)
+
+    def screenshot(self, path: str | Path) -> None:
+        self.envs[0].screenshot(path)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
