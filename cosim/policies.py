@@ -110,6 +110,15 @@ def _dpp_optimiser(n_rsus: int, seed: int | None, env):
 EXTRA_POLICIES: dict[str, object] = {"dpp-opt": _dpp_optimiser}
 
 
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "ly-dtmppo" / "policy.safetensors"
+FALLBACK_POLICY = "equal"
+
+
+def default_policy() -> str:
+    """The shipped Ly-DTMPPO checkpoint, or the best reference policy if it is missing."""
+    return str(SHIPPED_CHECKPOINT) if SHIPPED_CHECKPOINT.is_file() else FALLBACK_POLICY
+
+
 def make_policy(name_or_path: str, n_rsus: int, seed: int | None = None, env=None):
     """A reference policy by name, a registered one, or a trained checkpoint by path."""
     if name_or_path in REFERENCE_POLICIES:

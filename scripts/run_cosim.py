@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""The main job: run the co-simulation with a policy and report what it did.
+"""The main job: co-simulate traffic and offloading with a policy, and report what it did.
 
-    python scripts/run_cosim.py                      # SUMO headless, default policy
+    python scripts/run_cosim.py                          # SUMO headless on the paper's road, default policy
+    python scripts/run_cosim.py --gui                    # watch it in sumo-gui (needs a display)
+    python scripts/run_cosim.py --gui --record frames/   # and save one PNG per slot
+    python scripts/run_cosim.py --sumocfg my/map.sumocfg --set sumo.rsu_placement=auto
     python scripts/run_cosim.py --backend analytic --episodes 3 --policy nearest
 """
 
@@ -13,43 +16,75 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cosim.cli import add_common_args, config_from_args, run_main, save_run_config  # noqa: E402
-from cosim.env import BatchCoSim  # noqa: E402
-from cosim.policies import make_policy  # noqa: E402
-from cosim.runner import episode_table, run_episodes, write_summary  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-DEFAULT_POLICY = "nearest"
+from cosim.cli import add_common_args, config_from_args, run_main, save_run_config  # noqa: E402
+from cosim.env import BatchCoSim, StepOutput  # noqa: E402
+from cosim.gui import decision_colors, decision_label, slot_line  # noqa: E402
+from cosim.policies import default_policy, make_policy  # noqa: E402
+from cosim.runner import episode_table, run_episodes, write_summary  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(ap, backend_default="analytic")
-    ap.add_argument("--policy", default=DEFAULT_POLICY,
-                    help=f"local | nearest | equal | random | a checkpoint path (default: {DEFAULT_POLICY})")
+    add_common_args(ap, backend_default="sumo")
+    ap.add_argument("--policy", default=None,
+                    help="local | nearest | equal | random | dpp-opt | a checkpoint path "
+                         "(default: the shipped Ly-DTMPPO checkpoint)")
     ap.add_argument("--episodes", type=int, default=1)
     ap.add_argument("--out", default="runs/cosim", help="output folder for slots.csv, summary.json, config.yaml")
+    ap.add_argument("--gui", action="store_true", help="run sumo-gui and colour each CV by its decision")
+    ap.add_argument("--record", metavar="DIR", default=None, help="with the GUI: save one PNG per slot into DIR")
+    ap.add_argument("--delay", type=int, default=200, metavar="MS", help="sumo-gui delay per step, ms (default 200)")
+    ap.add_argument("--sumocfg", default=None, help="run another SUMO map: its .sumocfg")
+    ap.add_argument("--net", default=None, help="run another SUMO map: its .net.xml (with --routes, or random trips)")
+    ap.add_argument("--routes", default=None, help="route file for --net")
+    ap.add_argument("--slots", action="store_true", help="print one line per slot (on by default with --gui)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args()
     if args.episodes < 1:
         ap.error("--episodes must be at least 1")
+    if args.record:
+        args.gui = True
+    sumo_map = {k: v for k, v in (("sumo.sumocfg", args.sumocfg), ("sumo.net", args.net),
+                                  ("sumo.routes", args.routes)) if v is not None}
+    if args.gui or sumo_map:
+        args.backend = "sumo"
+    cfg = config_from_args(args, defaults={"backend": "sumo"})
+    if sumo_map:
+        cfg = cfg.replace(**sumo_map)
+    if args.gui:
+        cfg = cfg.replace(**{"sumo.extra_args": [*cfg.sumo.extra_args, "--delay", str(args.delay)]})
+    policy_name = args.policy or default_policy()
 
-    cfg = config_from_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(cfg, out)
-    with BatchCoSim(cfg, n_envs=1, seed=cfg.seed) as sim:
-        policy = make_policy(args.policy, sim.n_rsus, seed=cfg.seed, env=sim)
+    gui_kwargs = {"gui": True, "record_dir": args.record} if args.gui else {}
+    with BatchCoSim(cfg, n_envs=1, seed=cfg.seed, **gui_kwargs) as sim:
+        policy = make_policy(policy_name, sim.n_rsus, seed=cfg.seed, env=sim)
+        show_slots = args.slots or args.gui
+
+        def on_slot(step: StepOutput, episode: int, slot: int) -> None:
+            if args.gui:
+                sim.mobility.show_decisions(decision_colors(step),
+                                            [decision_label(step, 0, i) for i in range(sim.n_cvs)])
+            if show_slots:
+                tqdm.write(f"ep {episode} {slot_line(step, slot)}")
+
         result = run_episodes(sim, policy, args.episodes, seed=cfg.seed, csv_path=out / "slots.csv",
-                              progress=not args.quiet, policy_name=args.policy)
-    print(f"{args.policy} on {cfg.backend}, {sim.n_cvs} CVs, {sim.n_rsus} RSUs, "
-          f"{args.episodes} episode(s) of {cfg.scenario.episode_slots} slots")
+                              on_slot=on_slot, progress=not args.quiet, policy_name=policy_name)
+    where = cfg.sumo.sumocfg or cfg.sumo.net or "the paper's road"
+    print(f"{policy_name} on {cfg.backend} ({where if cfg.backend == 'sumo' else 'analytic road'}), "
+          f"{sim.n_cvs} CVs, {sim.n_rsus} RSUs, {args.episodes} episode(s) of {cfg.scenario.episode_slots} slots")
     print(episode_table(result))
     s = result.summary
     print(f"mean system cost {s['mean_cost']:.4f}, reward {s['mean_reward']:.3f}, delay {s['mean_delay_s']:.4f} s, "
           f"energy {s['mean_energy_j']:.2f} J, InstrT {s['instr_share']:.1%}, "
           f"deadline misses {s['deadline_miss_rate']:.1%}")
     write_summary(out / "summary.json", s, result.episodes)
-    print(f"wrote {out / 'slots.csv'}, {out / 'summary.json'}, {out / 'config.yaml'}")
+    print(f"wrote {out / 'slots.csv'}, {out / 'summary.json'}, {out / 'config.yaml'}"
+          + (f", {args.record}/slot_*.png" if args.record else ""))
     return 0
 
 

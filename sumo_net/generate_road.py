@@ -29,6 +29,13 @@ from pathlib import Path
 
 import sumo
 
+try:
+    from cosim.palette import rsu_hue
+except ImportError:  # run as a script from a checkout that is not installed
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from cosim.palette import rsu_hue
+
 ROAD_DIR = Path(__file__).resolve().parent / "road"
 NAME = "road"
 EAST, WEST = "eastbound", "westbound"
@@ -136,7 +143,8 @@ def _rsus(spec: RoadSpec, out: Path) -> None:
             for a in (2.0 * math.pi * i / COVERAGE_VERTICES for i in range(COVERAGE_VERTICES + 1)))
         ET.SubElement(add, "poly", id=f"rsu{k}_coverage", type="coverage", color="0,120,255,40",
                       fill="1", layer="-1", shape=circle)
-        ET.SubElement(add, "poi", id=f"rsu{k}", type="RSU", color="0,60,200", layer="5",
+        # The RSU's hue is the colour of the CVs that offload to it (cosim/palette.py).
+        ET.SubElement(add, "poi", id=f"rsu{k}", type=f"RSU {k}", color=",".join(map(str, rsu_hue(k))), layer="5",
                       x=_num(x), y=_num(y), width="4", height="4")
     _write(add, out / f"{NAME}.add.xml")
 
