@@ -77,12 +77,16 @@ def main() -> int:
     if args.sumo:
         for cvs in (5, 50):
             c = cfg.replace(**{"scenario.n_cvs": cvs})
-            add("PettingZoo", "analytic", 1, cvs, *bench_parallel_env(c, "analytic", args.seconds))
+            if cvs != cfg.scenario.n_cvs:
+                add("PettingZoo", "analytic", 1, cvs, *bench_parallel_env(c, "analytic", args.seconds))
             for lib in (True, False):
                 c2 = c.replace(**{"sumo.use_libsumo": lib})
                 name = "PettingZoo (libsumo)" if lib else "PettingZoo (TraCI)"
                 add(name, "sumo", 1, cvs, *bench_parallel_env(c2, "sumo", args.seconds))
-    ref = {r["cvs"]: r["agent_slots_s"] for r in rows if r["env"] == "PettingZoo" and r["backend"] == "analytic"}
+    ref: dict[int, float] = {}
+    for r in rows:  # each CV count's first analytic PettingZoo row is its reference
+        if r["env"] == "PettingZoo" and r["backend"] == "analytic":
+            ref.setdefault(r["cvs"], r["agent_slots_s"])
     for r in rows:
         r["ratio"] = r["agent_slots_s"] / ref[r["cvs"]]
     print(format_table(rows, [("env", "env", "{}"), ("backend", "backend", "{}"), ("envs", "envs", "{:d}"),

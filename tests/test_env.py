@@ -137,3 +137,22 @@ def test_unknown_policy_and_backend():
         make_policy("runs/none/model.safetensors", 3)
     with pytest.raises(CosimError, match="need the SUMO backend"):
         make_batch_env(n_envs=1, gui=True)
+
+
+def test_parallel_api_and_seed_on_sumo():
+    env = make_env(backend="sumo", seed=0)
+    parallel_api_test(env, num_cycles=35)
+    env.close()
+    env.close()
+    parallel_seed_test(lambda: make_env(backend="sumo", n_cvs=3))
+
+
+def test_sumo_batch_env_matches_config_switch(cfg):
+    """backend: sumo in the config picks SUMO everywhere; same seed, same numbers."""
+    sumo_cfg = cfg.replace(backend="sumo")
+    a = _rollout(make_batch_env(sumo_cfg, n_envs=2), seed=3, slots=10)
+    b = _rollout(make_batch_env(sumo_cfg, n_envs=2), seed=3, slots=10)
+    np.testing.assert_array_equal(a, b)
+    sim = make_batch_env(sumo_cfg, n_envs=1)
+    assert sim.backend == "sumo" and type(sim.mobility).__name__ == "SumoBatchMobility"
+    sim.close()
