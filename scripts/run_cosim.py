@@ -82,6 +82,8 @@ def main() -> int:
     print(f"mean system cost {s['mean_cost']:.4f}, reward {s['mean_reward']:.3f}, delay {s['mean_delay_s']:.4f} s, "
           f"energy {s['mean_energy_j']:.2f} J, InstrT {s['instr_share']:.1%}, "
           f"deadline misses {s['deadline_miss_rate']:.1%}")
+    if hasattr(policy, "summary_text"):  # the per-slot optimiser says how converged its solutions are
+        print(policy.summary_text())
     write_summary(out / "summary.json", s, result.episodes)
     print(f"wrote {out / 'slots.csv'}, {out / 'summary.json'}, {out / 'config.yaml'}"
           + (f", {args.record}/slot_*.png" if args.record else ""))
