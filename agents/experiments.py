@@ -1,0 +1,303 @@
+"""The paper's experiment grid (Sec. VII): cells, budgets, and running them resumably.
+
+An experiment file (``configs/experiments/*.yaml``) names algorithms, a sweep
+and seeds; the grid is the union of the cells of every experiment, so a cell
+two figures share (Ly-DTMPPO at 5 CVs and V = 5 is in Fig. 4, 5, 6 and 7) is
+trained once. A cell trains one algorithm on one config with one seed, then
+evaluates its policy deterministically on fresh seeds. A finished cell leaves
+``done.json`` and is never redone; an interrupted one resumes from its
+checkpoint. Cells run in worker processes, or on a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from cosim.config import REPO_ROOT, ConfigError, CosimError, load_config, to_dict
+
+EXPERIMENTS_DIR = REPO_ROOT / "configs" / "experiments"
+DONE_FILE = "done.json"
+EVAL_SEED_OFFSET = 100_000  # evaluation seeds never meet training seeds
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One figure's or table's worth of cells."""
+
+    name: str
+    description: str
+    algos: tuple[str, ...]
+    sweep: dict[str, tuple[Any, ...]]  # config key -> values (the product is taken)
+    fixed: dict[str, Any]              # config overrides shared by every cell
+    figures: tuple[str, ...]
+
+    @classmethod
+    def load(cls, path: Path) -> "Experiment":
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            raise ConfigError(f"experiment file {path} is not valid YAML") from None
+        allowed = {"name", "description", "algos", "sweep", "fixed", "figures"}
+        unknown = set(data) - allowed
+        if unknown:
+            raise ConfigError(f"{path.name}: unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(sorted(allowed))})")
+        if not data.get("algos"):
+            raise ConfigError(f"{path.name}: 'algos' must list at least one algorithm")
+        sweep = {k: tuple(v if isinstance(v, list) else [v]) for k, v in (data.get("sweep") or {}).items()}
+        return cls(name=data.get("name", path.stem), description=data.get("description", ""),
+                   algos=tuple(data["algos"]), sweep=sweep, fixed=dict(data.get("fixed") or {}),
+                   figures=tuple(data.get("figures") or ()))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long each cell trains and how many episodes evaluate it."""
+
+    episodes: int
+    eval_episodes: int
+    seeds: int
+
+
+PRESETS = {
+    "full": Budget(episodes=1800, eval_episodes=20, seeds=3),   # the paper's budget
+    "quick": Budget(episodes=150, eval_episodes=5, seeds=3),    # the whole grid in ~15 min on 2 cores
+    "tiny": Budget(episodes=4, eval_episodes=1, seeds=1),       # tests: every code path, seconds
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run plus its evaluation."""
+
+    algo: str
+    seed: int
+    overrides: tuple[tuple[str, Any], ...]  # sorted (key, value) pairs
+    episodes: int
+    eval_episodes: int
+    backend: str
+
+    @property
+    def key(self) -> str:
+        """A readable, unique folder name."""
+        parts = [self.algo, self.backend]
+        parts += [f"{k.split('.')[-1]}={v}" for k, v in self.overrides]
+        parts += [f"ep={self.episodes}", f"seed={self.seed}"]
+        return "__".join(str(p).replace("/", "_").replace(" ", "") for p in parts)
+
+    def config(self):
+        cfg = load_config(overrides=[f"{k}={json.dumps(v)}" for k, v in self.overrides])
+        return cfg.replace(**{"seed": self.seed, "backend": self.backend, "training.episodes": self.episodes})
+
+    def setting(self) -> dict[str, Any]:
+        return dict(self.overrides)
+
+
+def load_experiments(names: Iterable[str] | None = None, directory: Path = EXPERIMENTS_DIR) -> list[Experiment]:
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        raise ConfigError(f"no experiment files in {directory}")
+    exps = [Experiment.load(f) for f in files]
+    if names:
+        wanted = list(names)
+        known = {e.name for e in exps}
+        for n in wanted:
+            if n not in known:
+                raise ConfigError(f"unknown experiment '{n}' (choose {', '.join(sorted(known))})")
+        exps = [e for e in exps if e.name in wanted]
+    return exps
+
+
+def cells_of(exp: Experiment, budget: Budget, backend: str) -> list[Cell]:
+    keys = sorted(exp.sweep)
+    out = []
+    for values in itertools.product(*(exp.sweep[k] for k in keys)):
+        overrides = dict(exp.fixed)
+        overrides.update(zip(keys, values))
+        for algo, seed in itertools.product(exp.algos, range(budget.seeds)):
+            out.append(Cell(algo, seed, tuple(sorted(overrides.items())), budget.episodes,
+                            budget.eval_episodes, backend))
+    return out
+
+
+def grid(experiments: list[Experiment], budget: Budget, backend: str) -> list[Cell]:
+    """The union of every experiment's cells, each once, in a stable order."""
+    seen: dict[str, Cell] = {}
+    for exp in experiments:
+        for c in cells_of(exp, budget, backend):
+            seen.setdefault(c.key, c)
+    return list(seen.values())
+
+
+def is_learned(algo: str) -> bool:
+    from agents import ALGORITHMS
+    return algo in ALGORITHMS
+
+
+def validate(cells: list[Cell]) -> None:
+    """Fail before any work if a cell's config, algorithm or policy name is invalid."""
+    from agents import ALGORITHMS
+    from cosim.policies import EXTRA_POLICIES, REFERENCE_POLICIES
+    known = [*ALGORITHMS, *REFERENCE_POLICIES, *EXTRA_POLICIES]
+    for c in cells:
+        if c.algo not in known:
+            raise ConfigError(f"unknown algorithm or policy '{c.algo}' (choose {', '.join(known)})")
+        c.config()
+
+
+# ---------------------------------------------------------------------------
+# Running one cell (in a worker process or a Ray task)
+
+def run_cell(cell: Cell, root: str | Path) -> dict[str, Any]:
+    """Train (or resume) and evaluate one cell; returns its record. Idempotent.
+
+    A cell whose ``algo`` is a reference policy (equal, nearest, dpp-opt, ...) is only evaluated.
+    """
+    run_dir = Path(root) / "cells" / cell.key
+    done = run_dir / DONE_FILE
+    if done.is_file():
+        return json.loads(done.read_text())
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per worker
+    from agents import train
+    from agents.checkpoint import load_policy
+    from agents.common import CHECKPOINT_FILE
+    from cosim.env import BatchCoSim
+    from cosim.policies import make_policy
+    from cosim.runner import run_episodes
+
+    t0 = time.time()
+    cfg = cell.config()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_seconds = train_slots_per_s = 0.0
+    if is_learned(cell.algo):
+        resume = (run_dir / CHECKPOINT_FILE).is_file()
+        fit = train(None if resume else cell.algo, None if resume else cfg, out=run_dir,
+                    resume=run_dir if resume else None, progress=False, tensorboard=False, log=lambda s: None)
+        train_seconds, train_slots_per_s = fit.seconds, fit.slots_per_s
+    with BatchCoSim(cfg, n_envs=1, seed=cfg.seed) as sim:
+        policy = (load_policy(run_dir, env=sim) if is_learned(cell.algo)
+                  else make_policy(cell.algo, sim.n_rsus, seed=cell.seed, env=sim))
+        ev = run_episodes(sim, policy, cell.eval_episodes, seed=EVAL_SEED_OFFSET + 1000 * cell.seed,
+                          progress=False, policy_name=cell.algo)
+    record = {"cell": asdict(cell), "key": cell.key, "setting": cell.setting(), "algo": cell.algo,
+              "seed": cell.seed, "eval": ev.summary, "eval_episodes": [asdict(e) for e in ev.episodes],
+              "train_seconds": train_seconds, "train_slots_per_s": train_slots_per_s, "seconds": time.time() - t0}
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, done)  # atomic: a cell is done or it is not
+    return record
+
+
+def _run_cell_args(args: tuple[Cell, str]) -> dict[str, Any]:
+    return run_cell(*args)
+
+
+@dataclass
+class GridReport:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def run_grid(cells: list[Cell], root: str | Path, workers: int = 2, ray_address: str | None = None,
+             progress: bool = True, on_record: Callable[[dict[str, Any]], None] | None = None) -> GridReport:
+    """Run every cell not yet done, ``workers`` at a time (processes), or on Ray."""
+    from tqdm import tqdm
+
+    root = Path(root)
+    (root / "cells").mkdir(parents=True, exist_ok=True)
+    report = GridReport()
+    todo = []
+    for c in cells:
+        done = root / "cells" / c.key / DONE_FILE
+        if done.is_file():
+            report.records.append(json.loads(done.read_text()))
+            report.skipped += 1
+        else:
+            todo.append(c)
+    bar = tqdm(total=len(cells), initial=report.skipped, unit="run", disable=not progress, dynamic_ncols=True,
+               desc="grid")
+
+    def finished(cell: Cell, rec: dict[str, Any] | None, err: BaseException | None) -> None:
+        if err is not None:
+            report.failed.append((cell.key, f"{type(err).__name__}: {err}"))
+            bar.write(f"failed: {cell.key}: {err}")
+        else:
+            report.records.append(rec)
+            if on_record:
+                on_record(rec)
+        bar.update(1)
+
+    try:
+        if ray_address is not None:
+            _run_on_ray(todo, str(root), ray_address, finished)
+        elif workers <= 1:
+            for c in todo:
+                try:
+                    finished(c, run_cell(c, root), None)
+                except CosimError as exc:
+                    finished(c, None, exc)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            # spawn: torch and forked interpreters do not mix well
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(_run_cell_args, (c, str(root))): c for c in todo}
+                try:
+                    for fut in as_completed(futures):
+                        exc = fut.exception()
+                        finished(futures[fut], None if exc else fut.result(), exc)
+                except KeyboardInterrupt:
+                    for f in futures:
+                        f.cancel()
+                    raise
+    finally:
+        bar.close()
+    return report
+
+
+def _run_on_ray(cells: list[Cell], root: str, address: str, finished) -> None:
+    """Each cell a Ray task with one CPU; ``address`` 'local' starts a local instance."""
+    try:
+        import ray
+    except ImportError:
+        raise CosimError("--ray needs Ray: pip install 'ray[default]' (or pip install -e '.[ray]')") from None
+    started = not ray.is_initialized()
+    if started:
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address == "local":
+            kwargs["num_cpus"] = os.cpu_count() or 2
+        else:
+            kwargs["address"] = address
+        # Workers must import this repository's packages wherever they run.
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}}
+        ray.init(**kwargs)
+    try:
+        task = ray.remote(num_cpus=1)(run_cell)
+        pending = {task.remote(c, root): c for c in cells}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                cell = pending.pop(ref)
+                try:
+                    finished(cell, ray.get(ref), None)
+                except Exception as exc:  # a task's error arrives wrapped by Ray
+                    finished(cell, None, exc)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def write_manifest(root: Path, experiments: list[Experiment], budget: Budget, backend: str, preset: str) -> None:
+    manifest = {"preset": preset, "backend": backend, "budget": asdict(budget),
+                "experiments": [{**asdict(e), "cells": [c.key for c in cells_of(e, budget, backend)]}
+                                for e in experiments],
+                "config": to_dict(load_config())}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1, default=list))
