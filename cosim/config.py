@@ -155,6 +155,7 @@ class SumoConfig:
     rsu_spacing_m: float = _f(300.0, 10.0, 100_000.0, doc="automatic RSU placement spacing on other maps")
     rsu_placement: str = _f("config", choices=("config", "auto"))
     random_trips_period_s: float = _f(2.0, 0.01, 1000.0)
+    warmup_s: float = _f(0.0, 0.0, 86_400.0, doc="other maps: SUMO runs this long before the first slot")
     use_libsumo: bool = _f(True, doc="libsumo headless; TraCI when false (always TraCI with the GUI)")
     restart_on_crash: bool = _f(False)
     extra_args: tuple[str, ...] = _f((), doc="further SUMO command-line arguments")

@@ -591,7 +591,9 @@ class SumoMobility:
             api = self._sumo.api
             api.simulation.subscribe(_SIM_VARS)
             self.step_length = api.simulation.getDeltaT()
-            return self._steps(1)
+            # Other maps start empty: let traffic build up before the first slot.
+            warmup = 0 if self._map.road is not None else round(self.cfg.sumo.warmup_s / self.step_length)
+            return self._steps(1 + warmup)
         except self._sumo.errors as exc:  # SUMO reads route files as it goes: a bad one fails here
             message = self._sumo.failure(exc)
             self._sumo.close()

@@ -375,3 +375,15 @@ def test_gui_records_one_screenshot_per_slot(road_cfg: Config, display: str, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"slot_{i:05d}.png" for i in range(4)]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in tmp_path.iterdir())
     assert not sumo_children()
+
+
+def test_warmup_lets_a_map_fill_before_the_first_slot(cross_sumocfg: Path) -> None:
+    cfg = load_config().replace(**{"sumo.sumocfg": str(cross_sumocfg), "scenario.n_cvs": 5})
+    cold, warm = SumoMobility(cfg), SumoMobility(cfg.replace(**{"sumo.warmup_s": 60.0}))
+    try:
+        c, w = cold.reset(0), warm.reset(0)
+        assert warm.sim_time == pytest.approx(cold.sim_time + 60.0)
+        assert w.active.sum() >= c.active.sum() and w.active.sum() > 0
+    finally:
+        cold.close()
+        warm.close()
