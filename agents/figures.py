@@ -163,6 +163,17 @@ def save(fig, path: Path) -> Path:
     return path
 
 
+def finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path, figures: list[Path],
+           legend_size: float | None = None) -> None:
+    """Labels, grid and legend, then save into ``path`` and record it in ``figures``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    figures.append(save(fig, path))
+
+
 def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
     """Every figure and results.md from the runs under ``root``; returns (figures, results.md)."""
     plt = _plt()
@@ -191,13 +202,9 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         for a in ordered(conv):
             band_plot(ax, [r.metrics["reward"] for r in conv[a]], w, ALGO_COLOR.get(a, None), label(a))
-        ax.set_xlabel("episode")
-        ax.set_ylabel(f"mean reward per slot ({w}-episode moving average)")
         ax.set_yscale("symlog", linthresh=10)
-        ax.set_title("Fig. 4: convergence, 5 CVs, 3 RSUs, V = 5")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        figures.append(save(fig, out / "fig4_convergence.png"))
+        finish(fig, ax, "episode", f"mean reward per slot ({w}-episode moving average)",
+               "Fig. 4: convergence, 5 CVs, 3 RSUs, V = 5", out / "fig4_convergence.png", figures)
         rows = []
         for a in ordered(conv):
             stats = [table3_row(r.metrics["reward"]) for r in conv[a]]
@@ -242,12 +249,8 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         for j, c in enumerate(cols):
             band_plot(ax, [r.queues[c] for r in dt], w, f"C{j}", f"CV{j + 1}")
-        ax.set_xlabel("episode")
-        ax.set_ylabel(f"mean local queue per slot (W_ref units), {w}-ep. average")
-        ax.set_title("Fig. 5a: task queue of each CV, Ly-DTMPPO")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        figures.append(save(fig, out / "fig5a_queues_per_cv.png"))
+        finish(fig, ax, "episode", f"mean local queue per slot (W_ref units), {w}-ep. average",
+               "Fig. 5a: task queue of each CV, Ly-DTMPPO", out / "fig5a_queues_per_cv.png", figures)
     withq = {a: [r for r in rs if r.queues] for a, rs in conv.items()}
     withq = {a: rs for a, rs in withq.items() if rs}
     if withq:
@@ -256,13 +259,9 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
             n = min(len(r.queues["episode"]) for r in withq[a])
             w = min(STEADY_WINDOW, max(1, n // 3))
             band_plot(ax, [r.queues["q_loc_mean"] for r in withq[a]], w, ALGO_COLOR.get(a), label(a))
-        ax.set_xlabel("episode")
-        ax.set_ylabel("mean local queue over CVs (W_ref units)")
         ax.set_yscale("symlog", linthresh=0.01)
-        ax.set_title("Fig. 5b: average system queue, 5 CVs, V = 5")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        figures.append(save(fig, out / "fig5b_queues_per_algorithm.png"))
+        finish(fig, ax, "episode", "mean local queue over CVs (W_ref units)",
+               "Fig. 5b: average system queue, 5 CVs, V = 5", out / "fig5b_queues_per_algorithm.png", figures)
 
     # Fig. 6a-c: cost, delay, energy against the number of CVs (V = 5).
     by_cv: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
@@ -282,15 +281,11 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
                 ax.errorbar(xs, [np.mean(v) for v in vals], yerr=[float(ci95(np.array(v))) for v in vals],
                             marker="o", capsize=3, color=ALGO_COLOR.get(a), label=label(a))
                 rows.append([label(a)] + [fmt_ci([e[key] for e in by_cv[a].get(n, [])], 3) for n in cv_counts])
-            ax.set_xlabel("number of CVs")
-            ax.set_ylabel(name + unit)
             ax.set_xticks(cv_counts)
             if key != "mean_delay_s":
                 ax.set_yscale("log")
-            ax.set_title(f"Fig. {fname[3:5]}: {name} vs CVs (α = 0.6, V = 5)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-            figures.append(save(fig, out / f"{fname}.png"))
+            finish(fig, ax, "number of CVs", name + unit, f"Fig. {fname[3:5]}: {name} vs CVs (α = 0.6, V = 5)",
+                   out / f"{fname}.png", figures, legend_size=8)
             md += [f"## Fig. {fname[3:5]}: {name}{unit} versus the number of CVs", "",
                    markdown_table(["policy"] + [f"{n} CVs" for n in cv_counts], rows), ""]
 
@@ -305,13 +300,9 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
             n = min(len(r.metrics["cost"]) for r in by_v[v])
             w = min(STEADY_WINDOW, max(1, n // 3))
             band_plot(ax, [r.metrics["cost"] for r in by_v[v]], w, f"C{j}", f"V = {v:g}")
-        ax.set_xlabel("episode")
-        ax.set_ylabel("system cost per slot while training")
         ax.set_yscale("log")
-        ax.set_title("Fig. 7a: Ly-DTMPPO's cost while training, by V")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        figures.append(save(fig, out / "fig7a_cost_vs_episode_by_v.png"))
+        finish(fig, ax, "episode", "system cost per slot while training",
+               "Fig. 7a: Ly-DTMPPO's cost while training, by V", out / "fig7a_cost_vs_episode_by_v.png", figures)
         vs = sorted(by_v)
         costs = [[r.record["eval"]["mean_cost"] for r in by_v[v]] for v in vs]
         per_cv = [[r.record["eval"]["mean_cost"] / 5 for r in by_v[v]] for v in vs]
@@ -320,12 +311,8 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
                     capsize=3, color="C3", label="Ly-DTMPPO")
         ax.set_xscale("log")
         ax.set_xticks(vs, [f"{v:g}" for v in vs])
-        ax.set_xlabel("Lyapunov weight V")
-        ax.set_ylabel("system cost per slot (evaluation)")
-        ax.set_title("Fig. 7b: cost versus V")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        figures.append(save(fig, out / "fig7b_cost_vs_v.png"))
+        finish(fig, ax, "Lyapunov weight V", "system cost per slot (evaluation)", "Fig. 7b: cost versus V",
+               out / "fig7b_cost_vs_v.png", figures)
         md += ["## Fig. 7b: Ly-DTMPPO's cost versus V (5 CVs)", "",
                markdown_table(["V", "system cost per slot", "per CV", "energy J", "delay s"],
                               [[f"{v:g}", fmt_ci(c, 4), fmt_ci(p, 4),
