@@ -1,0 +1,108 @@
+"""Learning agents: the algorithm registry and the one call that trains any of them.
+
+    from agents import train
+    result = train("ly-dtmppo", cfg, out="runs/mine")   # or resume="runs/mine"
+
+Adding an algorithm (e.g. Ly-MADDPG): write ``agents/maddpg.py`` with a
+:class:`agents.common.Trainer` subclass and register it below. Importing this
+package does not import torch; the trainer module is imported when it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cosim.config import Config, CosimError, load_config
+
+if TYPE_CHECKING:
+    from .common import FitResult, Trainer
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A registered algorithm: where its Trainer lives and whether its actors see the digital twin."""
+
+    module: str
+    trainer: str
+    twin: bool
+    summary: str
+
+    def trainer_class(self) -> type["Trainer"]:
+        return getattr(importlib.import_module(self.module), self.trainer)
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "ly-dtmppo": Algorithm("agents.mappo", "MAPPOTrainer", True, "MAPPO, actors see the digital twin (the paper's)"),
+    "ly-mappo": Algorithm("agents.mappo", "MAPPOTrainer", False, "MAPPO without the twin's block (ablation)"),
+    "ly-maddpg": Algorithm("agents.maddpg", "MADDPGTrainer", True, "MADDPG, deterministic actors, centralised Q"),
+    "ly-matd3": Algorithm("agents.matd3", "MATD3Trainer", True, "MATD3: twin critics, target smoothing, delays"),
+    "ly-masac": Algorithm("agents.masac", "MASACTrainer", True, "MASAC: squashed Gaussians, auto temperature"),
+}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    if name not in ALGORITHMS:
+        raise CosimError(f"unknown algorithm '{name}' (choose {', '.join(ALGORITHMS)})")
+    return ALGORITHMS[name]
+
+
+def make_trainer(algo: str, cfg: Config, **sim_kwargs: Any) -> "Trainer":
+    """Seed everything, build the training simulator (training.n_envs episodes at once) and the trainer.
+
+    The algorithm's twin flag overrides ``twin.enabled``: that flag is what tells the two MAPPOs apart.
+    """
+    from cosim.env import BatchCoSim
+
+    from .common import seed_everything
+    spec = get_algorithm(algo)
+    cfg = cfg.replace(**{"twin.enabled": spec.twin})
+    seed_everything(cfg.seed)
+    sim = BatchCoSim(cfg, n_envs=cfg.training.n_envs, seed=cfg.seed, **sim_kwargs)
+    try:
+        trainer = spec.trainer_class()(cfg, sim)
+    except BaseException:
+        sim.close()
+        raise
+    trainer.name = algo
+    return trainer
+
+
+def train(algo: str | None, cfg: Config | None = None, out: str | Path | None = None,
+          resume: str | Path | None = None, episodes: int | None = None, progress: bool = True,
+          tensorboard: bool = True, stop_after: int | None = None, runs_root: str | Path = "runs",
+          log=print, **sim_kwargs: Any) -> "FitResult":
+    """Train ``algo`` on ``cfg`` into ``out`` (default runs/scenario__algo__seed__time), or resume a run.
+
+    With ``resume=DIR`` the algorithm and config come from DIR (``algo`` and ``cfg`` must then
+    be None or agree); ``episodes`` may raise the budget of a finished run.
+    """
+    from .common import CHECKPOINT_FILE, CONFIG_FILE, fit, load_state_file, run_name
+
+    if resume is not None:
+        run_dir = Path(resume)
+        ckpt = run_dir / CHECKPOINT_FILE
+        if not ckpt.is_file():
+            raise CosimError(f"nothing to resume: {ckpt} not found")
+        _, meta = load_state_file(ckpt)
+        if algo is not None and algo != meta["algo"]:
+            raise CosimError(f"{run_dir} was trained with {meta['algo']}, not {algo}")
+        algo = meta["algo"]
+        cfg = load_config([run_dir / CONFIG_FILE])
+    else:
+        if algo is None:
+            raise CosimError("no algorithm given")
+        get_algorithm(algo)
+        cfg = cfg if cfg is not None else load_config()
+        run_dir = Path(out) if out is not None else Path(runs_root) / run_name(cfg, algo)
+    trainer = make_trainer(algo, cfg, **sim_kwargs)
+    try:
+        return fit(trainer, run_dir, episodes=episodes, resume=resume is not None, progress=progress,
+                   tensorboard=tensorboard, stop_after=stop_after, algo=algo, log=log)
+    finally:
+        trainer.sim.close()
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "get_algorithm", "make_trainer", "train"]

@@ -122,7 +122,7 @@ class TwinConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     lr: float = _f(8e-5, 1e-7, 1.0)
-    critic_lr: float = _f(8e-5, 1e-7, 1.0)
+    critic_lr: float = _f(5e-4, 1e-7, 1.0)
     gamma: float = _f(0.99, 0.0, 1.0)
     gae_lambda: float = _f(0.95, 0.0, 1.0)
     clip: float = _f(0.2, 0.0, 10.0)
@@ -139,7 +139,7 @@ class TrainingConfig:
     orthogonal_init: bool = _f(True)
     adv_norm: bool = _f(True)
     share_params: bool = _f(True, doc="one actor for all agents with an agent-id one-hot")
-    team_reward: bool = _f(True, doc="train on R(t) (true) or on each agent's r_i (false)")
+    team_reward: bool = _f(False, doc="train on R(t) (true) or on each agent's r_i (false)")
     checkpoint_every: int = _f(100, 1, 10_000_000, doc="episodes between checkpoints")
     extra: dict = _f({}, doc="algorithm-specific settings, free-form")
 

@@ -110,7 +110,7 @@ def _dpp_optimiser(n_rsus: int, seed: int | None, env):
 EXTRA_POLICIES: dict[str, object] = {"dpp-opt": _dpp_optimiser}
 
 
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "ly-dtmppo" / "policy.safetensors"
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "ly-dtmppo_default.safetensors"
 FALLBACK_POLICY = "equal"
 
 

@@ -1,0 +1,158 @@
+"""Deployable policies: save a trained actor, load it back without executing any code.
+
+A policy file is one ``.safetensors`` file: the actor's tensors plus a JSON
+header (``algo``, ``obs_dim``, ``action_dim``, ``n_cvs``, ``n_rsus``, ``twin``,
+``share_params``, ``hidden``, the episodes trained and the full config). Loading
+reads tensors and JSON only (no pickle), rebuilds the network from the header
+and checks it against the environment it will drive.
+
+    policy = load_policy("checkpoints/ly-dtmppo_default.safetensors", env=sim)
+    raw = policy.act(obs)              # (E, I, D) -> (E, I, 3K+2), deterministic: the Gaussian mean
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cosim.config import Config, CosimError, to_dict
+from cosim.env import ACTION_BOUND
+
+from .common import POLICY_FILE, TORCH_THREADS, ActorSpec, AgentMLP, atomic_write
+
+FORMAT = "dtcosim-policy/1"
+OBS_CLIP = 10.0  # normalised observations are clipped to this, in training and deployment alike
+
+
+def save_policy(path: str | Path, spec: ActorSpec, tensors: dict[str, torch.Tensor], algo: str, cfg: Config,
+                episodes: int) -> Path:
+    """Write the actor (tensors + JSON header) atomically to ``path``."""
+    from safetensors.torch import save_file
+    meta = {"format": FORMAT, "algo": algo, "obs_dim": spec.obs_dim, "action_dim": spec.action_dim,
+            "n_cvs": spec.n_agents, "n_rsus": cfg.n_rsus, "twin": cfg.twin.enabled,
+            "share_params": spec.share_params, "hidden": spec.hidden, "episodes": episodes,
+            "actor": asdict(spec), "config": to_dict(cfg)}
+    data = {k: v.detach().cpu().clone().contiguous().float() for k, v in tensors.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: save_file(data, str(p), metadata={"dtcosim": json.dumps(meta)}))
+    return path
+
+
+def read_policy_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a policy file or of a run folder holding one; one-line errors."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / POLICY_FILE
+    if not p.is_file():
+        raise CosimError(f"policy checkpoint not found: {path}")
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CosimError(f"{p} is not a policy checkpoint ({str(exc).splitlines()[0][:80]})") from None
+    try:
+        meta = json.loads(header["dtcosim"])
+    except (KeyError, json.JSONDecodeError):
+        raise CosimError(f"{p} is a safetensors file without dtcosim policy metadata") from None
+    if meta.get("format") != FORMAT:
+        raise CosimError(f"{p} has policy format {meta.get('format')!r}, this code reads {FORMAT!r}")
+    return meta, tensors
+
+
+class TrainedPolicy:
+    """A trained actor with the reference policies' interface: ``act(obs, deterministic)``."""
+
+    def __init__(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor], name: str | None = None,
+                 seed: int | None = None):
+        a = meta["actor"]
+        self.meta = meta
+        self.spec = ActorSpec(a["kind"], a["n_agents"], a["obs_dim"], a["action_dim"], a["hidden"],
+                              a["share_params"], tuple(a["dt_slice"]) if a["dt_slice"] else None)
+        self.name = name or meta["algo"]
+        s = self.spec
+        self.net = AgentMLP(s.n_agents, s.obs_dim, s.action_dim, s.hidden, s.share_params, orthogonal=False)
+        self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        self.net.eval()
+        self.obs_mean = tensors["obs_mean"].numpy().astype(np.float32)
+        self.obs_std = tensors["obs_std"].numpy().astype(np.float32)
+        self.log_std = tensors.get("log_std")
+        self.gen = torch.Generator().manual_seed(seed if seed is not None else 0)
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        s = self.spec
+        obs = np.asarray(obs, dtype=np.float32)
+        if obs.ndim != 3 or obs.shape[1:] != (s.n_agents, s.obs_dim):
+            raise CosimError(f"policy {self.name} expects observations (E, {s.n_agents}, {s.obs_dim}), "
+                             f"got {tuple(obs.shape)}")
+        x = obs.copy()
+        if s.dt_slice is not None:  # trained without the twin: it never saw this block
+            x[..., s.dt_slice[0]:s.dt_slice[1]] = 0.0
+        x = np.clip((x - self.obs_mean) / self.obs_std, -OBS_CLIP, OBS_CLIP)
+        with torch.no_grad():
+            out = self.net(torch.from_numpy(x))
+            if not deterministic and s.kind == "gaussian" and self.log_std is not None:
+                out = out + self.log_std.exp() * torch.randn(out.shape, generator=self.gen)
+        return np.clip(out.numpy().astype(np.float64), -ACTION_BOUND, ACTION_BOUND)
+
+
+def check_compatible(meta: dict[str, Any], env: Any, where: str) -> None:
+    """One-line CosimError when the checkpoint's sizes do not match the environment's."""
+    have = (meta["n_cvs"], meta["obs_dim"], meta["action_dim"], meta["n_rsus"])
+    want = (env.n_cvs, env.obs_dim, env.action_dim, env.n_rsus)
+    if have[:2] != want[:2]:
+        raise CosimError(f"checkpoint {where} has {have[0]} CVs x {have[1]} obs, env has {want[0]} CVs x {want[1]}")
+    if have[2:] != want[2:]:
+        raise CosimError(f"checkpoint {where} has {have[3]} RSUs x {have[2]} actions, "
+                         f"env has {want[3]} RSUs x {want[2]}")
+
+
+def load_policy(path: str | Path, env: Any = None, name: str | None = None, seed: int | None = None) -> TrainedPolicy:
+    """A trained policy from a ``.safetensors`` file (or a run folder); checked against ``env`` if given."""
+    meta, tensors = read_policy_file(path)
+    if env is not None:
+        check_compatible(meta, env, str(path))
+    torch.set_num_threads(TORCH_THREADS)  # batch-of-a-few inference: threads only add overhead
+    return TrainedPolicy(meta, tensors, name=name, seed=seed)
+
+
+# ---------------------------------------------------------------------------
+# Side-by-side evaluation (scripts/evaluate.py)
+
+EVAL_SEED = 10_000  # evaluation episode i is reset with seed EVAL_SEED + i; training streams start from cfg.seed
+
+EVAL_COLUMNS = [("policy", "policy", "{}"), ("cost_pm", "cost ± 95% CI", "{}"), ("mean_reward", "reward", "{:.3f}"),
+                ("mean_delay_s", "delay s", "{:.4f}"), ("mean_energy_j", "energy J", "{:.2f}"),
+                ("instr_share", "InstrT", "{:.1%}"), ("deadline_miss_rate", "misses", "{:.1%}")]
+
+
+def evaluate_policies(cfg: Config, policies: dict[str, Any], episodes: int, seed: int = EVAL_SEED,
+                      progress: bool = False, **sim_kwargs: Any) -> dict[str, dict[str, Any]]:
+    """Run every policy deterministically on the same ``episodes`` (episode i reset with seed + i).
+
+    Policies are objects with ``act`` or factories ``f(sim) -> policy`` (for those that need the
+    simulator, e.g. checkpoints checked against it). Returns run_cosim's summary per policy name.
+    """
+    from cosim.env import BatchCoSim
+    from cosim.runner import run_episodes
+
+    out: dict[str, dict[str, Any]] = {}
+    with BatchCoSim(cfg, n_envs=1, seed=seed, **sim_kwargs) as sim:
+        for name, pol in policies.items():
+            policy = pol if hasattr(pol, "act") else pol(sim)
+            out[name] = run_episodes(sim, policy, episodes, seed=seed, progress=progress, policy_name=name).summary
+    return out
+
+
+def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
+    from cosim.runner import format_table
+    rows = [dict(s, policy=name, cost_pm=f"{s['mean_cost']:.4f} ± {s['cost_ci95']:.4f}")
+            for name, s in summaries.items()]
+    return format_table(rows, EVAL_COLUMNS)

@@ -1,0 +1,562 @@
+"""What every training algorithm shares: seeding, networks, the training loop and its outputs.
+
+An algorithm is a :class:`Trainer` subclass (see ``agents/mappo.py``); the
+loop :func:`fit` around it does everything else the same way for all of them:
+
+* one place that seeds ``random``, numpy and torch and sets torch's threads;
+* per-episode metrics to ``metrics.csv`` and TensorBoard (``charts/...``,
+  ``losses/...``), a tqdm bar (episode, reward, cost, slots/s, time left);
+* atomic checkpoints (temp file, then ``os.replace``) every
+  ``training.checkpoint_every`` episodes, at the end and on Ctrl-C, holding
+  everything a resumed run needs to finish exactly as an uninterrupted one:
+  weights, optimiser moments, normaliser statistics, the metrics so far and
+  the random states of numpy, torch, python and the simulator;
+* the deployable policy (``policy.safetensors``, see ``agents/checkpoint.py``),
+  training curves as PNG and the resolved config beside them.
+
+Training happens in *iterations* of ``sim.n_envs`` whole episodes (the
+simulator resets all environments together), so a checkpoint always falls
+between iterations and never inside an episode.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from cosim.config import Config, CosimError, save_config, to_dict
+from cosim.env import ACTION_BOUND, BatchCoSim, StepOutput
+
+# Small MLPs on 2 cores: one intra-op thread is ~10x faster than two (thread
+# hand-off costs more than the matmuls), and a fixed count keeps float results,
+# hence resumed runs, bit-identical.
+TORCH_THREADS = 1
+
+CHECKPOINT_FILE = "checkpoint.safetensors"   # full training state, for --resume
+POLICY_FILE = "policy.safetensors"           # the deployable actor, for load_policy
+METRICS_FILE = "metrics.csv"
+CURVES_FILE = "curves.png"
+CONFIG_FILE = "config.yaml"
+
+
+# ---------------------------------------------------------------------------
+# Seeding and random states
+
+def seed_everything(seed: int, threads: int = TORCH_THREADS) -> None:
+    """Seed python, numpy and torch (the simulator has its own generators) and fix torch's threads."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+
+
+def _generator_of(obj: Any) -> np.random.Generator | None:
+    rng = getattr(obj, "_rng", None)
+    return rng if isinstance(rng, np.random.Generator) else None
+
+
+def capture_rng(sim: BatchCoSim) -> dict[str, Any]:
+    """Every random state that drives training: python, numpy, torch, the simulator's generators."""
+    ss = sim._seed_seq
+    state: dict[str, Any] = {
+        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+        "sim": sim._rng.bit_generator.state,
+        "seed_seq": {"entropy": ss.entropy, "spawn_key": list(ss.spawn_key), "pool_size": ss.pool_size,
+                     "n_children_spawned": ss.n_children_spawned},
+    }
+    for key, owner in (("twin", sim.twin), ("mobility", sim.mobility)):
+        rng = _generator_of(owner)
+        if rng is not None:
+            state[key] = rng.bit_generator.state
+    return state
+
+
+def restore_rng(sim: BatchCoSim, state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    ss = state["seed_seq"]
+    sim._seed_seq = np.random.SeedSequence(ss["entropy"], spawn_key=tuple(ss["spawn_key"]),
+                                           pool_size=ss["pool_size"], n_children_spawned=ss["n_children_spawned"])
+    sim._rng.bit_generator.state = state["sim"]
+    for key, owner in (("twin", sim.twin), ("mobility", sim.mobility)):
+        rng = _generator_of(owner)
+        if rng is not None and key in state:
+            rng.bit_generator.state = state[key]
+
+
+# ---------------------------------------------------------------------------
+# Normalisers
+
+class RunningMeanStd:
+    """Mean and variance over everything seen so far (Chan et al.'s parallel update), float64."""
+
+    def __init__(self, shape: tuple[int, ...] = (), eps: float = 1e-4):
+        self.mean = np.zeros(shape)
+        self.var = np.ones(shape)
+        self.count = eps
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64).reshape(-1, *self.mean.shape)
+        b_mean, b_var, b_n = x.mean(0), x.var(0), x.shape[0]
+        delta, tot = b_mean - self.mean, self.count + b_n
+        self.mean = self.mean + delta * b_n / tot
+        self.var = (self.var * self.count + b_var * b_n + delta**2 * self.count * b_n / tot) / tot
+        self.count = tot
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.var + 1e-8)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": float(self.count)}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.mean, self.var, self.count = np.asarray(d["mean"]), np.asarray(d["var"]), float(d["count"])
+
+
+# ---------------------------------------------------------------------------
+# Networks: one MLP per agent, or one shared MLP with an agent-id one-hot
+
+class AgentLinear(nn.Module):
+    """A linear layer applied to (..., I, in): one weight for all agents, or one per agent."""
+
+    def __init__(self, n_agents: int, shared: bool, d_in: int, d_out: int):
+        super().__init__()
+        self.shared = shared
+        g = 1 if shared else n_agents
+        self.weight = nn.Parameter(torch.empty(g, d_in, d_out))
+        self.bias = nn.Parameter(torch.zeros(g, d_out))
+        with torch.no_grad():
+            for j in range(g):
+                nn.init.kaiming_uniform_(self.weight[j].T, a=math.sqrt(5))  # nn.Linear's default
+
+    def init_orthogonal(self, gain: float) -> None:
+        with torch.no_grad():
+            for j in range(self.weight.shape[0]):
+                nn.init.orthogonal_(self.weight[j].T, gain)
+            self.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared:
+            return x @ self.weight[0] + self.bias[0]
+        # Separate agents in one batched matmul: (..., I, in) x (I, in, out) -> (..., I, out).
+        return torch.einsum("...ij,ijk->...ik", x, self.weight) + self.bias
+
+
+class AgentMLP(nn.Module):
+    """Two hidden ReLU layers (the paper's actor and critic) over (..., I, d_in) -> (..., I, d_out).
+
+    With ``shared=True`` all agents use one network and an agent-id one-hot is appended to the input.
+    """
+
+    def __init__(self, n_agents: int, d_in: int, d_out: int, hidden: int, shared: bool,
+                 orthogonal: bool = True, head_gain: float = 1.0):
+        super().__init__()
+        self.n_agents, self.shared = n_agents, shared
+        d0 = d_in + (n_agents if shared else 0)
+        self.layers = nn.ModuleList([AgentLinear(n_agents, shared, d0, hidden),
+                                     AgentLinear(n_agents, shared, hidden, hidden),
+                                     AgentLinear(n_agents, shared, hidden, d_out)])
+        if orthogonal:
+            for layer, gain in zip(self.layers, (math.sqrt(2), math.sqrt(2), head_gain)):
+                layer.init_orthogonal(gain)
+        self.register_buffer("eye", torch.eye(n_agents), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared:
+            x = torch.cat([x, self.eye.expand(*x.shape[:-1], self.n_agents)], dim=-1)
+        h = torch.relu(self.layers[0](x))
+        h = torch.relu(self.layers[1](h))
+        return self.layers[2](h)
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """How to rebuild a deployable actor without running any code from the checkpoint."""
+
+    kind: str              # "gaussian": raw = mean (+ std noise); "deterministic": raw = output
+    n_agents: int
+    obs_dim: int
+    action_dim: int
+    hidden: int
+    share_params: bool
+    dt_slice: tuple[int, int] | None  # zeroed in the input when the policy was trained without the twin
+
+
+# ---------------------------------------------------------------------------
+# Episode metrics
+
+@dataclass
+class EpisodeMetrics:
+    """One training episode, averaged over its slots (system quantities) or tasks (per-CV ones)."""
+
+    episode: int
+    reward: float            # mean R(t) per slot
+    cost: float              # mean system cost per slot
+    delay_s: float           # mean task delay
+    energy_j: float          # mean task energy
+    instr_share: float       # InstrT parts / RSU parts
+    deadline_miss_rate: float
+    q_final: float           # total backlog at the end (local + RSU), W_ref units
+
+
+METRIC_FIELDS = [f.name for f in fields(EpisodeMetrics)]
+
+
+class EpisodeTracker:
+    """Accumulates StepOutputs of the E lockstep episodes into EpisodeMetrics (vectorised over E)."""
+
+    def __init__(self, sim: BatchCoSim):
+        self.sim = sim
+        E = sim.n_envs
+        self.sums = {k: np.zeros(E) for k in ("reward", "cost", "delay", "energy", "tasks", "parts", "instr",
+                                              "misses")}
+        self.slots = 0
+
+    def add(self, out: StepOutput) -> None:
+        r, s = out.result, self.sums
+        act = r.active
+        s["reward"] += r.reward
+        s["cost"] += r.system_cost
+        s["delay"] += (r.delay * act).sum(-1)
+        s["energy"] += (r.energy * act).sum(-1)
+        s["tasks"] += act.sum(-1)
+        s["parts"] += r.offloaded.sum((-2, -1))
+        s["instr"] += (r.instr_mode & r.offloaded).sum((-2, -1))
+        s["misses"] += r.deadline_miss.sum(-1)
+        self.slots += 1
+
+    def finish(self, first_episode: int) -> list[EpisodeMetrics]:
+        s, q, W = self.sums, self.sim.queues, self.sim.params.W_ref
+        div = lambda a, b: np.where(b > 0, a / np.maximum(b, 1e-300), 0.0)  # noqa: E731
+        q_final = (q.q_loc.sum(-1) + q.q_rsu.sum(-1)) / W
+        cols = [s["reward"] / self.slots, s["cost"] / self.slots, div(s["delay"], s["tasks"]),
+                div(s["energy"], s["tasks"]), div(s["instr"], s["parts"]), div(s["misses"], s["tasks"]), q_final]
+        return [EpisodeMetrics(first_episode + e, *(float(c[e]) for c in cols)) for e in range(self.sim.n_envs)]
+
+
+# ---------------------------------------------------------------------------
+# The interface every algorithm implements
+
+@dataclass
+class Iteration:
+    """What one training iteration returns: its episodes and scalar training statistics."""
+
+    episodes: list[EpisodeMetrics]
+    losses: dict[str, float]
+
+
+class Trainer(ABC):
+    """One learning algorithm driving a :class:`BatchCoSim`.
+
+    Subclasses set ``name`` and implement four methods; :func:`fit` does the rest.
+    ``iterate`` plays ``sim.n_envs`` whole episodes (``sim.reset()`` ... ``done``),
+    learning during or after them as the algorithm likes (PPO after, off-policy
+    methods with a replay buffer during), and returns their metrics via
+    :class:`EpisodeTracker`. ``state_dict`` is the *complete* learning state
+    (networks, optimisers, normalisers, replay buffers, counters) as nested
+    dicts/lists of tensors, numpy arrays and plain values; :func:`fit` adds the
+    random states and saves it atomically; it must not share memory with the live
+    networks (clone), since :func:`fit` keeps the last one to save on Ctrl-C.
+    ``actor(state)`` extracts the deployable policy from such a state.
+    """
+
+    name: str = "trainer"
+
+    def __init__(self, cfg: Config, sim: BatchCoSim):
+        self.cfg = cfg
+        self.sim = sim
+
+    @abstractmethod
+    def iterate(self, first_episode: int) -> Iteration: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
+        """The deployable actor of a ``state_dict()``: its spec and tensors (the AgentMLP's
+        state dict under 'net.', 'obs_mean', 'obs_std' and, for Gaussian actors, 'log_std')."""
+
+
+# ---------------------------------------------------------------------------
+# Nested state <-> flat tensors + JSON, so a checkpoint is one safetensors file (no pickle)
+
+def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], path: str = "s") -> Any:
+    """Move tensors/arrays of a nested structure into ``tensors``; return a JSON-able skeleton."""
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().cpu().clone().contiguous()
+        return {"__tensor__": path}
+    if isinstance(obj, np.ndarray):
+        tensors[path] = torch.from_numpy(np.ascontiguousarray(obj).copy())
+        return {"__ndarray__": path}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: flatten_state(v, tensors, f"{path}.{k}") for k, v in obj.items()}
+        return {"__items__": [[flatten_state(k, tensors, f"{path}.k{i}"), flatten_state(v, tensors, f"{path}.{i}")]
+                              for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [flatten_state(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [flatten_state(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} at {path}")
+
+
+def unflatten_state(skel: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skel, dict):
+        if "__tensor__" in skel:
+            return tensors[skel["__tensor__"]]
+        if "__ndarray__" in skel:
+            return tensors[skel["__ndarray__"]].numpy()
+        if "__tuple__" in skel:
+            return tuple(unflatten_state(v, tensors) for v in skel["__tuple__"])
+        if "__items__" in skel:
+            return {unflatten_state(k, tensors): unflatten_state(v, tensors) for k, v in skel["__items__"]}
+        return {k: unflatten_state(v, tensors) for k, v in skel.items()}
+    if isinstance(skel, list):
+        return [unflatten_state(v, tensors) for v in skel]
+    return skel
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temp file in the same folder, then os.replace: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would have made it (some writers use 0600)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_state_file(path: Path, state: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
+    from safetensors.torch import save_file
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = flatten_state(state, tensors)
+    header = {"state": json.dumps(skeleton), "meta": json.dumps(meta or {})}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=header))
+
+
+def load_state_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return unflatten_state(json.loads(header["state"]), tensors), json.loads(header.get("meta", "{}"))
+
+
+# ---------------------------------------------------------------------------
+# Runs
+
+def scenario_name(cfg: Config) -> str:
+    return f"{cfg.backend}-{cfg.scenario.n_cvs}cv-{cfg.n_rsus}rsu"
+
+
+def run_name(cfg: Config, algo: str) -> str:
+    return f"{scenario_name(cfg)}__{algo}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    metrics: list[EpisodeMetrics]
+    episodes: int
+    seconds: float          # wall time of this call's training
+    slots_per_s: float      # environment slots (all E envs) per second in this call
+    finished: bool          # reached the episode budget (False: stopped early via stop_after)
+
+
+def _write_metrics_csv(path: Path, rows: list[EpisodeMetrics]) -> None:
+    def write(p: Path) -> None:
+        with open(p, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(METRIC_FIELDS)
+            w.writerows([[getattr(m, k) for k in METRIC_FIELDS] for m in rows])
+    atomic_write(path, write)
+
+
+def read_metrics_csv(path: Path) -> list[EpisodeMetrics]:
+    with open(path, newline="") as fh:
+        return [EpisodeMetrics(int(r["episode"]), *(float(r[k]) for k in METRIC_FIELDS[1:]))
+                for r in csv.DictReader(fh)]
+
+
+def smooth(x: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average (shorter at the start)."""
+    c = np.cumsum(np.insert(np.asarray(x, dtype=float), 0, 0.0))
+    n = np.arange(1, len(x) + 1)
+    lo = np.maximum(n - window, 0)
+    return (c[n] - c[lo]) / (n - lo)
+
+
+def plot_curves(metrics: list[EpisodeMetrics], path: Path, title: str) -> None:
+    """Reward and system cost per episode, raw (faint) and smoothed, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = np.array([m.episode for m in metrics])
+    window = max(1, len(metrics) // 30)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "reward", "mean reward R(t) per slot"),
+                           (axes[1], "cost", "mean system cost per slot")):
+        y = np.array([getattr(m, key) for m in metrics])
+        ax.plot(ep, y, alpha=0.25, lw=0.8, color="C0")
+        ax.plot(ep, smooth(y, window), lw=1.8, color="C0", label=f"moving average ({window} episodes)")
+        ax.set_xlabel("episode")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+        if key == "cost" and y.size and y.min() > 0 and y.max() / y.min() > 30:
+            ax.set_yscale("log")  # early costs can be orders of magnitude above the converged ones
+        if key == "reward" and y.size and y.max() < 0 and y.min() / y.max() > 30:
+            ax.set_yscale("symlog")
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+
+
+class _TensorBoard:
+    """A SummaryWriter, or nothing when disabled."""
+
+    def __init__(self, log_dir: Path | None, purge_step: int | None):
+        self.w = None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+            self.w = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def episodes(self, rows: list[EpisodeMetrics]) -> None:
+        if self.w is None:
+            return
+        for m in rows:
+            for k, v in asdict(m).items():
+                if k != "episode":
+                    self.w.add_scalar(f"charts/{k}", v, m.episode)
+
+    def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        if self.w is not None:
+            for k, v in values.items():
+                self.w.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.w is not None:
+            self.w.close()
+
+
+def fit(trainer: Trainer, run_dir: str | Path, episodes: int | None = None, resume: bool = False,
+        progress: bool = True, tensorboard: bool = True, stop_after: int | None = None,
+        algo: str | None = None, log: Callable[[str], None] = print) -> FitResult:
+    """Train ``trainer`` for ``episodes`` (default: training.episodes), writing into ``run_dir``.
+
+    ``resume=True`` continues from ``run_dir/checkpoint.safetensors``. ``stop_after``
+    ends this call (with a checkpoint) once that many episodes are done in total, as
+    an interruption would. Ctrl-C saves the state at the last iteration boundary and re-raises.
+    """
+    from tqdm import tqdm
+
+    cfg, sim = trainer.cfg, trainer.sim
+    algo = algo or trainer.name
+    total = episodes if episodes is not None else cfg.training.episodes
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    metrics: list[EpisodeMetrics] = []
+    done = 0
+    if resume:
+        if not ckpt_path.is_file():
+            raise CosimError(f"no checkpoint to resume in {run_dir} (expected {CHECKPOINT_FILE})")
+        state, meta = load_state_file(ckpt_path)
+        if meta.get("algo") != algo:
+            raise CosimError(f"checkpoint in {run_dir} is {meta.get('algo')}, not {algo}")
+        trainer.load_state_dict(state["trainer"])
+        restore_rng(sim, state["rng"])
+        done = int(state["episodes"])
+        metrics = [EpisodeMetrics(int(r[0]), *map(float, r[1:])) for r in state["metrics"].tolist()]
+    else:
+        save_config(cfg, run_dir / CONFIG_FILE)
+    _write_metrics_csv(run_dir / METRICS_FILE, metrics)  # a resumed run drops rows past its checkpoint
+
+    def snapshot() -> dict[str, Any]:
+        table = np.array([[getattr(m, k) for k in METRIC_FIELDS] for m in metrics], dtype=np.float64)
+        return {"trainer": trainer.state_dict(), "rng": capture_rng(sim), "episodes": done,
+                "metrics": table.reshape(-1, len(METRIC_FIELDS))}
+
+    meta = {"algo": algo, "config": to_dict(cfg)}
+
+    def save(snap: dict[str, Any]) -> None:
+        save_state_file(ckpt_path, snap, meta)
+        from .checkpoint import save_policy
+        spec, tensors = trainer.actor(snap["trainer"])
+        save_policy(run_dir / POLICY_FILE, spec, tensors, algo=algo, cfg=cfg, episodes=snap["episodes"])
+
+    tb = _TensorBoard(run_dir / "tb" if tensorboard else None, purge_step=done if resume else None)
+    stop = min(total, stop_after) if stop_after is not None else total
+    bar = tqdm(total=total, initial=done, unit="ep", disable=not progress, dynamic_ncols=True, desc=algo)
+    every = cfg.training.checkpoint_every
+    boundary = snapshot()
+    t0, slots = time.perf_counter(), 0
+    try:
+        while done < stop:
+            it = trainer.iterate(done)
+            rows = it.episodes[: total - done]  # the last iteration may overshoot the budget
+            metrics.extend(rows)
+            prev, done = done, done + len(rows)
+            slots += len(it.episodes) * sim.episode_slots
+            boundary = snapshot()
+            elapsed = time.perf_counter() - t0
+            tb.episodes(rows)
+            tb.scalars("losses", it.losses, done)
+            tb.scalars("charts", {"slots_per_s": slots / max(elapsed, 1e-9)}, done)
+            with open(run_dir / METRICS_FILE, "a", newline="") as fh:
+                csv.writer(fh).writerows([[getattr(m, k) for k in METRIC_FIELDS] for m in rows])
+            bar.set_postfix(reward=f"{np.mean([m.reward for m in rows]):.2f}",
+                            cost=f"{np.mean([m.cost for m in rows]):.3f}", slots_s=f"{slots / max(elapsed, 1e-9):.0f}",
+                            refresh=False)
+            bar.update(done - prev)
+            if done // every > prev // every and done < stop:
+                save(boundary)
+        save(boundary)
+    except KeyboardInterrupt:
+        bar.close()
+        save(boundary)
+        log(f"interrupted: saved the state after {boundary['episodes']} episodes; continue with --resume {run_dir}")
+        raise
+    finally:
+        bar.close()
+        tb.close()
+    elapsed = time.perf_counter() - t0
+    if metrics:
+        plot_curves(metrics, run_dir / CURVES_FILE, f"{algo} on {scenario_name(cfg)}, seed {cfg.seed}")
+    return FitResult(run_dir, metrics, done, elapsed, slots / max(elapsed, 1e-9), finished=done >= total)
+
+
+def clip_actions(raw: np.ndarray) -> np.ndarray:
+    """The PettingZoo action space's bound, [-10, 10] (beyond it every softmax/sigmoid is saturated)."""
+    return np.clip(raw, -ACTION_BOUND, ACTION_BOUND)

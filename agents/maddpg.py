@@ -1,0 +1,184 @@
+"""Ly-MADDPG: multi-agent DDPG with centralised Q critics (paper Sec. VII-B, baseline 1).
+
+CTDE as in Lowe et al. (2017): every CV acts with a deterministic actor on its
+own observation (two hidden ReLU layers; the normalised action is the head's
+output clipped to [-1, 1], times the bound 10 for the environment); every agent
+i has a centralised critic Q_i(s, a_1..a_I) over the global state and the joint
+action. Parameters are shared across agents with an agent-id one-hot. The
+Lyapunov part is the environment's: the reward is the drift-plus-penalty R(t)
+(or each agent's r_i), with the twin's block in the observations.
+
+One iteration plays ``n_envs`` whole episodes in lockstep. Every vector step
+stores the E joint transitions in the replay buffer and, after the warm-up,
+makes ``updates_per_step`` updates of ``batch_size`` sampled transitions:
+
+    critic:  y_i = reward_scale * r + gamma * Q'_i(s', mu'(o'_1), .., mu'(o'_I))
+             L = mean_i (Q_i(s, a) - y_i)^2
+    actor:   L = -mean_i Q_i(s, a_1, .., mu(o_i), .., a_I) + bound penalty
+    targets: theta' <- tau theta + (1 - tau) theta'
+
+Episodes end by the time limit, not a terminal state, so every target
+bootstraps. Exploration adds Gaussian noise of ``exploration_noise`` x bound.
+
+Why a clipped head and not tanh: a deployed deterministic actor
+(``agents/checkpoint.py``) outputs the network's head clipped to the bound,
+so clip(net) is exactly what runs after training; tanh would not survive the
+export. A penalty on the head's output beyond [-1, 1] keeps it where the
+critic's gradient reaches it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cosim.config import Config
+from cosim.env import ACTION_BOUND, BatchCoSim
+
+from .common import ActorSpec, EpisodeTracker, Iteration, Trainer
+from .offpolicy import (Normalizer, OffPolicyConfig, QCritic, ReplayBuffer, clip_grad, clone_state, export_actor,
+                        frozen, make_actor, soft_update, team_or_agent_reward)
+
+
+@dataclass(frozen=True)
+class MADDPGConfig(OffPolicyConfig):
+    """OffPolicyConfig (shared settings, see agents/offpolicy.py) plus MADDPG's own."""
+
+    actor_lr: float | None = 3e-5   # not training.lr (8e-5): at 8e-5 the actor outruns its critic (see above)
+    exploration_noise: float = 0.1  # std of the Gaussian added to actions, in units of the bound
+    bound_coef: float = 1.0         # weight of the penalty on the actor's head beyond [-1, 1]
+
+
+class MADDPGTrainer(Trainer):
+    """Multi-agent DDPG: deterministic decentralised actors, centralised Q critics, replay."""
+
+    name = "maddpg"
+
+    def __init__(self, cfg: Config, sim: BatchCoSim):
+        super().__init__(cfg, sim)
+        self.c = c = MADDPGConfig.from_config(cfg, "maddpg")
+        I, D, S, A = sim.n_cvs, sim.obs_dim, sim.state_dim, sim.action_dim
+        self.I, self.D, self.S, self.A, self.T, self.E = I, D, S, A, sim.episode_slots, sim.n_envs
+
+        # Networks and their targets.
+        self.actor_net = make_actor(I, D, A, c)
+        self.critic = QCritic(I, S, A, c.hidden, c.orthogonal_init)
+        self.actor_target = copy.deepcopy(self.actor_net).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor_net.parameters(), lr=c.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
+        self.obs_norm = Normalizer((D,), c.obs_norm)
+        self.state_norm = Normalizer((S,), c.obs_norm)
+        self.buffer = ReplayBuffer(c.buffer_size, {"obs": (I, D), "state": (S,), "action": (I, A), "reward": (I,),
+                                                   "next_obs": (I, D), "next_state": (S,)})
+        # Trained without the twin: remember which input block to zero at deployment.
+        self.dt_slice = None if cfg.twin.enabled else (sim.layout.dt_slice.start, sim.layout.dt_slice.stop)
+        self.slots = 0    # env-slots collected (all envs)
+        self.updates = 0  # gradient updates made
+
+    # -- acting ---------------------------------------------------------------------------------
+    def _mu(self, net: torch.nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(head output, normalised action = head clipped to [-1, 1]) for normalised observations."""
+        head = net(obs) * (self.c.action_scale / ACTION_BOUND)
+        return head, head.clamp(-1.0, 1.0)
+
+    def _explore(self, obs: np.ndarray) -> torch.Tensor:
+        """Normalised actions (E, I, A) to play: uniform during the warm-up, then mu(o) + noise."""
+        c = self.c
+        if self.slots < c.warmup_slots:
+            return c.warmup_range * (2 * torch.rand(self.E, self.I, self.A) - 1)
+        with torch.no_grad():
+            _, a = self._mu(self.actor_net, self.obs_norm(obs))
+        return (a + c.exploration_noise * torch.randn(a.shape)).clamp(-1.0, 1.0)
+
+    # -- one iteration: n_envs episodes, learning as they go ------------------------------------
+    def iterate(self, first_episode: int) -> Iteration:
+        c, sim = self.c, self.sim
+        tracker = EpisodeTracker(sim)
+        stats: dict[str, list[float]] = defaultdict(list)
+        obs, state = sim.reset()
+        for _ in range(self.T):
+            self.obs_norm.update(obs.reshape(-1, self.D))
+            self.state_norm.update(state)
+            action = self._explore(obs)
+            out = sim.step(ACTION_BOUND * action.numpy())
+            tracker.add(out)
+            self.buffer.add(obs=obs, state=state, action=action, reward=team_or_agent_reward(out, c.team_reward),
+                            next_obs=out.obs, next_state=out.state)
+            self.slots += self.E
+            obs, state = out.obs, out.state
+            if self.slots >= c.warmup_slots and self.buffer.size >= c.batch_size:
+                for _ in range(c.updates_per_step):
+                    for k, v in self._update().items():
+                        stats[k].append(v)
+        losses = {k: float(np.mean(v)) for k, v in stats.items()}
+        losses["updates"] = float(self.updates)
+        return Iteration(tracker.finish(first_episode), losses)
+
+    # -- one gradient update --------------------------------------------------------------------
+    def _update(self) -> dict[str, float]:
+        c = self.c
+        b = self.buffer.sample(c.batch_size)
+        o, s, a = self.obs_norm(b["obs"]), self.state_norm(b["state"]), b["action"]
+        o2, s2 = self.obs_norm(b["next_obs"]), self.state_norm(b["next_state"])
+        r = c.reward_scale * b["reward"]                                  # (B, I)
+
+        # Critics: one-step TD target from the target actors and critics.
+        with torch.no_grad():
+            _, a2 = self._mu(self.actor_target, o2)
+            y = r + c.gamma * self.critic_target(s2, a2)
+        q = self.critic(s, a)
+        critic_loss = F.mse_loss(q, y)
+        self.critic_opt.zero_grad()
+        critic_loss.backward()
+        clip_grad(self.critic, c.max_grad_norm)
+        self.critic_opt.step()
+
+        # Actors: ascend Q_i in agent i's own action, the others' from the buffer.
+        head, mu = self._mu(self.actor_net, o)
+        with frozen(self.critic):
+            q_pi = self.critic(s, a, own=mu)
+        bound = (head.abs() - 1.0).clamp(min=0.0).pow(2).mean()
+        actor_loss = -q_pi.mean() + c.bound_coef * bound
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        clip_grad(self.actor_net, c.max_grad_norm)
+        self.actor_opt.step()
+
+        soft_update(self.actor_target, self.actor_net, c.tau)
+        soft_update(self.critic_target, self.critic, c.tau)
+        self.updates += 1
+        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "q": q.mean().item(),
+                "bound_penalty": bound.item()}
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"actor": clone_state(self.actor_net), "actor_target": clone_state(self.actor_target),
+                "critic": clone_state(self.critic), "critic_target": clone_state(self.critic_target),
+                "actor_opt": copy.deepcopy(self.actor_opt.state_dict()),
+                "critic_opt": copy.deepcopy(self.critic_opt.state_dict()),
+                "obs_norm": self.obs_norm.state_dict(), "state_norm": self.state_norm.state_dict(),
+                "buffer": self.buffer.state_dict(), "slots": self.slots, "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor_net.load_state_dict(state["actor"])
+        self.actor_target.load_state_dict(state["actor_target"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.obs_norm.load_state_dict(state["obs_norm"])
+        self.state_norm.load_state_dict(state["state_norm"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.slots, self.updates = int(state["slots"]), int(state["updates"])
+
+    def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
+        spec = ActorSpec("deterministic", self.I, self.D, self.A, self.c.hidden, self.c.share_params, self.dt_slice)
+        return export_actor(spec, state["actor"], state["obs_norm"] if self.c.obs_norm else None,
+                            scale=self.c.action_scale)

@@ -1,0 +1,351 @@
+"""Ly-DTMPPO and Ly-MAPPO: multi-agent PPO with a centralised critic (paper Sec. VI, eqs. 45-49).
+
+CTDE: every CV (agent) acts with a decentralised Gaussian actor on its own
+observation; one centralised critic values the global state. The two algorithms
+are this file with ``cfg.twin.enabled`` true (Ly-DTMPPO: the actor sees the
+digital twin's block) or false (Ly-MAPPO: that block is zeros); nothing else
+differs. Read top to bottom: config, networks, rollout, GAE, update.
+
+One iteration plays ``n_envs`` whole episodes in lockstep (storage preallocated
+as (steps, envs, agents, ...)), computes GAE (46), then runs ``epochs`` passes
+of minibatches of ``batch_size`` agent-samples with the clipped surrogate (47),
+an entropy bonus and the critic's MSE (49).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cosim.config import Config, ConfigError
+from cosim.env import BatchCoSim
+
+from .checkpoint import OBS_CLIP
+from .common import ActorSpec, AgentMLP, EpisodeTracker, Iteration, RunningMeanStd, Trainer, clip_actions
+
+EXTRA_SECTION = "mappo"  # training.extra key with the settings below the paper's
+
+
+@dataclass(frozen=True)
+class MAPPOConfig:
+    """Everything the algorithm reads: ``cfg.training`` for the first block, then
+    ``training.extra["mappo"]`` (e.g. ``--set training.extra.mappo.obs_norm=true``) for the rest."""
+
+    lr: float = 8e-5               # actor Adam step size (paper)
+    critic_lr: float = 5e-4        # critic Adam step size (see configs/default.yaml)
+    gamma: float = 0.99            # discount (paper)
+    gae_lambda: float = 0.95       # GAE trace decay (paper)
+    clip: float = 0.2              # PPO ratio clip epsilon (paper)
+    epochs: int = 10               # passes over each rollout (paper)
+    batch_size: int = 512          # agent-samples per minibatch (paper's "batch 512")
+    hidden: int = 128              # width of both hidden layers, actor and critic
+    entropy_coef: float = 0.0      # entropy bonus weight
+    value_coef: float = 0.5        # critic loss weight
+    max_grad_norm: float = 10.0    # gradient-norm clip, per network
+    log_std_init: float = -0.5     # initial log std of the Gaussian (a learned state-independent vector)
+    value_norm: bool = True        # critic learns normalised returns
+    orthogonal_init: bool = True   # orthogonal weights, gain sqrt(2), policy_head_gain on the policy head
+    adv_norm: bool = True          # standardise advantages per rollout
+    share_params: bool = True      # one actor for all agents (with agent one-hot) or one per agent
+    team_reward: bool = False      # learn from R(t) (shared) or from each agent's r_i (paper's Algorithm 1)
+    # training.extra["mappo"]:
+    mask_actions: bool = True      # leave action entries the projection ignored out of the likelihood
+    obs_norm: bool = False         # running mean/std normalisation of observations and state
+    policy_head_gain: float = 0.01 # initial actions near 0
+    value_norm_beta: float = 0.99  # per-iteration decay of the return statistics (debiased EMA)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "MAPPOConfig":
+        t = cfg.training
+        names = {f.name for f in fields(cls)}
+        values = {k: getattr(t, k) for k in names if hasattr(t, k)}
+        given = t.extra.get(EXTRA_SECTION) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"training.extra.{EXTRA_SECTION} must be a mapping, got {type(given).__name__}")
+        own = sorted(names - set(vars(t)))
+        unknown = sorted(set(given) - set(own))
+        if unknown:
+            raise ConfigError(f"unknown training.extra.{EXTRA_SECTION} key '{unknown[0]}' (allowed: {', '.join(own)})")
+        values.update(given)
+        return cls(**values)
+
+
+class ValueNorm:
+    """Running mean/std of returns as a debiased EMA (MAPPO's ValueNorm), so the critic's
+    targets stay near unit scale while the return scale moves by orders of magnitude."""
+
+    def __init__(self, beta: float):
+        self.beta = beta
+        self.mean = self.mean_sq = self.debias = 0.0
+
+    def update(self, x: np.ndarray) -> None:
+        b = self.beta
+        self.mean = b * self.mean + (1 - b) * float(x.mean())
+        self.mean_sq = b * self.mean_sq + (1 - b) * float((x**2).mean())
+        self.debias = b * self.debias + (1 - b)
+
+    @property
+    def stats(self) -> tuple[float, float]:
+        if self.debias == 0.0:
+            return 0.0, 1.0
+        m = self.mean / self.debias
+        var = max(self.mean_sq / self.debias - m * m, 1e-4)
+        return m, math.sqrt(var)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        m, s = self.stats
+        return (x - m) / s
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        m, s = self.stats
+        return x * s + m
+
+    def state_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "mean_sq": self.mean_sq, "debias": self.debias}
+
+    def load_state_dict(self, d: dict[str, float]) -> None:
+        self.mean, self.mean_sq, self.debias = d["mean"], d["mean_sq"], d["debias"]
+
+
+class CentralCritic(nn.Module):
+    """V_i(s, o_i): two hidden ReLU layers over [global state, agent i's observation, agent one-hot].
+
+    The first layer is split by input block so the state's product is computed once per slot and
+    shared by the I agents (the state is ~I times longer than an observation), the same function as
+    one linear layer over the concatenation at a fraction of the cost.
+    """
+
+    def __init__(self, n_agents: int, d_state: int, d_obs: int, hidden: int, orthogonal: bool):
+        super().__init__()
+        self.state_in = nn.Linear(d_state, hidden)
+        self.obs_in = nn.Linear(d_obs, hidden, bias=False)
+        self.agent_in = nn.Parameter(torch.zeros(n_agents, hidden))  # one-hot @ W: a per-agent bias
+        self.hidden = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, 1)
+        if orthogonal:
+            w = torch.empty(hidden, d_state + d_obs + n_agents)
+            nn.init.orthogonal_(w, math.sqrt(2))
+            with torch.no_grad():
+                self.state_in.weight.copy_(w[:, :d_state])
+                self.obs_in.weight.copy_(w[:, d_state:d_state + d_obs])
+                self.agent_in.copy_(w[:, d_state + d_obs:].T)
+                self.state_in.bias.zero_()
+            for layer in (self.hidden, self.out):
+                nn.init.orthogonal_(layer.weight, math.sqrt(2) if layer is self.hidden else 1.0)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, state: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """(..., S), (..., I, D) -> (..., I)."""
+        h = torch.relu(self.state_in(state).unsqueeze(-2) + self.obs_in(obs) + self.agent_in)
+        return self.out(torch.relu(self.hidden(h))).squeeze(-1)
+
+
+def gaussian_logprob(a: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """log N(a; mean, exp(log_std)^2), summed over the (unmasked) action entries."""
+    lp = -0.5 * ((a - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+    return (lp * mask if mask is not None else lp).sum(-1)
+
+
+class MAPPOTrainer(Trainer):
+    """Multi-agent PPO with decentralised Gaussian actors and a centralised critic."""
+
+    name = "mappo"
+
+    def __init__(self, cfg: Config, sim: BatchCoSim):
+        super().__init__(cfg, sim)
+        self.c = c = MAPPOConfig.from_config(cfg)
+        I, D, S, A = sim.n_cvs, sim.obs_dim, sim.state_dim, sim.action_dim
+        T, E = sim.episode_slots, sim.n_envs
+        self.I, self.D, self.S, self.A, self.T, self.E = I, D, S, A, T, E
+
+        # Networks: the actor (I agents, shared or not) and a critic giving each agent a value.
+        self.actor_net = AgentMLP(I, D, A, c.hidden, c.share_params, c.orthogonal_init, c.policy_head_gain)
+        self.log_std = nn.Parameter(torch.full((1 if c.share_params else I, A), c.log_std_init))
+        # The critic's input for agent i is the global state and agent i's own observation (MAPPO's
+        # agent-specific global state): per-agent values need not find agent i's slice of s.
+        self.critic = CentralCritic(I, S, D, c.hidden, c.orthogonal_init)
+        self.actor_opt = torch.optim.Adam([*self.actor_net.parameters(), self.log_std], lr=c.lr, eps=1e-5)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=1e-5)
+        self.obs_rms = RunningMeanStd((D,))
+        self.state_rms = RunningMeanStd((S,))
+        self.value_norm = ValueNorm(c.value_norm_beta)
+        # Trained without the twin: remember which input block to zero at deployment.
+        self.dt_slice = None if cfg.twin.enabled else (sim.layout.dt_slice.start, sim.layout.dt_slice.stop)
+
+        # Rollout storage, (steps, envs, agents, ...).
+        self.obs = torch.zeros(T, E, I, D)
+        self.state = torch.zeros(T, E, S)
+        self.actions = torch.zeros(T, E, I, A)
+        self.logprobs = torch.zeros(T, E, I)
+        self.rewards = torch.zeros(T, E, I)
+        self.values = torch.zeros(T, E, I)
+        self.masks = torch.ones(T, E, I, A)
+        self.iterations = 0
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _norm(self, x: np.ndarray, rms: RunningMeanStd) -> torch.Tensor:
+        """Network input: (optionally) standardised, then clipped as the deployed policy does."""
+        if self.c.obs_norm:
+            x = (x - rms.mean) / rms.std
+        return torch.from_numpy(np.clip(x, -OBS_CLIP, OBS_CLIP).astype(np.float32))
+
+    def _value(self, state: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """Normalised per-agent values (..., I) of global states (..., S) and observations (..., I, D)."""
+        return self.critic(state, obs)
+
+    def _action_mask(self, covered: np.ndarray, used: np.ndarray) -> torch.Tensor:
+        """1 where an action entry influenced the slot, 0 where the projection ignored it.
+
+        Split logits count where an RSU covers the CV (the local one if any does); bandwidth and
+        CPU entries only for RSUs that got a part (the 'unused' bandwidth logit if any did). The
+        reward does not depend on the others, so leaving them out of the likelihood removes pure
+        noise from the policy gradient without biasing it.
+        """
+        if not self.c.mask_actions:
+            return torch.ones(self.E, self.I, self.A)
+        any_cov, any_used = covered.any(-1, keepdims=True), used.any(-1, keepdims=True)
+        m = np.concatenate([any_cov, covered, used, any_used, used], axis=-1)
+        return torch.from_numpy(m.astype(np.float32))
+
+    def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian mean and log std for observations (..., I, D)."""
+        mean = self.actor_net(obs)
+        return mean, self.log_std.expand(self.I, self.A).expand_as(mean)
+
+    # -- one iteration: rollout, GAE, update ----------------------------------------------------
+    def iterate(self, first_episode: int) -> Iteration:
+        c, sim, T = self.c, self.sim, self.T
+        tracker = EpisodeTracker(sim)
+        raw_obs, raw_state = [], []
+        obs, state = sim.reset()
+        with torch.no_grad():
+            for t in range(T):
+                raw_obs.append(obs)
+                raw_state.append(state)
+                o, s = self._norm(obs, self.obs_rms), self._norm(state, self.state_rms)
+                mean, log_std = self._policy(o)
+                action = mean + log_std.exp() * torch.randn(mean.shape)
+                self.obs[t], self.state[t], self.actions[t] = o, s, action
+                self.values[t] = self._denorm(self._value(s, o))
+                covered = obs[..., sim.layout["covered"]] > 0.5
+                out = sim.step(clip_actions(action.numpy()))
+                self.masks[t] = self._action_mask(covered, out.decision.split[..., 1:] > 0)
+                self.logprobs[t] = gaussian_logprob(action, mean, log_std, self.masks[t])
+                tracker.add(out)
+                r = np.broadcast_to(out.reward[:, None], (self.E, self.I)) if c.team_reward else out.agent_reward
+                self.rewards[t] = torch.from_numpy(np.ascontiguousarray(r, dtype=np.float32))
+                obs, state = out.obs, out.state
+            # Episodes end by the time limit, not by a terminal state: bootstrap from the next slot's value.
+            next_value = self._denorm(self._value(self._norm(state, self.state_rms), self._norm(obs, self.obs_rms)))
+
+            # GAE (46), a short reversed loop.
+            advantages = torch.zeros_like(self.rewards)
+            last = torch.zeros(self.E, self.I)
+            for t in reversed(range(T)):
+                nv = next_value if t == T - 1 else self.values[t + 1]
+                delta = self.rewards[t] + c.gamma * nv - self.values[t]
+                last = delta + c.gamma * c.gae_lambda * last
+                advantages[t] = last
+            returns = advantages + self.values
+
+        if c.obs_norm:  # statistics move between rollouts only, so old and new log-probs see the same inputs
+            self.obs_rms.update(np.stack(raw_obs).reshape(-1, self.D))
+            self.state_rms.update(np.stack(raw_state).reshape(-1, self.S))
+        if c.value_norm:
+            self.value_norm.update(returns.numpy())
+        losses = self._update(advantages, returns)
+        self.iterations += 1
+        return Iteration(tracker.finish(first_episode), losses)
+
+    def _denorm(self, v: torch.Tensor) -> torch.Tensor:
+        return self.value_norm.denormalize(v) if self.c.value_norm else v
+
+    def _update(self, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+        c, I = self.c, self.I
+        n = self.T * self.E
+        b_obs, b_state = self.obs.reshape(n, I, self.D), self.state.reshape(n, self.S)
+        b_act, b_logp = self.actions.reshape(n, I, self.A), self.logprobs.reshape(n, I)
+        b_adv, b_ret = advantages.reshape(n, I), returns.reshape(n, I)
+        b_mask = self.masks.reshape(n, I, self.A)
+        if c.adv_norm:
+            b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-8)
+        b_target = self.value_norm.normalize(b_ret) if c.value_norm else b_ret
+        # A minibatch row is one (slot, env) with all I agents; equal-sized minibatches of about
+        # batch_size agent-samples (no ragged last one).
+        n_mb = max(1, round(n * I / c.batch_size))
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
+                                                         "clipfrac")}
+        for _ in range(c.epochs):
+            for mb in torch.tensor_split(torch.randperm(n), n_mb):
+                mean, log_std = self._policy(b_obs[mb])
+                logp = gaussian_logprob(b_act[mb], mean, log_std, b_mask[mb])
+                log_ratio = logp - b_logp[mb]
+                ratio = log_ratio.exp()
+                adv = b_adv[mb]
+                # Clipped surrogate (47).
+                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip, 1 + c.clip)).mean()
+                entropy = (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1).mean()
+                # Critic MSE (49) on (normalised) returns.
+                value_loss = ((self._value(b_state[mb], b_obs[mb]) - b_target[mb]) ** 2).mean()
+                loss = policy_loss - c.entropy_coef * entropy + c.value_coef * value_loss
+                self.actor_opt.zero_grad()
+                self.critic_opt.zero_grad()
+                loss.backward()
+                if c.max_grad_norm > 0:
+                    nn.utils.clip_grad_norm_([*self.actor_net.parameters(), self.log_std], c.max_grad_norm)
+                    nn.utils.clip_grad_norm_(self.critic.parameters(), c.max_grad_norm)
+                self.actor_opt.step()
+                self.critic_opt.step()
+                with torch.no_grad():
+                    stats["policy_loss"].append(policy_loss.item())
+                    stats["value_loss"].append(value_loss.item())
+                    stats["entropy"].append(entropy.item())
+                    stats["approx_kl"].append(((ratio - 1) - log_ratio).mean().item())
+                    stats["clipfrac"].append(((ratio - 1).abs() > c.clip).float().mean().item())
+        out = {k: float(np.mean(v)) for k, v in stats.items()}
+        with torch.no_grad():
+            v = self._denorm(self._value(b_state, b_obs))
+            out["explained_variance"] = float(1 - (b_ret - v).var() / (b_ret.var() + 1e-8))
+            out["action_std"] = float(self.log_std.exp().mean())
+        return out
+
+    # -- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        clone = lambda sd: {k: v.detach().clone() for k, v in sd.items()}  # noqa: E731
+        return {"actor": clone(self.actor_net.state_dict()), "log_std": self.log_std.detach().clone(),
+                "critic": clone(self.critic.state_dict()),
+                "actor_opt": copy.deepcopy(self.actor_opt.state_dict()),
+                "critic_opt": copy.deepcopy(self.critic_opt.state_dict()),
+                "obs_rms": self.obs_rms.state_dict(), "state_rms": self.state_rms.state_dict(),
+                "value_norm": self.value_norm.state_dict(), "iterations": self.iterations}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor_net.load_state_dict(state["actor"])
+        with torch.no_grad():
+            self.log_std.copy_(state["log_std"])
+        self.critic.load_state_dict(state["critic"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.obs_rms.load_state_dict(state["obs_rms"])
+        self.state_rms.load_state_dict(state["state_rms"])
+        self.value_norm.load_state_dict(state["value_norm"])
+        self.iterations = int(state["iterations"])
+
+    def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
+        spec = ActorSpec("gaussian", self.I, self.D, self.A, self.c.hidden, self.c.share_params, self.dt_slice)
+        tensors = {f"net.{k}": v for k, v in state["actor"].items()}
+        if self.c.obs_norm:
+            rms = state["obs_rms"]
+            tensors["obs_mean"] = torch.as_tensor(rms["mean"], dtype=torch.float32)
+            tensors["obs_std"] = torch.as_tensor(np.sqrt(rms["var"] + 1e-8), dtype=torch.float32)
+        else:
+            tensors["obs_mean"], tensors["obs_std"] = torch.zeros(self.D), torch.ones(self.D)
+        tensors["log_std"] = state["log_std"].expand(self.I, self.A).clone()
+        return spec, tensors

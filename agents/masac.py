@@ -1,0 +1,224 @@
+"""Ly-MASAC: multi-agent soft actor-critic with centralised twin soft Q critics (paper Sec. VII-B, baseline 3).
+
+SAC (Haarnoja et al., 2018, with automatic temperature) per agent, CTDE: every
+CV acts with a stochastic squashed-Gaussian actor on its own observation
+(two hidden ReLU layers output the mean and log-std of z; the normalised
+action is a = tanh(z), times the bound 10 for the environment); every agent i
+has two centralised soft Q critics Q^k_i(s, a_1..a_I) and their targets.
+Parameters are shared across agents with an agent-id one-hot; one temperature
+alpha for all agents is tuned so that each agent's policy entropy stays near
+``target_entropy`` (default -action_dim). The Lyapunov part is the environment's:
+the reward is the drift-plus-penalty R(t) (or each agent's r_i), with the
+twin's block in the observations.
+
+    critic:  a'_j ~ pi(.|o'_j)
+             y_i = reward_scale * r + gamma * (min_k Q^k'_i(s', a') - alpha log pi(a'_i|o'_i))
+             L = mean_i sum_k (Q^k_i(s, a) - y_i)^2
+    actor:   a~_i ~ pi(.|o_i) (reparameterised)
+             L = mean_i (alpha log pi(a~_i|o_i) - min_k Q^k_i(s, a_1, .., a~_i, .., a_I))
+    alpha:   L = -mean_i log(alpha) (log pi(a~_i|o_i) + target_entropy)
+    targets: theta' <- tau theta + (1 - tau) theta'
+
+Warm-up, replay, reward scale, observation normalisation and the shared
+settings are as in the other off-policy baselines (``agents/offpolicy.py``).
+
+The deployed actor is deterministic. A policy file's "deterministic" actor
+outputs its head clipped to the bound (``agents/checkpoint.py``), which cannot
+express tanh, so it holds clip(10 mean(z), -10, 10) for 10 tanh(mean(z)): the
+two agree near 0 (within 3% for |mean| < 0.3) and in saturation, and differ by
+up to 2.4 raw units in between.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cosim.config import Config
+from cosim.env import ACTION_BOUND, BatchCoSim
+
+from .common import ActorSpec, EpisodeTracker, Iteration, Trainer
+from .offpolicy import (Normalizer, OffPolicyConfig, QCritic, ReplayBuffer, clip_grad, clone_state, export_actor,
+                        frozen, make_actor, soft_update, team_or_agent_reward)
+
+
+@dataclass(frozen=True)
+class MASACConfig(OffPolicyConfig):
+    """OffPolicyConfig (shared settings, see agents/offpolicy.py) plus MASAC's own."""
+
+    alpha_init: float = 1e-3            # initial temperature (rewards are scaled by reward_scale: small)
+    alpha_lr: float = 3e-3              # Adam step size of log(alpha)
+    autotune: bool = True               # tune alpha (false: keep alpha_init)
+    target_entropy: float | None = None  # per agent, nats of the normalised action; None: -action_dim
+    log_std_min: float = -5.0           # bounds of log std(z), z the pre-tanh action in [-1, 1] units
+    log_std_max: float = 2.0
+
+
+class MASACTrainer(Trainer):
+    """Multi-agent SAC: squashed-Gaussian decentralised actors, twin centralised soft Q critics, replay."""
+
+    name = "masac"
+
+    def __init__(self, cfg: Config, sim: BatchCoSim):
+        super().__init__(cfg, sim)
+        self.c = c = MASACConfig.from_config(cfg, "masac")
+        I, D, S, A = sim.n_cvs, sim.obs_dim, sim.state_dim, sim.action_dim
+        self.I, self.D, self.S, self.A, self.T, self.E = I, D, S, A, sim.episode_slots, sim.n_envs
+
+        # Networks: one actor (mean and log-std of z), two critics and their targets, the temperature.
+        self.actor_net = make_actor(I, D, 2 * A, c)
+        self.critics = torch.nn.ModuleList([QCritic(I, S, A, c.hidden, c.orthogonal_init)
+                                            for _ in range(2)])
+        self.critics_target = copy.deepcopy(self.critics).requires_grad_(False)
+        self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(c.alpha_init)))
+        self.target_entropy = float(-A if c.target_entropy is None else c.target_entropy)
+        self.actor_opt = torch.optim.Adam(self.actor_net.parameters(), lr=c.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critics.parameters(), lr=c.critic_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr)
+        self.obs_norm = Normalizer((D,), c.obs_norm)
+        self.state_norm = Normalizer((S,), c.obs_norm)
+        self.buffer = ReplayBuffer(c.buffer_size, {"obs": (I, D), "state": (S,), "action": (I, A), "reward": (I,),
+                                                   "next_obs": (I, D), "next_state": (S,)})
+        # Trained without the twin: remember which input block to zero at deployment.
+        self.dt_slice = None if cfg.twin.enabled else (sim.layout.dt_slice.start, sim.layout.dt_slice.stop)
+        self.slots = 0    # env-slots collected (all envs)
+        self.updates = 0  # gradient updates made
+
+    # -- the squashed Gaussian ------------------------------------------------------------------
+    def _dist(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log std of z (..., I, A) for normalised observations; the mean's unit is
+        action_scale raw units, as the deterministic actors' head."""
+        c = self.c
+        out = self.actor_net(obs)
+        mean = out[..., : self.A] * (c.action_scale / ACTION_BOUND)
+        log_std = c.log_std_min + 0.5 * (c.log_std_max - c.log_std_min) * (torch.tanh(out[..., self.A:]) + 1)
+        return mean, log_std
+
+    def _sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised a = tanh(mean + std eps) and log pi(a|o) summed over the action (..., I)."""
+        mean, log_std = self._dist(obs)
+        z = mean + log_std.exp() * torch.randn(mean.shape)
+        a = torch.tanh(z)
+        logp = (-0.5 * ((z - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        # log |da/dz| = log(1 - tanh(z)^2), in a form that stays finite in saturation.
+        logp = logp - (2 * (math.log(2) - z - F.softplus(-2 * z))).sum(-1)
+        return a, logp
+
+    def _explore(self, obs: np.ndarray) -> torch.Tensor:
+        """Normalised actions (E, I, A) to play: uniform during the warm-up, then samples of pi."""
+        c = self.c
+        if self.slots < c.warmup_slots:
+            return c.warmup_range * (2 * torch.rand(self.E, self.I, self.A) - 1)
+        with torch.no_grad():
+            a, _ = self._sample(self.obs_norm(obs))
+        return a
+
+    @property
+    def alpha(self) -> float:
+        return float(self.log_alpha.detach().exp())
+
+    # -- one iteration: n_envs episodes, learning as they go ------------------------------------
+    def iterate(self, first_episode: int) -> Iteration:
+        c, sim = self.c, self.sim
+        tracker = EpisodeTracker(sim)
+        stats: dict[str, list[float]] = defaultdict(list)
+        obs, state = sim.reset()
+        for _ in range(self.T):
+            self.obs_norm.update(obs.reshape(-1, self.D))
+            self.state_norm.update(state)
+            action = self._explore(obs)
+            out = sim.step(ACTION_BOUND * action.numpy())
+            tracker.add(out)
+            self.buffer.add(obs=obs, state=state, action=action, reward=team_or_agent_reward(out, c.team_reward),
+                            next_obs=out.obs, next_state=out.state)
+            self.slots += self.E
+            obs, state = out.obs, out.state
+            if self.slots >= c.warmup_slots and self.buffer.size >= c.batch_size:
+                for _ in range(c.updates_per_step):
+                    for k, v in self._update().items():
+                        stats[k].append(v)
+        losses = {k: float(np.mean(v)) for k, v in stats.items()}
+        losses["updates"] = float(self.updates)
+        losses["alpha"] = self.alpha
+        return Iteration(tracker.finish(first_episode), losses)
+
+    # -- one gradient update --------------------------------------------------------------------
+    def _update(self) -> dict[str, float]:
+        c = self.c
+        b = self.buffer.sample(c.batch_size)
+        o, s, a = self.obs_norm(b["obs"]), self.state_norm(b["state"]), b["action"]
+        o2, s2 = self.obs_norm(b["next_obs"]), self.state_norm(b["next_state"])
+        r = c.reward_scale * b["reward"]                                  # (B, I)
+        alpha = self.log_alpha.exp().detach()
+
+        # Twin soft critics: clipped double-Q target with the entropy bonus of the next action.
+        with torch.no_grad():
+            a2, logp2 = self._sample(o2)
+            q2 = torch.min(self.critics_target[0](s2, a2), self.critics_target[1](s2, a2))
+            y = r + c.gamma * (q2 - alpha * logp2)
+        qs = [critic(s, a) for critic in self.critics]
+        critic_loss = sum(F.mse_loss(q, y) for q in qs)
+        self.critic_opt.zero_grad()
+        critic_loss.backward()
+        clip_grad(self.critics, c.max_grad_norm)
+        self.critic_opt.step()
+
+        # Actor: agent i's reparameterised action into its critics, the others' from the buffer.
+        a_pi, logp = self._sample(o)
+        with frozen(self.critics):
+            q_pi = torch.min(self.critics[0](s, a, own=a_pi), self.critics[1](s, a, own=a_pi))
+        actor_loss = (alpha * logp - q_pi).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        clip_grad(self.actor_net, c.max_grad_norm)
+        self.actor_opt.step()
+
+        # Temperature: raise alpha when the entropy -log pi falls below the target, lower it above.
+        if c.autotune:
+            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+            self.alpha_opt.zero_grad()
+            alpha_loss.backward()
+            self.alpha_opt.step()
+
+        soft_update(self.critics_target, self.critics, c.tau)
+        self.updates += 1
+        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "q": qs[0].mean().item(),
+                "entropy": -logp.mean().item()}
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"actor": clone_state(self.actor_net), "critics": clone_state(self.critics),
+                "critics_target": clone_state(self.critics_target), "log_alpha": self.log_alpha.detach().clone(),
+                "actor_opt": copy.deepcopy(self.actor_opt.state_dict()),
+                "critic_opt": copy.deepcopy(self.critic_opt.state_dict()),
+                "alpha_opt": copy.deepcopy(self.alpha_opt.state_dict()),
+                "obs_norm": self.obs_norm.state_dict(), "state_norm": self.state_norm.state_dict(),
+                "buffer": self.buffer.state_dict(),
+                "slots": self.slots, "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor_net.load_state_dict(state["actor"])
+        self.critics.load_state_dict(state["critics"])
+        self.critics_target.load_state_dict(state["critics_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.alpha_opt.load_state_dict(state["alpha_opt"])
+        self.obs_norm.load_state_dict(state["obs_norm"])
+        self.state_norm.load_state_dict(state["state_norm"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.slots, self.updates = int(state["slots"]), int(state["updates"])
+
+    def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
+        """The deterministic actor clip(10 mean(z)) (see the module docstring), from the mean's half of the head."""
+        spec = ActorSpec("deterministic", self.I, self.D, self.A, self.c.hidden, self.c.share_params, self.dt_slice)
+        return export_actor(spec, state["actor"], state["obs_norm"] if self.c.obs_norm else None,
+                            scale=self.c.action_scale, head_rows=self.A)

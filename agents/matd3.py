@@ -1,0 +1,198 @@
+"""Ly-MATD3: multi-agent TD3 with centralised twin Q critics (paper Sec. VII-B, baseline 2).
+
+MADDPG (``agents/maddpg.py``) with the three changes of Fujimoto et al. (2018),
+applied per agent as in MATD3 (Ackermann et al., 2019):
+
+* twin critics: two centralised Q_i^1, Q_i^2 (s, a_1..a_I), each with a target;
+  the TD target takes the smaller of the two target values;
+* target policy smoothing: the target actions are mu'(o') plus Gaussian noise of
+  ``target_noise`` x bound, clipped to ``noise_clip`` x bound;
+* delayed updates: the actor and all target networks move once every
+  ``policy_delay`` critic updates.
+
+    critic:  a'_j = clip(mu'(o'_j) + clip(eps, -c, c), -1, 1),  eps ~ N(0, target_noise^2)
+             y_i = reward_scale * r + gamma * min_k Q^k'_i(s', a')
+             L = mean_i sum_k (Q^k_i(s, a) - y_i)^2
+    actor (every policy_delay updates):
+             L = -mean_i Q^1_i(s, a_1, .., mu(o_i), .., a_I) + bound penalty
+
+Everything else (deterministic actors whose head is clipped to the bound,
+parameter sharing with an agent one-hot, replay, reward scale, warm-up,
+exploration noise, observation normalisation, the Lyapunov reward R(t) with the
+twin's block in the observations) is as in Ly-MADDPG; see ``agents/offpolicy.py``
+for the shared settings.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cosim.config import Config
+from cosim.env import ACTION_BOUND, BatchCoSim
+
+from .common import ActorSpec, EpisodeTracker, Iteration, Trainer
+from .offpolicy import (Normalizer, OffPolicyConfig, QCritic, ReplayBuffer, clip_grad, clone_state, export_actor,
+                        frozen, make_actor, soft_update, team_or_agent_reward)
+
+
+@dataclass(frozen=True)
+class MATD3Config(OffPolicyConfig):
+    """OffPolicyConfig (shared settings, see agents/offpolicy.py) plus MATD3's own."""
+
+    actor_lr: float | None = 3e-5   # not training.lr (8e-5): at 8e-5 the actor outruns its critic (see above)
+    exploration_noise: float = 0.1  # std of the Gaussian added to actions, in units of the bound
+    bound_coef: float = 1.0         # weight of the penalty on the actor's head beyond [-1, 1]
+    policy_delay: int = 2           # critic updates per actor (and target) update
+    target_noise: float = 0.2       # std of the target policy smoothing noise, in units of the bound
+    noise_clip: float = 0.5         # the smoothing noise is clipped to +-noise_clip (units of the bound)
+
+
+class MATD3Trainer(Trainer):
+    """Multi-agent TD3: deterministic decentralised actors, twin centralised Q critics, replay."""
+
+    name = "matd3"
+
+    def __init__(self, cfg: Config, sim: BatchCoSim):
+        super().__init__(cfg, sim)
+        self.c = c = MATD3Config.from_config(cfg, "matd3")
+        I, D, S, A = sim.n_cvs, sim.obs_dim, sim.state_dim, sim.action_dim
+        self.I, self.D, self.S, self.A, self.T, self.E = I, D, S, A, sim.episode_slots, sim.n_envs
+
+        # Networks and their targets: one actor, two critics.
+        self.actor_net = make_actor(I, D, A, c)
+        self.critics = torch.nn.ModuleList([QCritic(I, S, A, c.hidden, c.orthogonal_init)
+                                            for _ in range(2)])
+        self.actor_target = copy.deepcopy(self.actor_net).requires_grad_(False)
+        self.critics_target = copy.deepcopy(self.critics).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor_net.parameters(), lr=c.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critics.parameters(), lr=c.critic_lr)
+        self.obs_norm = Normalizer((D,), c.obs_norm)
+        self.state_norm = Normalizer((S,), c.obs_norm)
+        self.buffer = ReplayBuffer(c.buffer_size, {"obs": (I, D), "state": (S,), "action": (I, A), "reward": (I,),
+                                                   "next_obs": (I, D), "next_state": (S,)})
+        # Trained without the twin: remember which input block to zero at deployment.
+        self.dt_slice = None if cfg.twin.enabled else (sim.layout.dt_slice.start, sim.layout.dt_slice.stop)
+        self.slots = 0          # env-slots collected (all envs)
+        self.updates = 0        # critic updates made
+        self.actor_updates = 0  # actor (and target) updates made: updates // policy_delay
+
+    # -- acting ---------------------------------------------------------------------------------
+    def _mu(self, net: torch.nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(head output, normalised action = head clipped to [-1, 1]) for normalised observations."""
+        head = net(obs) * (self.c.action_scale / ACTION_BOUND)
+        return head, head.clamp(-1.0, 1.0)
+
+    def _explore(self, obs: np.ndarray) -> torch.Tensor:
+        """Normalised actions (E, I, A) to play: uniform during the warm-up, then mu(o) + noise."""
+        c = self.c
+        if self.slots < c.warmup_slots:
+            return c.warmup_range * (2 * torch.rand(self.E, self.I, self.A) - 1)
+        with torch.no_grad():
+            _, a = self._mu(self.actor_net, self.obs_norm(obs))
+        return (a + c.exploration_noise * torch.randn(a.shape)).clamp(-1.0, 1.0)
+
+    def _target_actions(self, obs: torch.Tensor) -> torch.Tensor:
+        """Target policy smoothing: mu'(o') plus clipped Gaussian noise, clipped to [-1, 1]."""
+        c = self.c
+        _, a = self._mu(self.actor_target, obs)
+        noise = (c.target_noise * torch.randn(a.shape)).clamp(-c.noise_clip, c.noise_clip)
+        return (a + noise).clamp(-1.0, 1.0)
+
+    # -- one iteration: n_envs episodes, learning as they go ------------------------------------
+    def iterate(self, first_episode: int) -> Iteration:
+        c, sim = self.c, self.sim
+        tracker = EpisodeTracker(sim)
+        stats: dict[str, list[float]] = defaultdict(list)
+        obs, state = sim.reset()
+        for _ in range(self.T):
+            self.obs_norm.update(obs.reshape(-1, self.D))
+            self.state_norm.update(state)
+            action = self._explore(obs)
+            out = sim.step(ACTION_BOUND * action.numpy())
+            tracker.add(out)
+            self.buffer.add(obs=obs, state=state, action=action, reward=team_or_agent_reward(out, c.team_reward),
+                            next_obs=out.obs, next_state=out.state)
+            self.slots += self.E
+            obs, state = out.obs, out.state
+            if self.slots >= c.warmup_slots and self.buffer.size >= c.batch_size:
+                for _ in range(c.updates_per_step):
+                    for k, v in self._update().items():
+                        stats[k].append(v)
+        losses = {k: float(np.mean(v)) for k, v in stats.items()}
+        losses["updates"] = float(self.updates)
+        losses["actor_updates"] = float(self.actor_updates)
+        return Iteration(tracker.finish(first_episode), losses)
+
+    # -- one gradient update --------------------------------------------------------------------
+    def _update(self) -> dict[str, float]:
+        c = self.c
+        b = self.buffer.sample(c.batch_size)
+        o, s, a = self.obs_norm(b["obs"]), self.state_norm(b["state"]), b["action"]
+        o2, s2 = self.obs_norm(b["next_obs"]), self.state_norm(b["next_state"])
+        r = c.reward_scale * b["reward"]                                  # (B, I)
+
+        # Twin critics: clipped double-Q target with smoothed target actions.
+        with torch.no_grad():
+            a2 = self._target_actions(o2)
+            q2 = torch.min(self.critics_target[0](s2, a2), self.critics_target[1](s2, a2))
+            y = r + c.gamma * q2
+        qs = [critic(s, a) for critic in self.critics]
+        critic_loss = sum(F.mse_loss(q, y) for q in qs)
+        self.critic_opt.zero_grad()
+        critic_loss.backward()
+        clip_grad(self.critics, c.max_grad_norm)
+        self.critic_opt.step()
+        self.updates += 1
+        out = {"critic_loss": critic_loss.item(), "q": qs[0].mean().item()}
+
+        # Delayed actor and target updates: ascend Q^1_i in agent i's own action.
+        if self.updates % c.policy_delay == 0:
+            head, mu = self._mu(self.actor_net, o)
+            with frozen(self.critics):
+                q_pi = self.critics[0](s, a, own=mu)
+            bound = (head.abs() - 1.0).clamp(min=0.0).pow(2).mean()
+            actor_loss = -q_pi.mean() + c.bound_coef * bound
+            self.actor_opt.zero_grad()
+            actor_loss.backward()
+            clip_grad(self.actor_net, c.max_grad_norm)
+            self.actor_opt.step()
+            soft_update(self.actor_target, self.actor_net, c.tau)
+            soft_update(self.critics_target, self.critics, c.tau)
+            self.actor_updates += 1
+            out.update(actor_loss=actor_loss.item(), bound_penalty=bound.item())
+        return out
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"actor": clone_state(self.actor_net), "actor_target": clone_state(self.actor_target),
+                "critics": clone_state(self.critics), "critics_target": clone_state(self.critics_target),
+                "actor_opt": copy.deepcopy(self.actor_opt.state_dict()),
+                "critic_opt": copy.deepcopy(self.critic_opt.state_dict()),
+                "obs_norm": self.obs_norm.state_dict(), "state_norm": self.state_norm.state_dict(),
+                "buffer": self.buffer.state_dict(),
+                "slots": self.slots, "updates": self.updates, "actor_updates": self.actor_updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor_net.load_state_dict(state["actor"])
+        self.actor_target.load_state_dict(state["actor_target"])
+        self.critics.load_state_dict(state["critics"])
+        self.critics_target.load_state_dict(state["critics_target"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.obs_norm.load_state_dict(state["obs_norm"])
+        self.state_norm.load_state_dict(state["state_norm"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.slots, self.updates = int(state["slots"]), int(state["updates"])
+        self.actor_updates = int(state["actor_updates"])
+
+    def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
+        spec = ActorSpec("deterministic", self.I, self.D, self.A, self.c.hidden, self.c.share_params, self.dt_slice)
+        return export_actor(spec, state["actor"], state["obs_norm"] if self.c.obs_norm else None,
+                            scale=self.c.action_scale)

@@ -1,0 +1,315 @@
+"""What the off-policy baselines (Ly-MADDPG, Ly-MATD3, Ly-MASAC) share.
+
+Each algorithm reads top to bottom in its own module (config, networks,
+rollout, update, state); this module holds only the parts that are identical
+in all three:
+
+* :class:`OffPolicyConfig`, the settings they all read, from ``cfg.training``
+  and ``cfg.training.extra["offpolicy"]`` (then ``extra["<algo>"]``, e.g.
+  ``extra["matd3"]``, for keys only that algorithm knows; an unknown key fails);
+* :class:`ReplayBuffer`, joint transitions of all agents in preallocated
+  tensors, saved whole in the checkpoint so a resumed run is exact;
+* :class:`QCritic`, the centralised Q_i(s, a_1..a_I), and :func:`own_action_joint`,
+  the joint action with agent i's entry replaced by its current policy's action;
+* :class:`Normalizer` (running mean/std of observations, as MAPPO's),
+  :func:`soft_update` and :func:`frozen`.
+
+Units. Actors act in normalised units a in [-1, 1]^A; the environment gets
+``raw = ACTION_BOUND * a``, so [-10, 10] as the PettingZoo action space. The
+replay buffer holds normalised actions, raw observations (normalised when
+sampled, with the current statistics) and raw rewards.
+
+Reward scale. R(t) is about -5 per slot for a good policy, -20 to -50 for a
+poor one and down to -10^4 when queues explode. Q-values are sums over about
+1/(1-gamma) = 100 slots, so raw they range from -500 to -10^6: the critic's
+output layer cannot reach that scale at lr 8e-5 within the budget and the
+largest errors would swamp the rest. Critics therefore learn
+``reward_scale * R`` with a fixed ``reward_scale = 0.002 = (1 - gamma) / 5``:
+a good policy's Q is about -1 and a poor one's -5. A fixed scale (rather than
+running statistics) keeps the targets of old and new transitions comparable
+and the objective unchanged. Warm-up actions are uniform in a box of
+``warmup_range`` times the bound: the full box is the random reference policy,
+whose queues explode (cost ~250) and whose data says little about good policies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from cosim.config import Config, ConfigError
+from cosim.env import ACTION_BOUND
+
+from .checkpoint import OBS_CLIP
+from .common import ActorSpec, AgentMLP, RunningMeanStd
+
+EXTRA_SECTION = "offpolicy"  # training.extra key shared by the three off-policy baselines
+
+
+@dataclass(frozen=True)
+class OffPolicyConfig:
+    """Settings every off-policy baseline reads. First block: ``cfg.training``; the rest: ``training.extra``."""
+
+    lr: float = 8e-5               # Adam step size (paper); the actors' unless actor_lr is set
+    critic_lr: float = 8e-5        # critic Adam step size (paper)
+    gamma: float = 0.99            # discount (paper)
+    batch_size: int = 512          # joint transitions (each with all I agents) per gradient update (paper: 512)
+    hidden: int = 128              # width of both hidden layers, actors and critics
+    max_grad_norm: float = 10.0    # global gradient-norm clip, per network (0: off)
+    orthogonal_init: bool = True   # orthogonal weights, gain sqrt(2); policy_head_gain on the actor head
+    share_params: bool = True      # one actor for all agents (with agent one-hot) or one per agent
+    team_reward: bool = True       # learn from R(t) (shared) or from each agent's r_i
+    # training.extra["offpolicy"] (or extra["<algo>"]):
+    actor_lr: float | None = None  # the actors' Adam step size; None: lr
+    buffer_size: int = 100_000     # joint transitions kept (1800 episodes x 30 slots = 54,000 in all)
+    tau: float = 0.005             # target networks: theta' <- tau theta + (1 - tau) theta'
+    warmup_slots: int = 4_800      # env-slots (all envs together) of uniform random actions before the actor acts
+    warmup_range: float = 0.3      # warm-up actions are uniform in [-warmup_range, warmup_range] x bound
+    updates_per_step: int = 2      # gradient updates per vector step (n_envs env-slots), once warm-up is over
+    reward_scale: float = 0.002    # critics learn reward_scale * reward (see the module docstring)
+    action_scale: float = 1.0      # raw action = clip(action_scale * actor head, -10, 10): the head acts in raw units
+    obs_norm: bool = True          # running mean/std normalisation of observations and state
+    policy_head_gain: float = 0.01 # orthogonal gain of the actor's head: initial actions near 0
+
+    @classmethod
+    def from_config(cls, cfg: Config, section: str) -> "OffPolicyConfig":
+        """``cfg.training`` fields, then ``training.extra["offpolicy"]``, then ``training.extra[section]``
+        (those two hold only the keys below the first block; an unknown key fails)."""
+        t = cfg.training
+        names = {f.name for f in fields(cls)}
+        values = {k: getattr(t, k) for k in names if hasattr(t, k)}
+        own = sorted(names - set(vars(t)))
+        for key in (EXTRA_SECTION, section):
+            given = t.extra.get(key) or {}
+            if not isinstance(given, dict):
+                raise ConfigError(f"training.extra.{key} must be a mapping, got {type(given).__name__}")
+            unknown = sorted(set(given) - set(own))
+            if unknown:
+                raise ConfigError(f"unknown training.extra.{key} key '{unknown[0]}' for {section} "
+                                  f"(allowed: {', '.join(own)})")
+            types = {f.name: str(f.type) for f in fields(cls)}
+            values.update({k: _coerce(f"training.extra.{key}.{k}", types[k], v) for k, v in given.items()})
+        c = cls(**values)
+        if c.actor_lr is None:
+            c = replace(c, actor_lr=c.lr)
+        for name, ok in (("buffer_size", c.buffer_size >= c.batch_size), ("tau", 0 < c.tau <= 1),
+                         ("updates_per_step", c.updates_per_step >= 1), ("warmup_range", 0 < c.warmup_range <= 1),
+                         ("reward_scale", c.reward_scale > 0), ("action_scale", c.action_scale > 0)):
+            if not ok:
+                raise ConfigError(f"training.extra.{EXTRA_SECTION}.{name} = {getattr(c, name)} is out of range")
+        return c
+
+
+def _coerce(key: str, tp: str, value: Any) -> Any:
+    """A training.extra value as its field's type (YAML reads 3e-5 as a string); one-line errors."""
+    if value is None and "None" in tp:
+        return None
+    base = tp.split("|")[0].strip()
+    try:
+        if isinstance(value, bool) != (base == "bool"):
+            raise ValueError
+        if base == "int":
+            if float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        return float(value) if base == "float" else value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {base}, got {value!r}") from None
+
+
+# ---------------------------------------------------------------------------
+# Replay buffer
+
+class ReplayBuffer:
+    """A ring of joint transitions in preallocated ``(capacity, ...)`` float32 tensors.
+
+    ``add`` takes one vector step (the E environments' transitions at once);
+    ``sample`` draws uniformly with torch's generator (saved by ``fit``).
+    """
+
+    def __init__(self, capacity: int, shapes: dict[str, tuple[int, ...]]):
+        self.capacity = capacity
+        self.data = {k: torch.zeros(capacity, *shape) for k, shape in shapes.items()}
+        self.ptr = 0     # next slot to write
+        self.size = 0    # filled slots
+
+    def add(self, **batch: np.ndarray | torch.Tensor) -> None:
+        n = len(next(iter(batch.values())))
+        idx = (self.ptr + torch.arange(n)) % self.capacity
+        for k, v in batch.items():
+            self.data[k][idx] = torch.as_tensor(np.asarray(v), dtype=torch.float32)
+        self.ptr = (self.ptr + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, n: int) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, self.size, (n,))
+        return {k: v[idx] for k, v in self.data.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Copies of the filled part (it is all of the checkpoint's size, so nothing else)."""
+        return {"ptr": self.ptr, "size": self.size, "data": {k: v[: self.size].clone() for k, v in self.data.items()}}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        size = int(d["size"])
+        if size > self.capacity:
+            raise ConfigError(f"checkpoint's replay buffer holds {size} transitions, more than buffer_size "
+                              f"{self.capacity}")
+        for k, v in self.data.items():
+            v.zero_()
+            v[:size] = torch.as_tensor(d["data"][k])
+        self.ptr, self.size = int(d["ptr"]), size
+
+
+# ---------------------------------------------------------------------------
+# Networks
+
+class QCritic(nn.Module):
+    """Centralised critics Q_i(s, a_1..a_I) of every agent i: one MLP (two hidden ReLU layers) on
+    [s, a_1..a_I, one-hot(i)], shared by the agents.
+
+    ``forward(state (B, S), actions (B, I, A), own=None)`` -> (B, I). With ``own`` (B, I, A), agent
+    i's critic sees its own action from ``own`` and the other agents' from ``actions``: MADDPG's
+    policy gradient of agent i holds the others' actions fixed.
+
+    The first layer is linear, so it is computed once per transition, then completed per agent by
+    the one-hot's column and (with ``own``) agent i's change of its own action: the same function
+    as feeding I concatenated inputs, with I times fewer multiplications.
+    """
+
+    def __init__(self, n_agents: int, state_dim: int, action_dim: int, hidden: int, orthogonal: bool,
+                 head_gain: float = 1.0):
+        super().__init__()
+        self.I, self.S, self.A = n_agents, state_dim, action_dim
+        d_in = state_dim + n_agents * action_dim
+        self.inp = nn.Linear(d_in, hidden)
+        self.agent = nn.Parameter(torch.empty(n_agents, hidden))  # the first layer's one-hot columns
+        self.hid = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, 1)
+        with torch.no_grad():
+            w = torch.empty(hidden, d_in + n_agents)
+            if orthogonal:
+                nn.init.orthogonal_(w, math.sqrt(2))
+                nn.init.orthogonal_(self.hid.weight, math.sqrt(2))
+                nn.init.orthogonal_(self.out.weight, head_gain)
+                for layer in (self.inp, self.hid, self.out):
+                    layer.bias.zero_()
+            else:
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Linear's default over the whole input
+            self.inp.weight.copy_(w[:, :d_in])
+            self.agent.copy_(w[:, d_in:].T)
+
+    def forward(self, state: torch.Tensor, actions: torch.Tensor, own: torch.Tensor | None = None) -> torch.Tensor:
+        B, I, A = actions.shape
+        z = self.inp(torch.cat([state, actions.reshape(B, I * A)], dim=-1)).unsqueeze(1) + self.agent  # (B, I, H)
+        if own is not None:
+            w_own = self.inp.weight[:, self.S:].T.reshape(I, A, -1)  # agent j's block of the joint action
+            z = z + torch.einsum("bia,iah->bih", own - actions, w_own)
+        h = torch.relu(self.hid(torch.relu(z)))
+        return self.out(h).squeeze(-1)
+
+
+def make_actor(n_agents: int, obs_dim: int, out_dim: int, c: OffPolicyConfig) -> AgentMLP:
+    """Two hidden ReLU layers, shared across agents (agent one-hot) or one per agent."""
+    return AgentMLP(n_agents, obs_dim, out_dim, c.hidden, c.share_params, c.orthogonal_init, c.policy_head_gain)
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging of the target network's parameters."""
+    with torch.no_grad():
+        for tp, p in zip(target.parameters(), source.parameters()):
+            tp.lerp_(p, tau)
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """No parameter gradients for ``modules`` inside (the actor's loss goes through the critics)."""
+    params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def clip_grad(module_or_params: Any, max_norm: float) -> None:
+    if max_norm > 0:
+        params = module_or_params.parameters() if isinstance(module_or_params, nn.Module) else module_or_params
+        nn.utils.clip_grad_norm_(params, max_norm)
+
+
+# ---------------------------------------------------------------------------
+# Observation normalisation
+
+class Normalizer:
+    """Running mean/std of raw inputs (numpy, float64); normalises float32 tensors, clipped to
+    ``OBS_CLIP`` exactly as a deployed policy does. Disabled: the identity."""
+
+    def __init__(self, shape: tuple[int, ...], enabled: bool):
+        self.rms = RunningMeanStd(shape)
+        self.enabled = enabled
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.mean = torch.as_tensor(self.rms.mean, dtype=torch.float32)
+        self.std = torch.as_tensor(self.rms.std, dtype=torch.float32)
+
+    def update(self, x: np.ndarray) -> None:
+        if self.enabled:
+            self.rms.update(x)
+            self._refresh()
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x
+        if not self.enabled:
+            return x
+        return ((x - self.mean) / self.std).clamp(-OBS_CLIP, OBS_CLIP)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.rms.state_dict()
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.rms.load_state_dict(d)
+        self._refresh()
+
+
+def export_actor(spec: ActorSpec, actor_state: dict[str, torch.Tensor], obs_norm: dict[str, Any] | None,
+                 scale: float, head_rows: int | None = None) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
+    """The deployable tensors of a deterministic actor whose normalised action is clip(net(o), -1, 1).
+
+    The head is scaled by ``ACTION_BOUND``, so the deployed net outputs raw actions and the loader's
+    clip to [-10, 10] is the actor's own clip. ``head_rows`` keeps only the first outputs of the head
+    (MASAC's actor also outputs log-stds). ``obs_norm`` is a Normalizer's state (None: disabled).
+    """
+    tensors = {f"net.{k}": v.clone() for k, v in actor_state.items()}
+    for k in ("net.layers.2.weight", "net.layers.2.bias"):
+        if head_rows is not None:
+            tensors[k] = tensors[k][..., :head_rows].contiguous()
+        tensors[k] = tensors[k] * scale
+    if obs_norm is not None:
+        tensors["obs_mean"] = torch.as_tensor(obs_norm["mean"], dtype=torch.float32)
+        tensors["obs_std"] = torch.as_tensor(np.sqrt(obs_norm["var"] + 1e-8), dtype=torch.float32)
+    else:
+        tensors["obs_mean"], tensors["obs_std"] = torch.zeros(spec.obs_dim), torch.ones(spec.obs_dim)
+    return spec, tensors
+
+
+def team_or_agent_reward(out: Any, team: bool) -> np.ndarray:
+    """(E, I) rewards of a StepOutput: R(t) for every agent, or each agent's r_i times I (the r_i
+    add up to R(t), so I r_i has R(t)'s scale and one reward_scale suits both)."""
+    if team:
+        r = np.broadcast_to(out.reward[:, None], out.agent_reward.shape)
+    else:
+        r = out.agent_reward * out.agent_reward.shape[-1]
+    return np.ascontiguousarray(r, dtype=np.float32)
+
+
+def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}

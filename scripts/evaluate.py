@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Evaluate trained checkpoints beside the reference policies, on the same unseen episodes.
+
+    python scripts/evaluate.py --checkpoint checkpoints/ly-dtmppo_default.safetensors
+    python scripts/evaluate.py --checkpoint runs/A/policy.safetensors runs/B --episodes 50 --backend sumo
+    python scripts/evaluate.py --checkpoint X --policies equal,nearest
+
+Every policy acts deterministically (a Gaussian actor's mean) on the same
+episodes: episode i is reset with seed --eval-seed + i (default 10000 + i),
+which training never uses (it draws from the stream of the config seed).
+Writes summary.json (run_cosim's summary keys, per policy) and config.yaml to
+--out, and prints mean cost with its 95% CI, reward, delay, energy, InstrT share
+and deadline misses for every policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agents.checkpoint import EVAL_SEED, comparison_table, evaluate_policies, load_policy, read_policy_file  # noqa: E402
+from cosim.cli import add_common_args, config_from_args, run_main, save_run_config  # noqa: E402
+from cosim.config import CosimError  # noqa: E402
+from cosim.policies import EXTRA_POLICIES, REFERENCE_POLICIES, make_policy  # noqa: E402
+
+
+def default_policies() -> list[str]:
+    """The four reference policies, and the per-slot optimiser when its module is there."""
+    names = list(REFERENCE_POLICIES)
+    if "dpp-opt" in EXTRA_POLICIES and importlib.util.find_spec("cosim.optimizer") is not None:
+        names.append("dpp-opt")
+    return names
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", action="extend", nargs="+", default=[], metavar="PATH",
+                    help="policy .safetensors file or run folder (repeatable, or several at once)")
+    add_common_args(ap, backend_default="analytic")
+    ap.add_argument("--episodes", type=int, default=20, help="evaluation episodes per policy (default 20)")
+    ap.add_argument("--eval-seed", type=int, default=EVAL_SEED, help=f"episode i uses seed EVAL_SEED + i "
+                                                                     f"(default {EVAL_SEED})")
+    ap.add_argument("--policies", default=None,
+                    help="comma-separated reference/registered policies to include, '' for none "
+                         f"(default: {','.join(default_policies())})")
+    ap.add_argument("--out", default=None, help="output folder (default runs/eval__<time>)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args()
+    if args.episodes < 1:
+        ap.error("--episodes must be at least 1")
+
+    cfg = config_from_args(args)
+    names = default_policies() if args.policies is None else [p.strip() for p in args.policies.split(",") if p.strip()]
+    known = list(REFERENCE_POLICIES) + list(EXTRA_POLICIES)
+    for n in names:
+        if n not in known:
+            raise CosimError(f"unknown policy '{n}' in --policies (choose {', '.join(known)})")
+    if not names and not args.checkpoint:
+        raise CosimError("nothing to evaluate: give --checkpoint PATH and/or --policies")
+
+    policies: dict[str, object] = {}
+    for path in args.checkpoint:
+        meta, _ = read_policy_file(path)  # a missing or foreign file fails here, before any episode runs
+        label = meta["algo"]
+        if label in policies:
+            label = f"{label}:{Path(path).stem if Path(path).is_file() else Path(path).name}"
+        policies[label] = lambda sim, path=path, label=label: load_policy(path, env=sim, name=label)
+    for n in names:
+        policies[n] = lambda sim, n=n: make_policy(n, sim.n_rsus, seed=args.eval_seed, env=sim)
+
+    out = Path(args.out) if args.out else Path("runs") / f"eval__{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    save_run_config(cfg, out)
+    summaries = evaluate_policies(cfg, policies, args.episodes, seed=args.eval_seed, progress=not args.quiet)
+    for path, label in zip(args.checkpoint, policies):
+        summaries[label]["checkpoint"] = str(path)
+    print(f"{args.episodes} episodes per policy on {cfg.backend}, {cfg.scenario.n_cvs} CVs, {cfg.n_rsus} RSUs, "
+          f"seeds {args.eval_seed}..{args.eval_seed + args.episodes - 1}")
+    print(comparison_table(summaries))
+    (out / "summary.json").write_text(json.dumps(summaries, indent=2))
+    print(f"wrote {out / 'summary.json'}, {out / 'config.yaml'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
