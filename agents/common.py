@@ -211,6 +211,8 @@ class EpisodeMetrics:
     instr_share: float       # InstrT parts / RSU parts
     deadline_miss_rate: float
     q_final: float           # total backlog at the end (local + RSU), W_ref units
+    q_loc_mean: float        # local backlog per CV, mean over slots, W_ref units (Fig. 5b)
+    q_rsu_mean: float        # RSU backlog per RSU, mean over slots, W_ref units
 
 
 METRIC_FIELDS = [f.name for f in fields(EpisodeMetrics)]
@@ -223,7 +225,7 @@ class EpisodeTracker:
         self.sim = sim
         E = sim.n_envs
         self.sums = {k: np.zeros(E) for k in ("reward", "cost", "delay", "energy", "tasks", "parts", "instr",
-                                              "misses")}
+                                              "misses", "q_loc", "q_rsu")}
         self.slots = 0
 
     def add(self, out: StepOutput) -> None:
@@ -237,6 +239,9 @@ class EpisodeTracker:
         s["parts"] += r.offloaded.sum((-2, -1))
         s["instr"] += (r.instr_mode & r.offloaded).sum((-2, -1))
         s["misses"] += r.deadline_miss.sum(-1)
+        q, W = self.sim.queues, self.sim.params.W_ref  # the backlogs this slot left behind
+        s["q_loc"] += q.q_loc.mean(-1) / W
+        s["q_rsu"] += q.q_rsu.mean(-1) / W
         self.slots += 1
 
     def finish(self, first_episode: int) -> list[EpisodeMetrics]:
@@ -244,7 +249,8 @@ class EpisodeTracker:
         div = lambda a, b: np.where(b > 0, a / np.maximum(b, 1e-300), 0.0)  # noqa: E731
         q_final = (q.q_loc.sum(-1) + q.q_rsu.sum(-1)) / W
         cols = [s["reward"] / self.slots, s["cost"] / self.slots, div(s["delay"], s["tasks"]),
-                div(s["energy"], s["tasks"]), div(s["instr"], s["parts"]), div(s["misses"], s["tasks"]), q_final]
+                div(s["energy"], s["tasks"]), div(s["instr"], s["parts"]), div(s["misses"], s["tasks"]), q_final,
+                s["q_loc"] / self.slots, s["q_rsu"] / self.slots]
         return [EpisodeMetrics(first_episode + e, *(float(c[e]) for c in cols)) for e in range(self.sim.n_envs)]
 
 

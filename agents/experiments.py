@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import yaml
 
 from cosim.config import REPO_ROOT, ConfigError, CosimError, load_config, to_dict
@@ -184,10 +185,17 @@ def run_cell(cell: Cell, root: str | Path) -> dict[str, Any]:
     with BatchCoSim(cfg, n_envs=1, seed=cfg.seed) as sim:
         policy = (load_policy(run_dir, env=sim) if is_learned(cell.algo)
                   else make_policy(cell.algo, sim.n_rsus, seed=cell.seed, env=sim))
+        # Each CV's local backlog after every slot, summed over evaluation episodes (Fig. 5a).
+        queues = np.zeros((cfg.scenario.episode_slots, sim.n_cvs))
+
+        def record_queues(out, episode: int, slot: int) -> None:
+            queues[slot] += sim.queues.q_loc[0] / sim.params.W_ref
+
         ev = run_episodes(sim, policy, cell.eval_episodes, seed=EVAL_SEED_OFFSET + 1000 * cell.seed,
-                          progress=False, policy_name=cell.algo)
+                          on_slot=record_queues, progress=False, policy_name=cell.algo)
     record = {"cell": asdict(cell), "key": cell.key, "setting": cell.setting(), "algo": cell.algo,
               "seed": cell.seed, "eval": ev.summary, "eval_episodes": [asdict(e) for e in ev.episodes],
+              "queue_trajectory": (queues / cell.eval_episodes).tolist(),
               "train_seconds": train_seconds, "train_slots_per_s": train_slots_per_s, "seconds": time.time() - t0}
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))

@@ -71,7 +71,6 @@ class Run:
 
     record: dict[str, Any]
     metrics: dict[str, np.ndarray]
-    queues: dict[str, np.ndarray]
 
     @property
     def algo(self) -> str:
@@ -88,8 +87,7 @@ def load_runs(root: Path) -> list[Run]:
         rec = json.loads(done.read_text())
         d = done.parent
         metrics = read_csv_columns(d / "metrics.csv") if (d / "metrics.csv").is_file() else {}
-        queues = read_csv_columns(d / "queues.csv") if (d / "queues.csv").is_file() else {}
-        runs.append(Run(rec, metrics, queues))
+        runs.append(Run(rec, metrics))
     return runs
 
 
@@ -240,27 +238,25 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
                markdown_table(["policy", "system cost", "delay s", "energy J", "InstrT share", "deadline misses",
                                "cost vs optimiser"], rows), ""]
 
-    # Fig. 5a: each CV's local queue under Ly-DTMPPO; Fig. 5b: the system queue of each algorithm.
-    dt = [r for r in conv.get("ly-dtmppo", []) if r.queues]
+    # Fig. 5a: each CV's local queue over an evaluation episode of Ly-DTMPPO (mean over episodes);
+    # Fig. 5b: the mean local queue of each algorithm, episode by episode while training.
+    dt = [r for r in base.get("ly-dtmppo", []) if r.record.get("queue_trajectory")]
     if dt:
-        cols = sorted(k for k in dt[0].queues if k.startswith("q_loc_cv"))
-        n = min(len(r.queues["episode"]) for r in dt)
-        w = min(STEADY_WINDOW, max(1, n // 3))
+        traj = np.array([r.record["queue_trajectory"] for r in dt])  # (seeds, slots, CVs)
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
-        for j, c in enumerate(cols):
-            band_plot(ax, [r.queues[c] for r in dt], w, f"C{j}", f"CV{j + 1}")
-        finish(fig, ax, "episode", f"mean local queue per slot (W_ref units), {w}-ep. average",
+        for j in range(traj.shape[2]):
+            band_plot(ax, list(traj[:, :, j]), 1, f"C{j}", f"CV{j + 1}")
+        finish(fig, ax, "slot of an evaluation episode", "local queue after the slot (W_ref units)",
                "Fig. 5a: task queue of each CV, Ly-DTMPPO", out / "fig5a_queues_per_cv.png", figures)
-    withq = {a: [r for r in rs if r.queues] for a, rs in conv.items()}
-    withq = {a: rs for a, rs in withq.items() if rs}
+    withq = {a: rs for a, rs in conv.items() if "q_loc_mean" in rs[0].metrics}
     if withq:
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         for a in ordered(withq):
-            n = min(len(r.queues["episode"]) for r in withq[a])
+            n = min(len(r.metrics["q_loc_mean"]) for r in withq[a])
             w = min(STEADY_WINDOW, max(1, n // 3))
-            band_plot(ax, [r.queues["q_loc_mean"] for r in withq[a]], w, ALGO_COLOR.get(a), label(a))
+            band_plot(ax, [r.metrics["q_loc_mean"] for r in withq[a]], w, ALGO_COLOR.get(a), label(a))
         ax.set_yscale("symlog", linthresh=0.01)
-        finish(fig, ax, "episode", "mean local queue over CVs (W_ref units)",
+        finish(fig, ax, "episode", "mean local queue per CV (W_ref units)",
                "Fig. 5b: average system queue, 5 CVs, V = 5", out / "fig5b_queues_per_algorithm.png", figures)
 
     # Fig. 6a-c: cost, delay, energy against the number of CVs (V = 5).
