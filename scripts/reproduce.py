@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.experiments import PRESETS, Budget, grid, load_experiments, run_grid, validate, write_manifest  # noqa: E402
+from agents.experiments import (EXPERIMENTS_DIR, PRESETS, Budget, grid, load_experiments, run_grid,  # noqa: E402
+                                validate, write_manifest)
 from cosim.cli import run_main  # noqa: E402
 from cosim.config import CosimError  # noqa: E402
 
@@ -30,6 +31,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="the quick preset (short training, fewer eval episodes)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help="full (default), quick or tiny")
     ap.add_argument("--experiments", nargs="*", default=None, help="only these experiments (default: all)")
+    ap.add_argument("--experiments-dir", default=None, help="folder of experiment YAML files (default: configs/experiments)")
     ap.add_argument("--backend", choices=("analytic", "sumo"), default="analytic")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: the preset's, 3)")
     ap.add_argument("--episodes", type=int, default=None, help="training episodes per run (default: the preset's)")
@@ -43,7 +45,8 @@ def main() -> int:
     budget = Budget(args.episodes or b.episodes, b.eval_episodes, args.seeds or b.seeds)
     if budget.episodes < 1 or budget.seeds < 1:
         raise CosimError("--episodes and --seeds must be at least 1")
-    experiments = load_experiments(args.experiments)
+    experiments = load_experiments(args.experiments, Path(args.experiments_dir) if args.experiments_dir
+                                   else EXPERIMENTS_DIR)
     cells = grid(experiments, budget, args.backend)
     validate(cells)
     root = Path(args.out or f"results/{preset}" + ("-sumo" if args.backend == "sumo" else ""))
