@@ -32,6 +32,7 @@ def main() -> int:
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help="full (default), quick or tiny")
     ap.add_argument("--experiments", nargs="*", default=None, help="only these experiments (default: all)")
     ap.add_argument("--experiments-dir", default=None, help="folder of experiment YAML files (default: configs/experiments)")
+    ap.add_argument("--algos", nargs="*", default=None, help="only these algorithms/policies (default: all)")
     ap.add_argument("--backend", choices=("analytic", "sumo"), default="analytic")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: the preset's, 3)")
     ap.add_argument("--episodes", type=int, default=None, help="training episodes per run (default: the preset's)")
@@ -48,6 +49,8 @@ def main() -> int:
     experiments = load_experiments(args.experiments, Path(args.experiments_dir) if args.experiments_dir
                                    else EXPERIMENTS_DIR)
     cells = grid(experiments, budget, args.backend)
+    if args.algos:
+        cells = [c for c in cells if c.algo in args.algos]
     validate(cells)
     root = Path(args.out or f"results/{preset}" + ("-sumo" if args.backend == "sumo" else ""))
     if args.dry_run:
