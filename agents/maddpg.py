@@ -1,30 +1,32 @@
 """Ly-MADDPG: multi-agent DDPG with centralised Q critics (paper Sec. VII-B, baseline 1).
 
 CTDE as in Lowe et al. (2017): every CV acts with a deterministic actor on its
-own observation (two hidden ReLU layers; the normalised action is the head's
-output clipped to [-1, 1], times the bound 10 for the environment); every agent
-i has a centralised critic Q_i(s, a_1..a_I) over the global state and the joint
-action. Parameters are shared across agents with an agent-id one-hot. The
-Lyapunov part is the environment's: the reward is the drift-plus-penalty R(t)
-(or each agent's r_i), with the twin's block in the observations.
+own observation (two hidden ReLU layers; raw action = its head clipped to the
+bound [-10, 10]); every agent i has a centralised critic Q_i(s, a_1..a_I) over
+the global state and the joint action. Parameters are shared across agents with
+an agent-id one-hot (``training.share_params``). The Lyapunov part is the
+environment's: the reward is the drift-plus-penalty R(t) or each agent's r_i
+(``training.team_reward``), and the observations carry the twin's block.
 
 One iteration plays ``n_envs`` whole episodes in lockstep. Every vector step
 stores the E joint transitions in the replay buffer and, after the warm-up,
-makes ``updates_per_step`` updates of ``batch_size`` sampled transitions:
+makes ``updates_per_step`` updates on ``batch_size`` sampled transitions
+(a in [-1, 1] is the normalised action, raw / 10):
 
-    critic:  y_i = reward_scale * r + gamma * Q'_i(s', mu'(o'_1), .., mu'(o'_I))
+    critic:  y_i = reward_scale * r_i + gamma * Q'_i(s', mu'(o'_1), .., mu'(o'_I))
              L = mean_i (Q_i(s, a) - y_i)^2
     actor:   L = -mean_i Q_i(s, a_1, .., mu(o_i), .., a_I) + bound penalty
     targets: theta' <- tau theta + (1 - tau) theta'
 
-Episodes end by the time limit, not a terminal state, so every target
+Episodes end by the time limit, not in a terminal state, so every target
 bootstraps. Exploration adds Gaussian noise of ``exploration_noise`` x bound.
+Reward scale, warm-up and action units: see ``agents/offpolicy.py``.
 
 Why a clipped head and not tanh: a deployed deterministic actor
-(``agents/checkpoint.py``) outputs the network's head clipped to the bound,
-so clip(net) is exactly what runs after training; tanh would not survive the
-export. A penalty on the head's output beyond [-1, 1] keeps it where the
-critic's gradient reaches it.
+(``agents/checkpoint.py``) outputs its network's head clipped to the bound, so
+clip(head) is exactly what runs after training, where a tanh would not survive
+the export. A penalty on the head beyond the bound keeps it where the critic's
+gradient reaches it.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ from .offpolicy import (Normalizer, OffPolicyConfig, QCritic, ReplayBuffer, clip
 class MADDPGConfig(OffPolicyConfig):
     """OffPolicyConfig (shared settings, see agents/offpolicy.py) plus MADDPG's own."""
 
-    actor_lr: float | None = 3e-5   # not training.lr (8e-5): at 8e-5 the actor outruns its critic (see above)
     exploration_noise: float = 0.1  # std of the Gaussian added to actions, in units of the bound
     bound_coef: float = 1.0         # weight of the penalty on the actor's head beyond [-1, 1]
 
@@ -84,7 +85,7 @@ class MADDPGTrainer(Trainer):
 
     # -- acting ---------------------------------------------------------------------------------
     def _mu(self, net: torch.nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(head output, normalised action = head clipped to [-1, 1]) for normalised observations."""
+        """(head / bound, normalised action = that clipped to [-1, 1]) for normalised observations."""
         head = net(obs) * (self.c.action_scale / ACTION_BOUND)
         return head, head.clamp(-1.0, 1.0)
 

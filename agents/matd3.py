@@ -46,7 +46,6 @@ from .offpolicy import (Normalizer, OffPolicyConfig, QCritic, ReplayBuffer, clip
 class MATD3Config(OffPolicyConfig):
     """OffPolicyConfig (shared settings, see agents/offpolicy.py) plus MATD3's own."""
 
-    actor_lr: float | None = 3e-5   # not training.lr (8e-5): at 8e-5 the actor outruns its critic (see above)
     exploration_noise: float = 0.1  # std of the Gaussian added to actions, in units of the bound
     bound_coef: float = 1.0         # weight of the penalty on the actor's head beyond [-1, 1]
     policy_delay: int = 2           # critic updates per actor (and target) update
@@ -85,7 +84,7 @@ class MATD3Trainer(Trainer):
 
     # -- acting ---------------------------------------------------------------------------------
     def _mu(self, net: torch.nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(head output, normalised action = head clipped to [-1, 1]) for normalised observations."""
+        """(head / bound, normalised action = that clipped to [-1, 1]) for normalised observations."""
         head = net(obs) * (self.c.action_scale / ACTION_BOUND)
         return head, head.clamp(-1.0, 1.0)
 
