@@ -100,6 +100,8 @@ class TrainedPolicy:
             out = self.net(torch.from_numpy(x))
             if not deterministic and s.kind == "gaussian" and self.log_std is not None:
                 out = out + self.log_std.exp() * torch.randn(out.shape, generator=self.gen)
+            if s.kind == "squashed":  # MASAC: the head is in raw units before the tanh
+                out = ACTION_BOUND * torch.tanh(out / ACTION_BOUND)
         return np.clip(out.numpy().astype(np.float64), -ACTION_BOUND, ACTION_BOUND)
 
 

@@ -187,7 +187,8 @@ class AgentMLP(nn.Module):
 class ActorSpec:
     """How to rebuild a deployable actor without running any code from the checkpoint."""
 
-    kind: str              # "gaussian": raw = mean (+ std noise); "deterministic": raw = output
+    kind: str              # "gaussian": raw = mean (+ std noise); "deterministic": raw = output;
+    #                        "squashed": raw = 10 tanh(output / 10)
     n_agents: int
     obs_dim: int
     action_dim: int

@@ -22,12 +22,9 @@ twin's block in the observations.
 Warm-up, replay, reward scale, observation normalisation and the shared
 settings are as in the other off-policy baselines (``agents/offpolicy.py``).
 
-The deployed actor is deterministic. A policy file's "deterministic" actor
-outputs its head clipped to the bound (``agents/checkpoint.py``), which cannot
-express tanh, so it holds clip(10 mean(z), -10, 10) for 10 tanh(mean(z)): the
-two agree near 0 (within 3% for |mean| < 0.3) and in saturation, and differ by
-up to 2.4 raw units in between. Measured on the default run: mean cost 1.420 with
-10 tanh(mean), 1.426 from the policy file (20 episodes, 95% CI +-0.055).
+The deployed actor is deterministic: 10 tanh(mean(z)), a policy file of kind
+"squashed" (``agents/checkpoint.py``), so deployment acts exactly as the trainer's
+deterministic action.
 """
 
 from __future__ import annotations
@@ -219,7 +216,7 @@ class MASACTrainer(Trainer):
         self.slots, self.updates = int(state["slots"]), int(state["updates"])
 
     def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
-        """The deterministic actor clip(10 mean(z)) (see the module docstring), from the mean's half of the head."""
-        spec = ActorSpec("deterministic", self.I, self.D, self.A, self.c.hidden, self.c.share_params, self.dt_slice)
+        """The deterministic actor 10 tanh(mean(z)), from the mean's half of the head."""
+        spec = ActorSpec("squashed", self.I, self.D, self.A, self.c.hidden, self.c.share_params, self.dt_slice)
         return export_actor(spec, state["actor"], state["obs_norm"] if self.c.obs_norm else None,
                             scale=self.c.action_scale, head_rows=self.A)

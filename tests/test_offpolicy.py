@@ -81,8 +81,8 @@ def test_checkpoint_loads_and_acts_as_the_trainer(algo, tmp_path):
         policy = load_policy(tmp_path / POLICY_FILE, env=trainer.sim)
         with torch.no_grad():
             o = trainer.obs_norm(obs)
-            if algo == "ly-masac":  # the deployed actor is the clipped mean (see agents/masac.py)
-                want = (ACTION_BOUND * trainer._dist(o)[0]).clamp(-ACTION_BOUND, ACTION_BOUND)
+            if algo == "ly-masac":  # the deployed actor is the squashed mean, 10 tanh(mean)
+                want = ACTION_BOUND * torch.tanh(trainer._dist(o)[0])
             else:
                 want = ACTION_BOUND * trainer._mu(trainer.actor_net, o)[1]
     finally:
@@ -90,7 +90,8 @@ def test_checkpoint_loads_and_acts_as_the_trainer(algo, tmp_path):
     raw = policy.act(obs)
     assert raw.shape == obs.shape[:-1] + (trainer.A,) and np.abs(raw).max() <= ACTION_BOUND
     np.testing.assert_allclose(raw, want.numpy(), atol=1e-4)
-    assert policy.spec.kind == "deterministic" and policy.meta["algo"] == algo and policy.meta["twin"]
+    kind = "squashed" if algo == "ly-masac" else "deterministic"
+    assert policy.spec.kind == kind and policy.meta["algo"] == algo and policy.meta["twin"]
 
 
 @pytest.mark.parametrize("algo", OFFPOLICY)
