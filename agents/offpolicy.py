@@ -87,7 +87,7 @@ class OffPolicyConfig:
     actor_lr: float | None = None  # the actors' Adam step size; None: lr
     buffer_size: int = 100_000     # joint transitions kept (1800 episodes x 30 slots = 54,000 in all)
     tau: float = 0.005             # target networks: theta' <- tau theta + (1 - tau) theta'
-    warmup_slots: int = 4_800      # env-slots (all envs together) of uniform random actions before the actor acts
+    warmup_slots: int = 4_800      # env-slots (all envs) of uniform random actions first (default: <= 10% of training)
     warmup_range: float = 0.3      # warm-up actions are uniform in [-warmup_range, warmup_range] x bound
     updates_per_step: int = 2      # gradient updates per vector step (n_envs env-slots), once warm-up is over
     reward_scale: float = 0.002    # critics learn reward_scale * reward (see the module docstring)
@@ -103,8 +103,10 @@ class OffPolicyConfig:
         names = {f.name for f in fields(cls)}
         values = {k: getattr(t, k) for k in names if hasattr(t, k)}
         own = sorted(names - set(vars(t)))
+        explicit: set[str] = set()
         for key in (EXTRA_SECTION, section):
             given = t.extra.get(key) or {}
+            explicit |= set(given) if isinstance(given, dict) else set()
             if not isinstance(given, dict):
                 raise ConfigError(f"training.extra.{key} must be a mapping, got {type(given).__name__}")
             unknown = sorted(set(given) - set(own))
@@ -116,6 +118,9 @@ class OffPolicyConfig:
         c = cls(**values)
         if c.actor_lr is None:
             c = replace(c, actor_lr=c.lr)
+        if "warmup_slots" not in explicit:
+            # Short budgets (quick reproductions) still learn: the default warm-up is at most a tenth of training.
+            c = replace(c, warmup_slots=min(c.warmup_slots, t.episodes * cfg.scenario.episode_slots // 10))
         for name, ok in (("buffer_size", c.buffer_size >= c.batch_size), ("tau", 0 < c.tau <= 1),
                          ("updates_per_step", c.updates_per_step >= 1), ("warmup_range", 0 < c.warmup_range <= 1),
                          ("reward_scale", c.reward_scale > 0), ("action_scale", c.action_scale > 0)):
