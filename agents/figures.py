@@ -33,6 +33,7 @@ ALGO_LABEL = {"ly-dtmppo": "Ly-DTMPPO", "ly-mappo": "Ly-MAPPO", "ly-maddpg": "Ly
               "nearest": "nearest RSU", "local": "all local", "random": "random"}
 ALGO_COLOR = {"ly-dtmppo": "C3", "ly-mappo": "C0", "ly-maddpg": "C2", "ly-matd3": "C1", "ly-masac": "C4",
               "dpp-opt": "k", "equal": "C7", "nearest": "C5", "local": "C8", "random": "C9"}
+ALGO_Z = {"ly-dtmppo": 5}  # ours on top: Ly-MAPPO's curve often lies right under it
 STEADY_WINDOW = 50
 
 
@@ -143,15 +144,18 @@ def _plt():
     return plt
 
 
-def band_plot(ax, curves: list[np.ndarray], window: int, color: str, name: str) -> None:
+def band_plot(ax, curves: list[np.ndarray], window: int, color: str, name: str, zorder: float = 2,
+              floor: float | None = None) -> None:
+    """Mean over seeds with a 95 % band; ``floor`` clips the band of a quantity that cannot go below it."""
     n = min(len(c) for c in curves)
     y = np.stack([smooth(c[:n], window) for c in curves])
     x = np.arange(1, n + 1)
     m = y.mean(0)
-    ax.plot(x, m, color=color, lw=1.8, label=f"{name} (n={len(curves)})")
+    ax.plot(x, m, color=color, lw=1.8, label=f"{name} (n={len(curves)})", zorder=zorder)
     if len(curves) > 1:
         h = ci95(y)
-        ax.fill_between(x, m - h, m + h, color=color, alpha=0.2, lw=0)
+        lo = m - h if floor is None else np.maximum(m - h, floor)
+        ax.fill_between(x, lo, m + h, color=color, alpha=0.2, lw=0, zorder=zorder - 1)
 
 
 def save(fig, path: Path) -> Path:
@@ -199,7 +203,7 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
         w = min(STEADY_WINDOW, max(1, n // 3))
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         for a in ordered(conv):
-            band_plot(ax, [r.metrics["reward"] for r in conv[a]], w, ALGO_COLOR.get(a, None), label(a))
+            band_plot(ax, [r.metrics["reward"] for r in conv[a]], w, ALGO_COLOR.get(a, None), label(a), ALGO_Z.get(a, 2))
         ax.set_yscale("symlog", linthresh=10)
         finish(fig, ax, "episode", f"mean reward per slot ({w}-episode moving average)",
                "Fig. 4: convergence, 5 CVs, 3 RSUs, V = 5", out / "fig4_convergence.png", figures)
@@ -245,7 +249,7 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
         traj = np.array([r.record["queue_trajectory"] for r in dt])  # (seeds, slots, CVs)
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         for j in range(traj.shape[2]):
-            band_plot(ax, list(traj[:, :, j]), 1, f"C{j}", f"CV{j + 1}")
+            band_plot(ax, list(traj[:, :, j]), 1, f"C{j}", f"CV{j + 1}", floor=0.0)
         finish(fig, ax, "slot of an evaluation episode", "local queue after the slot (W_ref units)",
                "Fig. 5a: task queue of each CV, Ly-DTMPPO", out / "fig5a_queues_per_cv.png", figures)
     withq = {a: rs for a, rs in conv.items() if "q_loc_mean" in rs[0].metrics}
@@ -254,8 +258,10 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
         for a in ordered(withq):
             n = min(len(r.metrics["q_loc_mean"]) for r in withq[a])
             w = min(STEADY_WINDOW, max(1, n // 3))
-            band_plot(ax, [r.metrics["q_loc_mean"] for r in withq[a]], w, ALGO_COLOR.get(a), label(a))
+            band_plot(ax, [r.metrics["q_loc_mean"] for r in withq[a]], w, ALGO_COLOR.get(a), label(a), ALGO_Z.get(a, 2),
+                      floor=0.0)
         ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_ylim(bottom=0.0)
         finish(fig, ax, "episode", "mean local queue per CV (W_ref units)",
                "Fig. 5b: average system queue, 5 CVs, V = 5", out / "fig5b_queues_per_algorithm.png", figures)
 
