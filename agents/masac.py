@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +41,9 @@ import torch.nn.functional as F
 from cosim.config import Config
 from cosim.env import ACTION_BOUND, BatchCoSim
 
-from .common import ActorSpec, EpisodeTracker, Iteration, Trainer
+from .common import ActorSpec, Iteration, Trainer
 from .offpolicy import (Normalizer, OffPolicyConfig, QCritic, ReplayBuffer, clip_grad, clone_state, export_actor,
-                        frozen, make_actor, soft_update, team_or_agent_reward)
+                        frozen, make_actor, play_and_learn, soft_update)
 
 
 @dataclass(frozen=True)
@@ -124,28 +123,10 @@ class MASACTrainer(Trainer):
 
     # -- one iteration: n_envs episodes, learning as they go ------------------------------------
     def iterate(self, first_episode: int) -> Iteration:
-        c, sim = self.c, self.sim
-        tracker = EpisodeTracker(sim)
-        stats: dict[str, list[float]] = defaultdict(list)
-        obs, state = sim.reset()
-        for _ in range(self.T):
-            self.obs_norm.update(obs.reshape(-1, self.D))
-            self.state_norm.update(state)
-            action = self._explore(obs)
-            out = sim.step(ACTION_BOUND * action.numpy())
-            tracker.add(out)
-            self.buffer.add(obs=obs, state=state, action=action, reward=team_or_agent_reward(out, c.team_reward),
-                            next_obs=out.obs, next_state=out.state)
-            self.slots += self.E
-            obs, state = out.obs, out.state
-            if self.slots >= c.warmup_slots and self.buffer.size >= c.batch_size:
-                for _ in range(c.updates_per_step):
-                    for k, v in self._update().items():
-                        stats[k].append(v)
-        losses = {k: float(np.mean(v)) for k, v in stats.items()}
-        losses["updates"] = float(self.updates)
-        losses["alpha"] = self.alpha
-        return Iteration(tracker.finish(first_episode), losses)
+        """n_envs episodes of exploration, learning after every step (``agents/offpolicy.py``)."""
+        it = play_and_learn(self, first_episode)
+        it.losses["alpha"] = self.alpha
+        return it
 
     # -- one gradient update --------------------------------------------------------------------
     def _update(self) -> dict[str, float]:

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import defaultdict
 from dataclasses import dataclass, fields, replace
 from typing import Any, Iterator
 
@@ -63,9 +64,10 @@ import torch
 from torch import nn
 
 from cosim.config import Config, ConfigError
+from cosim.env import ACTION_BOUND
 
 from .checkpoint import OBS_CLIP
-from .common import ActorSpec, AgentMLP, RunningMeanStd
+from .common import ActorSpec, AgentMLP, EpisodeTracker, Iteration, RunningMeanStd
 
 EXTRA_SECTION = "offpolicy"  # training.extra key shared by the three off-policy baselines
 
@@ -337,3 +339,30 @@ def team_or_agent_reward(out: Any, team: bool) -> np.ndarray:
 
 def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def play_and_learn(trainer: Any, first_episode: int) -> Iteration:
+    """One iteration of every off-policy trainer: ``n_envs`` whole episodes of exploring actions,
+    each vector step stored in the replay buffer and, once warm-up is over, followed by
+    ``updates_per_step`` calls of the trainer's own ``_update()`` (its algorithm)."""
+    c, sim = trainer.c, trainer.sim
+    tracker = EpisodeTracker(sim)
+    stats: dict[str, list[float]] = defaultdict(list)
+    obs, state = sim.reset()
+    for _ in range(trainer.T):
+        trainer.obs_norm.update(obs.reshape(-1, trainer.D))
+        trainer.state_norm.update(state)
+        action = trainer._explore(obs)
+        out = sim.step(ACTION_BOUND * action.numpy())
+        tracker.add(out)
+        trainer.buffer.add(obs=obs, state=state, action=action, reward=team_or_agent_reward(out, c.team_reward),
+                           next_obs=out.obs, next_state=out.state)
+        trainer.slots += trainer.E
+        obs, state = out.obs, out.state
+        if trainer.slots >= c.warmup_slots and trainer.buffer.size >= c.batch_size:
+            for _ in range(c.updates_per_step):
+                for k, v in trainer._update().items():
+                    stats[k].append(v)
+    losses = {k: float(np.mean(v)) for k, v in stats.items()}
+    losses["updates"] = float(trainer.updates)
+    return Iteration(tracker.finish(first_episode), losses)

@@ -11,7 +11,7 @@ normalised by one average task done locally (T_ref, E_ref, W_ref, section 7).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
