@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from cosim.config import Config
 from cosim.env import ACTION_BOUND, BatchCoSim
 
-from .common import ActorSpec, Iteration, Trainer
-from .offpolicy import (Normalizer, OffPolicyConfig, QCritic, ReplayBuffer, clip_grad, clone_state, export_actor,
-                        frozen, make_actor, play_and_learn, soft_update)
+from .common import ActorSpec
+from .offpolicy import (OffPolicyConfig, OffPolicyTrainer, QCritic, clip_grad, clone_state, export_actor,
+                        frozen, make_actor, soft_update)
 
 
 @dataclass(frozen=True)
@@ -55,16 +55,14 @@ class MADDPGConfig(OffPolicyConfig):
     bound_coef: float = 1.0         # weight of the penalty on the actor's head beyond [-1, 1]
 
 
-class MADDPGTrainer(Trainer):
+class MADDPGTrainer(OffPolicyTrainer):
     """Multi-agent DDPG: deterministic decentralised actors, centralised Q critics, replay."""
 
     name = "maddpg"
 
     def __init__(self, cfg: Config, sim: BatchCoSim):
-        super().__init__(cfg, sim)
-        self.c = c = MADDPGConfig.from_config(cfg, "maddpg")
-        I, D, S, A = sim.n_cvs, sim.obs_dim, sim.state_dim, sim.action_dim
-        self.I, self.D, self.S, self.A, self.T, self.E = I, D, S, A, sim.episode_slots, sim.n_envs
+        super().__init__(cfg, sim, MADDPGConfig.from_config(cfg, "maddpg"))
+        c, I, D, S, A = self.c, self.I, self.D, self.S, self.A
 
         # Networks and their targets.
         self.actor_net = make_actor(I, D, A, c)
@@ -73,14 +71,6 @@ class MADDPGTrainer(Trainer):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.actor_net.parameters(), lr=c.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
-        self.obs_norm = Normalizer((D,), c.obs_norm)
-        self.state_norm = Normalizer((S,), c.obs_norm)
-        self.buffer = ReplayBuffer(c.buffer_size, {"obs": (I, D), "state": (S,), "action": (I, A), "reward": (I,),
-                                                   "next_obs": (I, D), "next_state": (S,)})
-        # Trained without the twin: remember which input block to zero at deployment.
-        self.dt_slice = None if cfg.twin.enabled else (sim.layout.dt_slice.start, sim.layout.dt_slice.stop)
-        self.slots = 0    # env-slots collected (all envs)
-        self.updates = 0  # gradient updates made
 
     # -- acting ---------------------------------------------------------------------------------
     def _mu(self, net: torch.nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,12 +86,6 @@ class MADDPGTrainer(Trainer):
         with torch.no_grad():
             _, a = self._mu(self.actor_net, self.obs_norm(obs))
         return (a + c.exploration_noise * torch.randn(a.shape)).clamp(-1.0, 1.0)
-
-    # -- one iteration: n_envs episodes, learning as they go ------------------------------------
-    def iterate(self, first_episode: int) -> Iteration:
-        """n_envs episodes of exploration, learning after every step (``agents/offpolicy.py``)."""
-        it = play_and_learn(self, first_episode)
-        return it
 
     # -- one gradient update --------------------------------------------------------------------
     def _update(self) -> dict[str, float]:

@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from cosim.config import Config
 from cosim.env import ACTION_BOUND, BatchCoSim
 
-from .common import ActorSpec, Iteration, Trainer
-from .offpolicy import (Normalizer, OffPolicyConfig, QCritic, ReplayBuffer, clip_grad, clone_state, export_actor,
-                        frozen, make_actor, play_and_learn, soft_update)
+from .common import ActorSpec
+from .offpolicy import (OffPolicyConfig, OffPolicyTrainer, QCritic, clip_grad, clone_state, export_actor,
+                        frozen, make_actor, soft_update)
 
 
 @dataclass(frozen=True)
@@ -58,16 +58,14 @@ class MASACConfig(OffPolicyConfig):
     log_std_max: float = 2.0
 
 
-class MASACTrainer(Trainer):
+class MASACTrainer(OffPolicyTrainer):
     """Multi-agent SAC: squashed-Gaussian decentralised actors, twin centralised soft Q critics, replay."""
 
     name = "masac"
 
     def __init__(self, cfg: Config, sim: BatchCoSim):
-        super().__init__(cfg, sim)
-        self.c = c = MASACConfig.from_config(cfg, "masac")
-        I, D, S, A = sim.n_cvs, sim.obs_dim, sim.state_dim, sim.action_dim
-        self.I, self.D, self.S, self.A, self.T, self.E = I, D, S, A, sim.episode_slots, sim.n_envs
+        super().__init__(cfg, sim, MASACConfig.from_config(cfg, "masac"))
+        c, I, D, S, A = self.c, self.I, self.D, self.S, self.A
 
         # Networks: one actor (mean and log-std of z), two critics and their targets, the temperature.
         self.actor_net = make_actor(I, D, 2 * A, c)
@@ -79,14 +77,6 @@ class MASACTrainer(Trainer):
         self.actor_opt = torch.optim.Adam(self.actor_net.parameters(), lr=c.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critics.parameters(), lr=c.critic_lr)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr)
-        self.obs_norm = Normalizer((D,), c.obs_norm)
-        self.state_norm = Normalizer((S,), c.obs_norm)
-        self.buffer = ReplayBuffer(c.buffer_size, {"obs": (I, D), "state": (S,), "action": (I, A), "reward": (I,),
-                                                   "next_obs": (I, D), "next_state": (S,)})
-        # Trained without the twin: remember which input block to zero at deployment.
-        self.dt_slice = None if cfg.twin.enabled else (sim.layout.dt_slice.start, sim.layout.dt_slice.stop)
-        self.slots = 0    # env-slots collected (all envs)
-        self.updates = 0  # gradient updates made
 
     # -- the squashed Gaussian ------------------------------------------------------------------
     def _dist(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,12 +111,8 @@ class MASACTrainer(Trainer):
     def alpha(self) -> float:
         return float(self.log_alpha.detach().exp())
 
-    # -- one iteration: n_envs episodes, learning as they go ------------------------------------
-    def iterate(self, first_episode: int) -> Iteration:
-        """n_envs episodes of exploration, learning after every step (``agents/offpolicy.py``)."""
-        it = play_and_learn(self, first_episode)
-        it.losses["alpha"] = self.alpha
-        return it
+    def extra_losses(self) -> dict[str, float]:
+        return {"alpha": float(self.alpha)}
 
     # -- one gradient update --------------------------------------------------------------------
     def _update(self) -> dict[str, float]:

@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from cosim.config import Config
 from cosim.env import ACTION_BOUND, BatchCoSim
 
-from .common import ActorSpec, Iteration, Trainer
-from .offpolicy import (Normalizer, OffPolicyConfig, QCritic, ReplayBuffer, clip_grad, clone_state, export_actor,
-                        frozen, make_actor, play_and_learn, soft_update)
+from .common import ActorSpec
+from .offpolicy import (OffPolicyConfig, OffPolicyTrainer, QCritic, clip_grad, clone_state, export_actor,
+                        frozen, make_actor, soft_update)
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,14 @@ class MATD3Config(OffPolicyConfig):
     noise_clip: float = 0.5         # the smoothing noise is clipped to +-noise_clip (units of the bound)
 
 
-class MATD3Trainer(Trainer):
+class MATD3Trainer(OffPolicyTrainer):
     """Multi-agent TD3: deterministic decentralised actors, twin centralised Q critics, replay."""
 
     name = "matd3"
 
     def __init__(self, cfg: Config, sim: BatchCoSim):
-        super().__init__(cfg, sim)
-        self.c = c = MATD3Config.from_config(cfg, "matd3")
-        I, D, S, A = sim.n_cvs, sim.obs_dim, sim.state_dim, sim.action_dim
-        self.I, self.D, self.S, self.A, self.T, self.E = I, D, S, A, sim.episode_slots, sim.n_envs
+        super().__init__(cfg, sim, MATD3Config.from_config(cfg, "matd3"))
+        c, I, D, S, A = self.c, self.I, self.D, self.S, self.A
 
         # Networks and their targets: one actor, two critics.
         self.actor_net = make_actor(I, D, A, c)
@@ -71,13 +69,6 @@ class MATD3Trainer(Trainer):
         self.critics_target = copy.deepcopy(self.critics).requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.actor_net.parameters(), lr=c.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critics.parameters(), lr=c.critic_lr)
-        self.obs_norm = Normalizer((D,), c.obs_norm)
-        self.state_norm = Normalizer((S,), c.obs_norm)
-        self.buffer = ReplayBuffer(c.buffer_size, {"obs": (I, D), "state": (S,), "action": (I, A), "reward": (I,),
-                                                   "next_obs": (I, D), "next_state": (S,)})
-        # Trained without the twin: remember which input block to zero at deployment.
-        self.dt_slice = None if cfg.twin.enabled else (sim.layout.dt_slice.start, sim.layout.dt_slice.stop)
-        self.slots = 0          # env-slots collected (all envs)
         self.updates = 0        # critic updates made
         self.actor_updates = 0  # actor (and target) updates made: updates // policy_delay
 
@@ -103,12 +94,8 @@ class MATD3Trainer(Trainer):
         noise = (c.target_noise * torch.randn(a.shape)).clamp(-c.noise_clip, c.noise_clip)
         return (a + noise).clamp(-1.0, 1.0)
 
-    # -- one iteration: n_envs episodes, learning as they go ------------------------------------
-    def iterate(self, first_episode: int) -> Iteration:
-        """n_envs episodes of exploration, learning after every step (``agents/offpolicy.py``)."""
-        it = play_and_learn(self, first_episode)
-        it.losses["actor_updates"] = float(self.actor_updates)
-        return it
+    def extra_losses(self) -> dict[str, float]:
+        return {"actor_updates": float(self.actor_updates)}
 
     # -- one gradient update --------------------------------------------------------------------
     def _update(self) -> dict[str, float]:

@@ -67,7 +67,7 @@ from cosim.config import Config, ConfigError
 from cosim.env import ACTION_BOUND
 
 from .checkpoint import OBS_CLIP
-from .common import ActorSpec, AgentMLP, EpisodeTracker, Iteration, RunningMeanStd
+from .common import ActorSpec, AgentMLP, EpisodeTracker, Iteration, RunningMeanStd, Trainer
 
 EXTRA_SECTION = "offpolicy"  # training.extra key shared by the three off-policy baselines
 
@@ -341,28 +341,52 @@ def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def play_and_learn(trainer: Any, first_episode: int) -> Iteration:
-    """One iteration of every off-policy trainer: ``n_envs`` whole episodes of exploring actions,
-    each vector step stored in the replay buffer and, once warm-up is over, followed by
-    ``updates_per_step`` calls of the trainer's own ``_update()`` (its algorithm)."""
-    c, sim = trainer.c, trainer.sim
-    tracker = EpisodeTracker(sim)
-    stats: dict[str, list[float]] = defaultdict(list)
-    obs, state = sim.reset()
-    for _ in range(trainer.T):
-        trainer.obs_norm.update(obs.reshape(-1, trainer.D))
-        trainer.state_norm.update(state)
-        action = trainer._explore(obs)
-        out = sim.step(ACTION_BOUND * action.numpy())
-        tracker.add(out)
-        trainer.buffer.add(obs=obs, state=state, action=action, reward=team_or_agent_reward(out, c.team_reward),
-                           next_obs=out.obs, next_state=out.state)
-        trainer.slots += trainer.E
-        obs, state = out.obs, out.state
-        if trainer.slots >= c.warmup_slots and trainer.buffer.size >= c.batch_size:
-            for _ in range(c.updates_per_step):
-                for k, v in trainer._update().items():
-                    stats[k].append(v)
-    losses = {k: float(np.mean(v)) for k, v in stats.items()}
-    losses["updates"] = float(trainer.updates)
-    return Iteration(tracker.finish(first_episode), losses)
+
+class OffPolicyTrainer(Trainer):
+    """What the three off-policy trainers share: sizes, normalisers, the replay buffer and the
+    play-and-learn loop. Each subclass builds its networks and writes ``_explore`` (actions to
+    play, in units of the bound) and ``_update`` (one gradient step of its algorithm)."""
+
+    def __init__(self, cfg: Config, sim: Any, c: OffPolicyConfig):
+        super().__init__(cfg, sim)
+        self.c = c
+        I, D, S, A = sim.n_cvs, sim.obs_dim, sim.state_dim, sim.action_dim
+        self.I, self.D, self.S, self.A, self.T, self.E = I, D, S, A, sim.episode_slots, sim.n_envs
+        self.obs_norm = Normalizer((D,), c.obs_norm)
+        self.state_norm = Normalizer((S,), c.obs_norm)
+        self.buffer = ReplayBuffer(c.buffer_size, {"obs": (I, D), "state": (S,), "action": (I, A), "reward": (I,),
+                                                   "next_obs": (I, D), "next_state": (S,)})
+        # Trained without the twin: remember which input block to zero at deployment.
+        self.dt_slice = None if cfg.twin.enabled else (sim.layout.dt_slice.start, sim.layout.dt_slice.stop)
+        self.slots = 0    # env-slots collected (all envs)
+        self.updates = 0  # gradient updates made
+
+    def extra_losses(self) -> dict[str, float]:
+        """Algorithm-specific statistics logged with the losses."""
+        return {}
+
+    def iterate(self, first_episode: int) -> Iteration:
+        """``n_envs`` whole episodes of exploring actions, each vector step stored in the replay
+        buffer and, once warm-up is over, followed by ``updates_per_step`` calls of ``_update``."""
+        c, sim = self.c, self.sim
+        tracker = EpisodeTracker(sim)
+        stats: dict[str, list[float]] = defaultdict(list)
+        obs, state = sim.reset()
+        for _ in range(self.T):
+            self.obs_norm.update(obs.reshape(-1, self.D))
+            self.state_norm.update(state)
+            action = self._explore(obs)
+            out = sim.step(ACTION_BOUND * action.numpy())
+            tracker.add(out)
+            self.buffer.add(obs=obs, state=state, action=action, reward=team_or_agent_reward(out, c.team_reward),
+                            next_obs=out.obs, next_state=out.state)
+            self.slots += self.E
+            obs, state = out.obs, out.state
+            if self.slots >= c.warmup_slots and self.buffer.size >= c.batch_size:
+                for _ in range(c.updates_per_step):
+                    for k, v in self._update().items():
+                        stats[k].append(v)
+        losses = {k: float(np.mean(v)) for k, v in stats.items()}
+        losses["updates"] = float(self.updates)
+        losses.update(self.extra_losses())
+        return Iteration(tracker.finish(first_episode), losses)
