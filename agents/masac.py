@@ -117,10 +117,7 @@ class MASACTrainer(OffPolicyTrainer):
     # -- one gradient update --------------------------------------------------------------------
     def _update(self) -> dict[str, float]:
         c = self.c
-        b = self.buffer.sample(c.batch_size)
-        o, s, a = self.obs_norm(b["obs"]), self.state_norm(b["state"]), b["action"]
-        o2, s2 = self.obs_norm(b["next_obs"]), self.state_norm(b["next_state"])
-        r = c.reward_scale * b["reward"]                                  # (B, I)
+        o, s, a, r, o2, s2 = self._batch()
         alpha = self.log_alpha.exp().detach()
 
         # Twin soft critics: clipped double-Q target with the entropy bonus of the next action.
@@ -164,9 +161,7 @@ class MASACTrainer(OffPolicyTrainer):
                 "actor_opt": copy.deepcopy(self.actor_opt.state_dict()),
                 "critic_opt": copy.deepcopy(self.critic_opt.state_dict()),
                 "alpha_opt": copy.deepcopy(self.alpha_opt.state_dict()),
-                "obs_norm": self.obs_norm.state_dict(), "state_norm": self.state_norm.state_dict(),
-                "buffer": self.buffer.state_dict(),
-                "slots": self.slots, "updates": self.updates}
+                **self._shared_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.actor_net.load_state_dict(state["actor"])
@@ -177,10 +172,7 @@ class MASACTrainer(OffPolicyTrainer):
         self.actor_opt.load_state_dict(state["actor_opt"])
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.alpha_opt.load_state_dict(state["alpha_opt"])
-        self.obs_norm.load_state_dict(state["obs_norm"])
-        self.state_norm.load_state_dict(state["state_norm"])
-        self.buffer.load_state_dict(state["buffer"])
-        self.slots, self.updates = int(state["slots"]), int(state["updates"])
+        self._load_shared_state(state)
 
     def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
         """The deterministic actor 10 tanh(mean(z)), from the mean's half of the head."""

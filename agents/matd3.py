@@ -29,15 +29,14 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cosim.config import Config
-from cosim.env import ACTION_BOUND, BatchCoSim
+from cosim.env import BatchCoSim
 
 from .common import ActorSpec
-from .offpolicy import (OffPolicyConfig, OffPolicyTrainer, QCritic, clip_grad, clone_state, export_actor,
+from .offpolicy import (DeterministicActorTrainer, OffPolicyConfig, QCritic, clip_grad, clone_state, export_actor,
                         frozen, make_actor, soft_update)
 
 
@@ -52,7 +51,7 @@ class MATD3Config(OffPolicyConfig):
     noise_clip: float = 0.5         # the smoothing noise is clipped to +-noise_clip (units of the bound)
 
 
-class MATD3Trainer(OffPolicyTrainer):
+class MATD3Trainer(DeterministicActorTrainer):
     """Multi-agent TD3: deterministic decentralised actors, twin centralised Q critics, replay."""
 
     name = "matd3"
@@ -72,21 +71,6 @@ class MATD3Trainer(OffPolicyTrainer):
         self.updates = 0        # critic updates made
         self.actor_updates = 0  # actor (and target) updates made: updates // policy_delay
 
-    # -- acting ---------------------------------------------------------------------------------
-    def _mu(self, net: torch.nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(head / bound, normalised action = that clipped to [-1, 1]) for normalised observations."""
-        head = net(obs) * (self.c.action_scale / ACTION_BOUND)
-        return head, head.clamp(-1.0, 1.0)
-
-    def _explore(self, obs: np.ndarray) -> torch.Tensor:
-        """Normalised actions (E, I, A) to play: uniform during the warm-up, then mu(o) + noise."""
-        c = self.c
-        if self.slots < c.warmup_slots:
-            return c.warmup_range * (2 * torch.rand(self.E, self.I, self.A) - 1)
-        with torch.no_grad():
-            _, a = self._mu(self.actor_net, self.obs_norm(obs))
-        return (a + c.exploration_noise * torch.randn(a.shape)).clamp(-1.0, 1.0)
-
     def _target_actions(self, obs: torch.Tensor) -> torch.Tensor:
         """Target policy smoothing: mu'(o') plus clipped Gaussian noise, clipped to [-1, 1]."""
         c = self.c
@@ -100,10 +84,7 @@ class MATD3Trainer(OffPolicyTrainer):
     # -- one gradient update --------------------------------------------------------------------
     def _update(self) -> dict[str, float]:
         c = self.c
-        b = self.buffer.sample(c.batch_size)
-        o, s, a = self.obs_norm(b["obs"]), self.state_norm(b["state"]), b["action"]
-        o2, s2 = self.obs_norm(b["next_obs"]), self.state_norm(b["next_state"])
-        r = c.reward_scale * b["reward"]                                  # (B, I)
+        o, s, a, r, o2, s2 = self._batch()
 
         # Twin critics: clipped double-Q target with smoothed target actions.
         with torch.no_grad():
@@ -142,9 +123,7 @@ class MATD3Trainer(OffPolicyTrainer):
                 "critics": clone_state(self.critics), "critics_target": clone_state(self.critics_target),
                 "actor_opt": copy.deepcopy(self.actor_opt.state_dict()),
                 "critic_opt": copy.deepcopy(self.critic_opt.state_dict()),
-                "obs_norm": self.obs_norm.state_dict(), "state_norm": self.state_norm.state_dict(),
-                "buffer": self.buffer.state_dict(),
-                "slots": self.slots, "updates": self.updates, "actor_updates": self.actor_updates}
+                "actor_updates": self.actor_updates, **self._shared_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.actor_net.load_state_dict(state["actor"])
@@ -153,10 +132,7 @@ class MATD3Trainer(OffPolicyTrainer):
         self.critics_target.load_state_dict(state["critics_target"])
         self.actor_opt.load_state_dict(state["actor_opt"])
         self.critic_opt.load_state_dict(state["critic_opt"])
-        self.obs_norm.load_state_dict(state["obs_norm"])
-        self.state_norm.load_state_dict(state["state_norm"])
-        self.buffer.load_state_dict(state["buffer"])
-        self.slots, self.updates = int(state["slots"]), int(state["updates"])
+        self._load_shared_state(state)
         self.actor_updates = int(state["actor_updates"])
 
     def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:

@@ -365,6 +365,24 @@ class OffPolicyTrainer(Trainer):
         """Algorithm-specific statistics logged with the losses."""
         return {}
 
+    def _batch(self) -> tuple[torch.Tensor, ...]:
+        """A replay minibatch: normalised (obs, state), action, scaled reward, normalised next (obs, state)."""
+        b = self.buffer.sample(self.c.batch_size)
+        o, s, a = self.obs_norm(b["obs"]), self.state_norm(b["state"]), b["action"]
+        o2, s2 = self.obs_norm(b["next_obs"]), self.state_norm(b["next_state"])
+        return o, s, a, self.c.reward_scale * b["reward"], o2, s2
+
+    def _shared_state(self) -> dict[str, Any]:
+        """The part of state_dict() every off-policy trainer has (copies)."""
+        return {"obs_norm": self.obs_norm.state_dict(), "state_norm": self.state_norm.state_dict(),
+                "buffer": self.buffer.state_dict(), "slots": self.slots, "updates": self.updates}
+
+    def _load_shared_state(self, state: dict[str, Any]) -> None:
+        self.obs_norm.load_state_dict(state["obs_norm"])
+        self.state_norm.load_state_dict(state["state_norm"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.slots, self.updates = int(state["slots"]), int(state["updates"])
+
     def iterate(self, first_episode: int) -> Iteration:
         """``n_envs`` whole episodes of exploring actions, each vector step stored in the replay
         buffer and, once warm-up is over, followed by ``updates_per_step`` calls of ``_update``."""
@@ -390,3 +408,21 @@ class OffPolicyTrainer(Trainer):
         losses["updates"] = float(self.updates)
         losses.update(self.extra_losses())
         return Iteration(tracker.finish(first_episode), losses)
+
+
+class DeterministicActorTrainer(OffPolicyTrainer):
+    """Ly-MADDPG's and Ly-MATD3's actors: a deterministic head, clipped, plus Gaussian exploration."""
+
+    def _mu(self, net: torch.nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(head / bound, normalised action = that clipped to [-1, 1]) for normalised observations."""
+        head = net(obs) * (self.c.action_scale / ACTION_BOUND)
+        return head, head.clamp(-1.0, 1.0)
+
+    def _explore(self, obs: np.ndarray) -> torch.Tensor:
+        """Normalised actions (E, I, A) to play: uniform during the warm-up, then mu(o) + noise."""
+        c = self.c
+        if self.slots < c.warmup_slots:
+            return c.warmup_range * (2 * torch.rand(self.E, self.I, self.A) - 1)
+        with torch.no_grad():
+            _, a = self._mu(self.actor_net, self.obs_norm(obs))
+        return (a + c.exploration_noise * torch.randn(a.shape)).clamp(-1.0, 1.0)
