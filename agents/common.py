@@ -38,6 +38,7 @@ from torch import nn
 
 from cosim.config import Config, CosimError, save_config, to_dict
 from cosim.env import ACTION_BOUND, BatchCoSim, StepOutput
+from cosim.runner import EpisodeSums
 
 # Small MLPs on 2 cores: one intra-op thread is ~10x faster than two (thread
 # hand-off costs more than the matmuls), and a fixed count keeps float results,
@@ -219,31 +220,20 @@ class EpisodeMetrics:
 METRIC_FIELDS = [f.name for f in fields(EpisodeMetrics)]
 
 
-class EpisodeTracker:
-    """Accumulates StepOutputs of the E lockstep episodes into EpisodeMetrics (vectorised over E)."""
+class EpisodeTracker(EpisodeSums):
+    """Accumulates StepOutputs of the E lockstep episodes into EpisodeMetrics (vectorised over E):
+    evaluation's sums (cosim.runner.EpisodeSums) plus the mean backlogs."""
 
     def __init__(self, sim: BatchCoSim):
+        super().__init__(sim.n_envs)
         self.sim = sim
-        E = sim.n_envs
-        self.sums = {k: np.zeros(E) for k in ("reward", "cost", "delay", "energy", "tasks", "parts", "instr",
-                                              "misses", "q_loc", "q_rsu")}
-        self.slots = 0
+        self.sums.update(q_loc=np.zeros(sim.n_envs), q_rsu=np.zeros(sim.n_envs))
 
     def add(self, out: StepOutput) -> None:
-        r, s = out.result, self.sums
-        act = r.active
-        s["reward"] += r.reward
-        s["cost"] += r.system_cost
-        s["delay"] += (r.delay * act).sum(-1)
-        s["energy"] += (r.energy * act).sum(-1)
-        s["tasks"] += act.sum(-1)
-        s["parts"] += r.offloaded.sum((-2, -1))
-        s["instr"] += (r.instr_mode & r.offloaded).sum((-2, -1))
-        s["misses"] += r.deadline_miss.sum(-1)
+        super().add(out)
         q, W = self.sim.queues, self.sim.params.W_ref  # the backlogs this slot left behind
-        s["q_loc"] += q.q_loc.mean(-1) / W
-        s["q_rsu"] += q.q_rsu.mean(-1) / W
-        self.slots += 1
+        self.sums["q_loc"] += q.q_loc.mean(-1) / W
+        self.sums["q_rsu"] += q.q_rsu.mean(-1) / W
 
     def finish(self, first_episode: int) -> list[EpisodeMetrics]:
         s, q, W = self.sums, self.sim.queues, self.sim.params.W_ref

@@ -31,37 +31,32 @@ class EpisodeStats:
     energy_queue_final: float  # sum over CVs, J
 
 
-@dataclass
-class _Acc:
-    cost: float = 0.0
-    reward: float = 0.0
-    slots: int = 0
-    delay: float = 0.0
-    energy: float = 0.0
-    tasks: int = 0
-    parts: int = 0
-    instr: int = 0
-    misses: int = 0
+class EpisodeSums:
+    """Per-episode sums of what the slots report, vectorised over the E lockstep environments
+    (shared by evaluation here and the training trackers in agents/common.py)."""
 
-    def add(self, out: StepOutput, e: int) -> None:
-        r = out.result
-        act = r.active[e]
-        self.cost += float(r.system_cost[e])
-        self.reward += float(r.reward[e])
+    KEYS = ("reward", "cost", "delay", "energy", "tasks", "parts", "instr", "misses")
+
+    def __init__(self, n_envs: int):
+        self.sums = {k: np.zeros(n_envs) for k in self.KEYS}
+        self.slots = 0
+
+    def add(self, out: StepOutput) -> None:
+        r, s = out.result, self.sums
+        act = r.active
+        s["reward"] += r.reward
+        s["cost"] += r.system_cost
+        s["delay"] += (r.delay * act).sum(-1)
+        s["energy"] += (r.energy * act).sum(-1)
+        s["tasks"] += act.sum(-1)
+        s["parts"] += r.offloaded.sum((-2, -1))
+        s["instr"] += r.instr_mode.sum((-2, -1))  # InstrT is only ever chosen for offloaded parts
+        s["misses"] += r.deadline_miss.sum(-1)
         self.slots += 1
-        self.delay += float(r.delay[e][act].sum())
-        self.energy += float(r.energy[e][act].sum())
-        self.tasks += int(act.sum())
-        self.parts += int(r.offloaded[e].sum())
-        self.instr += int(r.instr_mode[e].sum())
-        self.misses += int(r.deadline_miss[e].sum())
 
 
 def _div(a: float, b: float) -> float:
     return a / b if b else 0.0
-
-
-SLOT_FIELDS_BASE = ["episode", "slot", "cv", "active", "x", "y", "lane", "speed", "split_local"]
 
 
 def slot_rows(out: StepOutput, episode: int, slot: int, e: int, sim: BatchCoSim) -> Iterable[dict[str, Any]]:
@@ -99,7 +94,7 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
     is called after every slot (the GUI colours vehicles there).
     """
     E = sim.n_envs
-    totals = _Acc()
+    totals = dict.fromkeys(EpisodeSums.KEYS, 0.0) | {"slots": 0}
     result = RunResult()
     writer = None
     fh = open(csv_path, "w", newline="") if csv_path else None
@@ -110,16 +105,16 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
             obs, _ = sim.reset(seed + chunk)
             if hasattr(policy, "reset"):
                 policy.reset()
-            accs = [_Acc() for _ in range(E)]
+            acc = EpisodeSums(E)
             n_here = min(E, episodes - chunk * E)
             done = False
             while not done:
                 slot_idx = sim.t
                 out = sim.step(_act(policy, obs, sim))
                 obs, done = out.obs, out.done
+                acc.add(out)
                 for e in range(n_here):
                     ep = chunk * E + e
-                    accs[e].add(out, e)
                     if fh is not None:
                         for row in slot_rows(out, ep, slot_idx, e, sim):
                             if writer is None:
@@ -131,31 +126,32 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
                 bar.update(n_here)
             q = sim.queues
             for e in range(n_here):
-                a = accs[e]
+                a = {k: float(v[e]) for k, v in acc.sums.items()}
                 result.episodes.append(EpisodeStats(
-                    episode=chunk * E + e, seed=seed + chunk, cost=_div(a.cost, a.slots),
-                    reward=_div(a.reward, a.slots), delay_s=_div(a.delay, a.tasks),
-                    energy_j=_div(a.energy, a.tasks), instr_share=_div(a.instr, a.parts),
-                    deadline_misses=a.misses, tasks=a.tasks,
+                    episode=chunk * E + e, seed=seed + chunk, cost=_div(a["cost"], acc.slots),
+                    reward=_div(a["reward"], acc.slots), delay_s=_div(a["delay"], a["tasks"]),
+                    energy_j=_div(a["energy"], a["tasks"]), instr_share=_div(a["instr"], a["parts"]),
+                    deadline_misses=int(a["misses"]), tasks=int(a["tasks"]),
                     q_loc_final=float(q.q_loc[e].sum() / sim.params.W_ref),
                     q_rsu_final=float(q.q_rsu[e].sum() / sim.params.W_ref),
                     energy_queue_final=float(q.energy[e].sum())))
-                for k, v in vars(a).items():
-                    setattr(totals, k, getattr(totals, k) + v)
+                for k, v in a.items():
+                    totals[k] += v
+                totals["slots"] += acc.slots
     finally:
         bar.close()
         if fh is not None:
             fh.close()
     costs = np.array([s.cost for s in result.episodes])
     result.summary = {
-        "mean_cost": _div(totals.cost, totals.slots),
-        "mean_reward": _div(totals.reward, totals.slots),
-        "mean_delay_s": _div(totals.delay, totals.tasks),
-        "mean_energy_j": _div(totals.energy, totals.tasks),
-        "instr_share": _div(totals.instr, totals.parts),
-        "deadline_miss_rate": _div(totals.misses, totals.tasks),
+        "mean_cost": _div(totals["cost"], totals["slots"]),
+        "mean_reward": _div(totals["reward"], totals["slots"]),
+        "mean_delay_s": _div(totals["delay"], totals["tasks"]),
+        "mean_energy_j": _div(totals["energy"], totals["tasks"]),
+        "instr_share": _div(totals["instr"], totals["parts"]),
+        "deadline_miss_rate": _div(totals["misses"], totals["tasks"]),
         "cost_ci95": float(1.96 * costs.std(ddof=1) / np.sqrt(len(costs))) if len(costs) > 1 else 0.0,
-        "episodes": episodes, "slots": totals.slots, "tasks": totals.tasks,
+        "episodes": episodes, "slots": totals["slots"], "tasks": int(totals["tasks"]),
         "n_cvs": sim.n_cvs, "n_rsus": sim.n_rsus, "backend": sim.backend,
         "policy": policy_name or getattr(policy, "name", "policy"), "seed": seed,
     }
