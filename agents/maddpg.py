@@ -42,16 +42,13 @@ from cosim.config import Config
 from cosim.env import BatchCoSim
 
 from .common import ActorSpec
-from .offpolicy import (DeterministicActorTrainer, OffPolicyConfig, QCritic, clip_grad, clone_state, export_actor,
+from .offpolicy import (DeterministicActorConfig, DeterministicActorTrainer, QCritic, clip_grad, clone_state, export_actor,
                         frozen, make_actor, soft_update)
 
 
 @dataclass(frozen=True)
-class MADDPGConfig(OffPolicyConfig):
-    """OffPolicyConfig (shared settings, see agents/offpolicy.py) plus MADDPG's own."""
-
-    exploration_noise: float = 0.1  # std of the Gaussian added to actions, in units of the bound
-    bound_coef: float = 1.0         # weight of the penalty on the actor's head beyond [-1, 1]
+class MADDPGConfig(DeterministicActorConfig):
+    """The shared off-policy settings and the deterministic actor's (agents/offpolicy.py); nothing more."""
 
 
 class MADDPGTrainer(DeterministicActorTrainer):

@@ -36,16 +36,14 @@ from cosim.config import Config
 from cosim.env import BatchCoSim
 
 from .common import ActorSpec
-from .offpolicy import (DeterministicActorTrainer, OffPolicyConfig, QCritic, clip_grad, clone_state, export_actor,
+from .offpolicy import (DeterministicActorConfig, DeterministicActorTrainer, QCritic, clip_grad, clone_state, export_actor,
                         frozen, make_actor, soft_update)
 
 
 @dataclass(frozen=True)
-class MATD3Config(OffPolicyConfig):
-    """OffPolicyConfig (shared settings, see agents/offpolicy.py) plus MATD3's own."""
+class MATD3Config(DeterministicActorConfig):
+    """The shared off-policy and deterministic-actor settings (agents/offpolicy.py) plus TD3's own."""
 
-    exploration_noise: float = 0.1  # std of the Gaussian added to actions, in units of the bound
-    bound_coef: float = 1.0         # weight of the penalty on the actor's head beyond [-1, 1]
     policy_delay: int = 2           # critic updates per actor (and target) update
     target_noise: float = 0.2       # std of the target policy smoothing noise, in units of the bound
     noise_clip: float = 0.5         # the smoothing noise is clipped to +-noise_clip (units of the bound)

@@ -410,6 +410,14 @@ class OffPolicyTrainer(Trainer):
         return Iteration(tracker.finish(first_episode), losses)
 
 
+@dataclass(frozen=True)
+class DeterministicActorConfig(OffPolicyConfig):
+    """OffPolicyConfig plus the settings of Ly-MADDPG's and Ly-MATD3's deterministic actors."""
+
+    exploration_noise: float = 0.1  # std of the Gaussian added to actions, in units of the bound
+    bound_coef: float = 1.0         # weight of the penalty on the actor's head beyond [-1, 1]
+
+
 class DeterministicActorTrainer(OffPolicyTrainer):
     """Ly-MADDPG's and Ly-MATD3's actors: a deterministic head, clipped, plus Gaussian exploration."""
 
