@@ -211,7 +211,8 @@ class MAPPOTrainer(Trainer):
         if not self.c.mask_actions:
             return torch.ones(self.E, self.I, self.A)
         any_cov, any_used = covered.any(-1, keepdims=True), used.any(-1, keepdims=True)
-        m = np.concatenate([any_cov, covered, used, any_used, used], axis=-1)
+        m = self.sim.actions.assemble(np.concatenate([any_cov, covered], axis=-1),
+                                      np.concatenate([used, any_used], axis=-1), used)
         return torch.from_numpy(m.astype(np.float32))
 
     def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -79,7 +79,8 @@ class BatchCoSim:
         self.layout: ObsLayout = self.twin.layout
         self.obs_dim = self.layout.dim
         self.state_dim = self.n_cvs * self.obs_dim
-        self.action_dim = M.action_dim(self.n_rsus)
+        self.actions = M.ActionLayout(self.n_rsus)
+        self.action_dim = self.actions.dim
         self.episode_slots = cfg.scenario.episode_slots
         self._seed_seq = np.random.SeedSequence(seed)
         self._rng = np.random.default_rng(self._seed_seq)

@@ -175,9 +175,64 @@ class Decision:
         return self.split[..., 1:] > 0
 
 
+@dataclass(frozen=True)
+class ActionLayout:
+    """Named blocks of one CV's raw action for K RSUs; every consumer indexes by name.
+
+    ``split`` (K+1 logits: local, then RSU 1..K), ``bandwidth`` (K logits for RSU 1..K,
+    then the "unused" logit when ``unused_bandwidth``), ``cpu`` (K request logits).
+    The environment's actions have the unused logit (MODEL.md's softmax over K+1);
+    the optimiser's parameters do not (it always uses all bandwidth).
+    """
+
+    n_rsus: int
+    unused_bandwidth: bool = True
+
+    @property
+    def local(self) -> int:
+        """The local share's logit (the first of ``split``)."""
+        return 0
+
+    @property
+    def split(self) -> slice:
+        return slice(0, self.n_rsus + 1)
+
+    @property
+    def split_rsu(self) -> slice:
+        return slice(1, self.n_rsus + 1)
+
+    @property
+    def bandwidth(self) -> slice:
+        start = self.n_rsus + 1
+        return slice(start, start + self.n_rsus + int(self.unused_bandwidth))
+
+    @property
+    def bandwidth_rsu(self) -> slice:
+        start = self.n_rsus + 1
+        return slice(start, start + self.n_rsus)
+
+    @property
+    def bandwidth_unused(self) -> int:
+        if not self.unused_bandwidth:
+            raise AttributeError("this layout has no unused-bandwidth entry")
+        return 2 * self.n_rsus + 1
+
+    @property
+    def cpu(self) -> slice:
+        return slice(self.bandwidth.stop, self.bandwidth.stop + self.n_rsus)
+
+    @property
+    def dim(self) -> int:
+        return self.cpu.stop
+
+    def assemble(self, split: np.ndarray, bandwidth: np.ndarray, cpu: np.ndarray) -> np.ndarray:
+        """Blocks (..., K+1), (..., K[+1]), (..., K) -> one action array (..., dim)."""
+        return np.concatenate([split, bandwidth, cpu], axis=-1)
+
+
 def action_dim(n_rsus: int) -> int:
-    """Raw action length: split logits (K+1), bandwidth logits (K+1), CPU requests (K)."""
-    return 3 * n_rsus + 2
+    """Raw action length of the environment's :class:`ActionLayout`: 3K+2."""
+    return ActionLayout(n_rsus).dim
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -224,21 +279,28 @@ def project(p: ModelParams, raw: np.ndarray, covered: np.ndarray, active: np.nda
     ``min_split_share`` dropped (the largest part always kept), renormalised.
     Bandwidth: first K entries of a softmax over K+1. CPU: sigmoid requests.
     """
-    K = p.n_rsus
+    lay = ActionLayout(p.n_rsus)
     raw = np.clip(np.nan_to_num(np.asarray(raw, dtype=float)), -_LOGIT_CLIP, _LOGIT_CLIP)
-    split = _softmax(raw[..., : K + 1])
+    split = _softmax(raw[..., lay.split])
     split[..., 1:] *= covered
     if active is not None:
         split[..., 0] = np.where(active, split[..., 0], 1.0)
         split[..., 1:] *= active[..., None]
     split /= split.sum(axis=-1, keepdims=True)
-    if p.min_split_share > 0:
-        keep = (split >= p.min_split_share) | (split == split.max(axis=-1, keepdims=True))
-        split = np.where(keep, split, 0.0)
-        split /= split.sum(axis=-1, keepdims=True)
-    bandwidth = _softmax(raw[..., K + 1: 2 * K + 2])[..., :K]
-    request = 1.0 / (1.0 + np.exp(-raw[..., 2 * K + 2: 3 * K + 2]))
+    split = drop_small_parts(split, p.min_split_share)
+    bandwidth = _softmax(raw[..., lay.bandwidth])[..., : p.n_rsus]
+    request = 1.0 / (1.0 + np.exp(-raw[..., lay.cpu]))
     return make_decision(p, split, bandwidth, request)
+
+
+def drop_small_parts(split: np.ndarray, min_share: float) -> np.ndarray:
+    """Parts below ``min_share`` are dropped (the largest always kept) and the rest renormalised,
+    so that a softmax's tiny shares do not pay an RSU's queueing delay."""
+    if min_share <= 0:
+        return split
+    keep = (split >= min_share) | (split == split.max(axis=-1, keepdims=True))
+    split = np.where(keep, split, 0.0)
+    return split / split.sum(axis=-1, keepdims=True)
 
 
 # ---------------------------------------------------------------------------

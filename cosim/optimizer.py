@@ -121,7 +121,7 @@ def raw_from_decision(p: M.ModelParams, split: np.ndarray, bandwidth: np.ndarray
         unused = np.clip(1.0 - b.sum(axis=-1, keepdims=True), 0.0, None)
         b_logit = np.maximum(np.log(np.concatenate([b, unused], axis=-1)), LOGIT_FLOOR)
         w_logit = np.clip(np.log(w) - np.log1p(-w), LOGIT_FLOOR, -LOGIT_FLOOR)
-    return np.concatenate([s_logit, b_logit, w_logit], axis=-1)
+    return M.ActionLayout(K).assemble(s_logit, b_logit, w_logit)
 
 
 # ---------------------------------------------------------------------------
@@ -159,16 +159,17 @@ class SlotProblem:
         self.covered = np.asarray(covered, dtype=bool).reshape(I, K) & self.active[:, None]
         self.split_mask = np.concatenate([np.ones((I, 1), bool), self.covered], axis=1)  # (I, K+1)
         ncov = self.covered.sum(axis=1)
-        free = np.zeros((I + 1, 3 * K + 1), bool)
-        free[:I, 0] = ncov > 0                                     # local logit
-        free[:I, 1:K + 1] = self.covered                           # RSU split logits
-        free[:I, K + 1:2 * K + 1] = self.covered & (ncov[:, None] > 1)  # bandwidth (one RSU: b = 1)
-        free[:I, 2 * K + 1:] = self.covered                        # CPU logits
-        free[I, 2 * K + 1:] = self.covered.any(axis=0)             # idle CPU logits
+        self.lay = lay = M.ActionLayout(K, unused_bandwidth=False)
+        free = np.zeros((I + 1, lay.dim), bool)
+        free[:I, lay.local] = ncov > 0                                      # local logit
+        free[:I, lay.split_rsu] = self.covered                              # RSU split logits
+        free[:I, lay.bandwidth] = self.covered & (ncov[:, None] > 1)        # bandwidth (one RSU: b = 1)
+        free[:I, lay.cpu] = self.covered                                    # CPU logits
+        free[I, lay.cpu] = self.covered.any(axis=0)                         # idle CPU logits
         self.free = free
         self.d = int(free.sum())
-        base = np.zeros((I + 1, 3 * K + 1))
-        base[:I, 1:K + 1] = np.where(self.covered, 0.0, -self.bound)
+        base = np.zeros((I + 1, lay.dim))
+        base[:I, lay.split_rsu] = np.where(self.covered, 0.0, -self.bound)
         self.base = base
         self.n_evals = 0
         self.n_calls = 0
@@ -187,42 +188,36 @@ class SlotProblem:
 
     def decode(self, theta: np.ndarray) -> M.Decision:
         """theta (N, I+1, 3K+1) -> feasible decisions (N, I, ...) in the projection's image."""
-        p, K, I = self.p, self.K, self.I
+        p, K, I, lay = self.p, self.K, self.I, self.lay
         t = theta[..., :I, :]
-        split = _masked_softmax(t[..., :K + 1], self.split_mask)
-        if p.min_split_share > 0:
-            keep = (split >= p.min_split_share) | (split == split.max(axis=-1, keepdims=True))
-            split = np.where(keep, split, 0.0)
-            split /= split.sum(axis=-1, keepdims=True)
+        split = M.drop_small_parts(_masked_softmax(t[..., lay.split], self.split_mask), p.min_split_share)
         used = split[..., 1:] > 0
-        bw = _masked_softmax(t[..., K + 1:2 * K + 1], used)
+        bw = _masked_softmax(t[..., lay.bandwidth], used)
         cpu_mask = np.concatenate([used, np.ones(used.shape[:-2] + (1, K), bool)], axis=-2)
-        w = _masked_softmax(theta[..., 2 * K + 1:], cpu_mask, axis=-2)[..., :I, :]
+        w = _masked_softmax(theta[..., lay.cpu], cpu_mask, axis=-2)[..., :I, :]
         return M.make_decision(p, split, bw, w)
 
     def encode(self, dec: M.Decision, index: int = 0, idle_floor: float = -2.0) -> np.ndarray:
         """Row ``index`` of a decision -> x (clipped to the bounds). The idle CPU logit is
         kept >= ``idle_floor`` so that the start is not saturated at full capacity."""
-        I, K, B = self.I, self.K, self.bound
+        I, B, lay = self.I, self.bound, self.lay
         split, bw = dec.split[index], dec.bandwidth[index]
         f = dec.cpu[index] / self.p.rsu_capacity
         idle = np.clip(1.0 - f.sum(axis=0), 0.0, None)
         lg = lambda a: np.log(np.maximum(a, 1e-300))  # noqa: E731
-        th = np.zeros((I + 1, 3 * K + 1))
-        th[:I, :K + 1] = lg(split)
-        th[:I, K + 1:2 * K + 1] = lg(bw)
-        th[:I, 2 * K + 1:] = np.where(split[:, 1:] > 0, lg(f), 0.0)
-        th[I, 2 * K + 1:] = np.maximum(lg(idle), idle_floor)
+        th = np.zeros((I + 1, lay.dim))
+        th[:I] = lay.assemble(lg(split), lg(bw), np.where(split[:, 1:] > 0, lg(f), 0.0))
+        th[I, lay.cpu] = np.maximum(lg(idle), idle_floor)
         return np.clip(self.x_of(th), -B, B)
 
     def heuristic(self) -> np.ndarray:
         """Everything offloaded, evenly over the covered RSUs, equal bandwidth; each RSU's
         CPU shared evenly by the CVs it covers and an idle share. All-local without RSU."""
-        I, K, B = self.I, self.K, self.bound
+        I, B, lay = self.I, self.bound, self.lay
         th = self.base.copy()
-        th[:I, 0] = -B
-        th[:I, K + 1:] = 0.0
-        th[I, 2 * K + 1:] = 0.0
+        th[:I, lay.local] = -B
+        th[:I, lay.bandwidth.start:] = 0.0
+        th[I, lay.cpu] = 0.0
         return self.x_of(th)
 
     # -- evaluation -------------------------------------------------------------------------
@@ -417,7 +412,7 @@ class DppOptimizer:
         """Raw actions (E, I, 3K+2) that maximise each environment's R(t) this slot."""
         E, I, K = sim.n_envs, sim.n_cvs, sim.n_rsus
         ref_raw = np.stack([r.act(sim.obs) for r in self._references(K)], axis=0)  # (R, E, I, 3K+2)
-        out = np.zeros((E, I, 3 * K + 2))
+        out = np.zeros((E, I, M.action_dim(K)))
         self.last_stats = []
         for e in range(E):
             out[e], stats = self.solve(sim.params, _env_slice(sim.queues, e), _tasks_slice(sim.tasks, e),

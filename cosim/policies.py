@@ -15,6 +15,7 @@ import numpy as np
 
 from .config import CosimError
 from .env import ACTION_BOUND
+from .model import ActionLayout
 from .twin import ObsLayout
 
 HIGH, LOW = ACTION_BOUND, -ACTION_BOUND
@@ -33,24 +34,26 @@ class _Reference:
     def __init__(self, n_rsus: int, seed: int | None = None):
         self.K = n_rsus
         self.layout = ObsLayout(n_rsus)
+        self.actions = ActionLayout(n_rsus)
         self.rng = np.random.default_rng(seed)
 
     def _blank(self, obs: np.ndarray) -> np.ndarray:
         """Everything local, no bandwidth, full CPU requests (they only count where offloaded)."""
-        a = np.full(obs.shape[:-1] + (3 * self.K + 2,), LOW)
-        a[..., 0] = HIGH
-        a[..., 2 * self.K + 1] = HIGH  # the "unused bandwidth" logit
-        a[..., 2 * self.K + 2:] = HIGH
+        lay = self.actions
+        a = np.full(obs.shape[:-1] + (lay.dim,), LOW)
+        a[..., lay.local] = HIGH
+        a[..., lay.bandwidth_unused] = HIGH
+        a[..., lay.cpu] = HIGH
         return a
 
     def _offload(self, a: np.ndarray, chosen: np.ndarray) -> np.ndarray:
         """Split equally over the chosen RSUs (E, I, K bool), bandwidth equally, none local."""
-        K = self.K
+        lay = self.actions
         any_ = chosen.any(axis=-1)
-        a[..., 0] = np.where(any_, LOW, HIGH)
-        a[..., 1:K + 1] = np.where(chosen, 0.0, LOW)
-        a[..., K + 1:2 * K + 1] = np.where(chosen, 0.0, LOW)
-        a[..., 2 * K + 1] = np.where(any_, LOW, HIGH)
+        a[..., lay.local] = np.where(any_, LOW, HIGH)
+        a[..., lay.split_rsu] = np.where(chosen, 0.0, LOW)
+        a[..., lay.bandwidth_rsu] = np.where(chosen, 0.0, LOW)
+        a[..., lay.bandwidth_unused] = np.where(any_, LOW, HIGH)
         return a
 
     def covered(self, obs: np.ndarray) -> np.ndarray:
@@ -93,7 +96,7 @@ class RandomPolicy(_Reference):
     name = "random"
 
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        return self.rng.uniform(LOW, HIGH, obs.shape[:-1] + (3 * self.K + 2,))
+        return self.rng.uniform(LOW, HIGH, obs.shape[:-1] + (self.actions.dim,))
 
 
 REFERENCE_POLICIES: dict[str, type[_Reference]] = {
