@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from .backends import BACKENDS
 from .config import Config, CosimError, load_config, save_config
 
 
@@ -15,7 +16,7 @@ def add_common_args(ap: argparse.ArgumentParser, backend_default: str | None = N
                     help="YAML file merged over configs/default.yaml (repeatable)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                     help="override one config value, e.g. --set lyapunov.V=10 (repeatable)")
-    ap.add_argument("--backend", choices=("analytic", "sumo"), default=None,
+    ap.add_argument("--backend", choices=tuple(BACKENDS), default=None,
                     help=f"mobility backend (default: {backend_default or 'the config backend'})")
     ap.add_argument("--cvs", type=int, default=None, help="number of client vehicles (agents)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: the config seed)")

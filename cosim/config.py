@@ -163,7 +163,7 @@ class SumoConfig:
 
 @dataclass(frozen=True)
 class Config:
-    backend: str = _f("analytic", choices=("analytic", "sumo"))
+    backend: str = _f("analytic", doc="mobility backend, a name in cosim.backends.BACKENDS")
     seed: int = _f(0, 0, 2**31 - 1)
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
@@ -302,6 +302,8 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     if not isinstance(data, Mapping):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     cfg = _build(Config, data)
+    from .backends import get_backend
+    get_backend(cfg.backend)
     if len(cfg.scenario.rsus) < 1:
         raise ConfigError("scenario.rsus: at least one RSU is needed")
     if cfg.compute.twin_reserve_hz >= cfg.compute.rsu_cpu_hz:

@@ -12,6 +12,7 @@ simulation with E = 1 behind PettingZoo's ParallelEnv API.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -22,22 +23,10 @@ from pettingzoo import ParallelEnv
 
 from . import model as M
 from .config import Config, CosimError, load_config
-from .mobility import AnalyticMobility, MobilityState
+from .mobility import BatchMobility, MobilityState, make_mobility
 from .twin import DigitalTwin, ObsLayout
 
 ACTION_BOUND = 10.0  # raw actions in [-10, 10] already saturate every softmax and sigmoid
-
-
-def make_mobility(cfg: Config, backend: str, n_envs: int, n_cvs: int, **sumo_kwargs: Any):
-    """The mobility backend with the batch interface reset_batch/advance_batch -> (E, I) arrays."""
-    if backend == "analytic":
-        if sumo_kwargs.get("gui") or sumo_kwargs.get("record_dir"):
-            raise CosimError("--gui and --record need the SUMO backend (--backend sumo)")
-        return AnalyticMobility(cfg, n_envs=n_envs, n_cvs=n_cvs)
-    if backend == "sumo":
-        from .sumo_mobility import SumoBatchMobility
-        return SumoBatchMobility(cfg, n_envs=n_envs, n_cvs=n_cvs, **sumo_kwargs)
-    raise CosimError(f"unknown backend '{backend}' (choose analytic or sumo)")
 
 
 @dataclass
@@ -65,13 +54,17 @@ class BatchCoSim:
             cfg = cfg.replace(**{"scenario.n_cvs": n_cvs})
         if twin is not None:
             cfg = cfg.replace(**{"twin.enabled": bool(twin)})
-        self.cfg = cfg
-        self.backend = backend or cfg.backend
+        if backend is not None and backend != cfg.backend:
+            cfg = cfg.replace(backend=backend)
+        self.backend = cfg.backend
         self.n_envs = n_envs
         self.n_cvs = cfg.scenario.n_cvs
-        self.mobility = mobility if mobility is not None else make_mobility(
+        self.mobility: BatchMobility = mobility if mobility is not None else make_mobility(
             cfg, self.backend, n_envs, self.n_cvs, **sumo_kwargs)
-        rsus = self.mobility.rsu_configs() if hasattr(self.mobility, "rsu_configs") else cfg.scenario.rsus
+        rsus = tuple(self.mobility.rsu_configs())
+        if rsus != cfg.scenario.rsus:  # placed on or read from a map: the saved config says which were used
+            cfg = cfg.replace(**{"scenario.rsus": [dataclasses.asdict(r) for r in rsus]})
+        self.cfg = cfg
         self.params = M.ModelParams.from_config(cfg, rsus)
         self.n_rsus = self.params.n_rsus
         self.twin = DigitalTwin(self.params, cfg.twin.enabled, cfg.twin.sync_error, cfg.twin.staleness,

@@ -1,9 +1,12 @@
 """Mobility backends: where the client vehicles (CVs) are, slot by slot.
 
-Every backend implements :class:`Mobility`: ``reset(seed)`` and ``advance(dt)``
-return a :class:`MobilityState` of arrays with one row per CV *slot* (agent),
-and ``close()`` releases resources. CV slots never change meaning within an
+Every backend is a :class:`BatchMobility`: ``reset_batch(seed)`` and
+``advance_batch(dt)`` return a :class:`MobilityState` of (E, I) arrays, one row
+per environment and one column per CV *slot* (agent); ``rsu_configs()`` names
+the RSUs in use and ``close()`` releases resources. GUI backends also implement
+``show_decisions`` and ``screenshot``. CV slots never change meaning within an
 episode; a slot with no vehicle in it (SUMO maps) has ``active = False``.
+Backends are registered by name in :mod:`cosim.backends`.
 
 The analytic backend is the paper's road: straight, east-west, lanes 0..L-1
 from south to north, the southern half eastbound, uniform speeds per episode.
@@ -11,12 +14,15 @@ from south to north, the southern half eastbound, uniform speeds per episode.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .config import Config
+from .backends import get_backend
+from .config import Config, CosimError, RSUConfig
 
 
 @dataclass
@@ -36,6 +42,8 @@ class MobilityState:
 
 @runtime_checkable
 class Mobility(Protocol):
+    """One simulation (E = 1) with (I,) arrays: what :class:`~cosim.sumo_mobility.SumoMobility` is."""
+
     n_cvs: int
 
     def reset(self, seed: int | None = None) -> MobilityState: ...
@@ -45,6 +53,73 @@ class Mobility(Protocol):
     def close(self) -> None: ...
 
 
+class BatchMobility(ABC):
+    """The interface the environment calls, and all of it: E simulations with (E, I) arrays.
+
+    A subclass is constructed as ``Backend(cfg, n_envs=E, n_cvs=I, **options)``; only backends
+    registered with ``gui=True`` receive ``gui``/``record_dir`` options.
+    """
+
+    cfg: Config
+    n_envs: int
+    n_cvs: int
+
+    @abstractmethod
+    def reset_batch(self, seed: int | None = None) -> MobilityState:
+        """Start a new episode in every environment (``seed`` restarts the backend's stream)."""
+
+    @abstractmethod
+    def advance_batch(self, dt: float) -> MobilityState:
+        """Move every environment on by ``dt`` seconds."""
+
+    def rsu_configs(self) -> tuple[RSUConfig, ...]:
+        """The RSUs in use (by default the config's; a map backend may check or place them)."""
+        return self.cfg.scenario.rsus
+
+    def close(self) -> None:
+        """Release simulators, processes and files; calling it twice is harmless."""
+
+    # GUI hooks: only backends registered with gui=True implement them.
+    def show_decisions(self, colors: Sequence[Sequence[int]], labels: Sequence[str] | None = None) -> None:
+        raise CosimError(f"the {type(self).__name__} backend has no GUI")
+
+    def screenshot(self, path: str | Path) -> None:
+        raise CosimError(f"the {type(self).__name__} backend has no GUI")
+
+
+def make_mobility(cfg: Config, backend: str, n_envs: int, n_cvs: int, **options: Any) -> BatchMobility:
+    """The registered backend ``backend`` for E = ``n_envs`` environments of ``n_cvs`` CVs.
+
+    ``options`` go to the backend's constructor; ``gui``/``record_dir`` only to GUI backends.
+    """
+    spec = get_backend(backend)
+    gui_options = {k: v for k, v in options.items() if k in ("gui", "record_dir") and v}
+    if gui_options and not spec.gui:
+        gui_names = ", ".join(n for n, b in _gui_backends().items())
+        raise CosimError(f"--gui and --record need a backend with a GUI ({gui_names}), not '{backend}'")
+    if not spec.gui:
+        options = {k: v for k, v in options.items() if k not in ("gui", "record_dir")}
+    return spec.load()(cfg, n_envs=n_envs, n_cvs=n_cvs, **options)
+
+
+def _gui_backends() -> dict[str, Any]:
+    from .backends import BACKENDS
+    return {n: b for n, b in BACKENDS.items() if b.gui}
+
+
+def draw_road_start(rng: np.random.Generator, cfg: Config, shape: tuple[int, ...]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The CVs' start on the paper's road: position x, speed, lane (0..2L-1), uniform.
+
+    Both backends draw the road's episode start here, so one seed gives the same start.
+    """
+    lo, hi = cfg.scenario.cv_speed_mps
+    x = rng.uniform(0.0, cfg.scenario.road_length_m, shape)
+    speed = rng.uniform(lo, hi, shape)
+    lane = rng.integers(0, 2 * cfg.scenario.lanes_per_direction, shape)
+    return x, speed, lane
+
+
 def lane_centres(cfg: Config) -> np.ndarray:
     """Lateral positions of the lanes, south to north, centreline at y = 0."""
     n = 2 * cfg.scenario.lanes_per_direction
@@ -52,7 +127,7 @@ def lane_centres(cfg: Config) -> np.ndarray:
     return (np.arange(n) - (n - 1) / 2.0) * w
 
 
-class AnalyticMobility:
+class AnalyticMobility(BatchMobility):
     """The paper's straight road with constant speeds, vectorised over environments.
 
     Arrays have shape (E, I). ``boundary='wrap'`` re-enters a vehicle at the
@@ -86,11 +161,7 @@ class AnalyticMobility:
     def reset_batch(self, seed: int | None = None) -> MobilityState:
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-        shape = (self.n_envs, self.n_cvs)
-        lo, hi = self.cfg.scenario.cv_speed_mps
-        self.x = self._rng.uniform(0.0, self.length, shape)
-        self.speed = self._rng.uniform(lo, hi, shape)
-        self.lane = self._rng.integers(0, self.n_lanes, shape)
+        self.x, self.speed, self.lane = draw_road_start(self._rng, self.cfg, (self.n_envs, self.n_cvs))
         return self.batch_state()
 
     def advance_batch(self, dt: float) -> MobilityState:
@@ -114,9 +185,6 @@ class AnalyticMobility:
 
     def advance(self, dt: float) -> MobilityState:
         return _row(self.advance_batch(dt))
-
-    def close(self) -> None:
-        pass
 
 
 def _row(s: MobilityState, e: int = 0) -> MobilityState:

@@ -74,7 +74,7 @@ import traci.constants as tc
 from traci.exceptions import FatalTraCIError, TraCIException
 
 from .config import REPO_ROOT, Config, ConfigError, CosimError, RSUConfig
-from .mobility import MobilityState, stack_states
+from .mobility import BatchMobility, MobilityState, draw_road_start, stack_states
 
 
 def _load_road_generator() -> ModuleType:
@@ -288,13 +288,7 @@ def _draw_episode(rng: np.random.Generator, cfg: Config, n_envs: int, n_cvs: int
     """The CVs' start on the road (None on other maps) and each environment's SUMO seed."""
     placement = None
     if on_road:
-        # The same calls, in the same order, as AnalyticMobility.reset_batch: one seed, one start.
-        shape = (n_envs, n_cvs)
-        lo, hi = cfg.scenario.cv_speed_mps
-        x = rng.uniform(0.0, cfg.scenario.road_length_m, shape)
-        speed = rng.uniform(lo, hi, shape)
-        lane = rng.integers(0, 2 * cfg.scenario.lanes_per_direction, shape)
-        placement = _Placement(x, speed, lane)
+        placement = _Placement(*draw_road_start(rng, cfg, (n_envs, n_cvs)))
     return placement, rng.integers(0, 2**31 - 1, n_envs)
 
 
@@ -673,7 +667,7 @@ class SumoMobility:
         self._begin(sumo_seed, start)
 
 
-class SumoBatchMobility:
+class SumoBatchMobility(BatchMobility):
     """``n_envs`` SUMO simulations side by side, with (E, I) arrays like AnalyticMobility's batch methods.
 
     One environment uses libsumo (if ``sumo.use_libsumo``); more use TraCI, one labelled

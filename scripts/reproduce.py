@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents.experiments import (EXPERIMENTS_DIR, PRESETS, Budget, grid, load_experiments, run_grid,  # noqa: E402
                                 validate, write_manifest)
+from cosim.backends import BACKENDS  # noqa: E402
 from cosim.cli import run_main  # noqa: E402
 from cosim.config import CosimError  # noqa: E402
 
@@ -33,7 +34,7 @@ def main() -> int:
     ap.add_argument("--experiments", nargs="*", default=None, help="only these experiments (default: all)")
     ap.add_argument("--experiments-dir", default=None, help="folder of experiment YAML files (default: configs/experiments)")
     ap.add_argument("--algos", nargs="*", default=None, help="only these algorithms/policies (default: all)")
-    ap.add_argument("--backend", choices=("analytic", "sumo"), default="analytic")
+    ap.add_argument("--backend", choices=tuple(BACKENDS), default="analytic")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: the preset's, 3)")
     ap.add_argument("--episodes", type=int, default=None, help="training episodes per run (default: the preset's)")
     ap.add_argument("--workers", type=int, default=2, help="parallel worker processes")

@@ -41,7 +41,7 @@ def test_round_trip_through_yaml(tmp_path, cfg):
     ("lyapunov.alpha=abc", "lyapunov.alpha: expected a number, got 'abc'"),
     ("compute.twin_reserve_hz=3e10", "compute.twin_reserve_hz: 3e+10 leaves no RSU capacity"),
     ("scenario.rsus=[{x: 1, y: 2, hieght: 3}]", "unknown config key 'scenario.rsus[0].hieght'"),
-    ("backend=carla", "backend: 'carla' is not one of analytic, sumo"),
+    ("backend=carla", "backend: unknown backend 'carla' (choose analytic, sumo"),
     ("lyapunov.V", "override 'lyapunov.V' is not of the form section.key=value"),
 ])
 def test_bad_values_fail_with_one_line(override, message):

@@ -135,8 +135,20 @@ def test_unknown_policy_and_backend():
         make_policy("greedy", 3)
     with pytest.raises(CosimError, match="checkpoint not found"):
         make_policy("runs/none/model.safetensors", 3)
-    with pytest.raises(CosimError, match="need the SUMO backend"):
+    with pytest.raises(CosimError, match=r"need a backend with a GUI \(sumo\), not 'analytic'"):
         make_batch_env(n_envs=1, gui=True)
+    with pytest.raises(CosimError, match="backend: unknown backend 'carla' \\(choose analytic, sumo"):
+        make_batch_env(n_envs=1, backend="carla")
+
+
+def test_env_records_its_backend_and_rsus(cfg):
+    from cosim.backends import BACKENDS
+    from cosim.mobility import BatchMobility
+    for name, spec in BACKENDS.items():
+        assert issubclass(spec.load(), BatchMobility), name
+    env = make_env(backend="analytic")
+    assert env.cfg.backend == "analytic" and env.cfg.scenario.rsus == cfg.scenario.rsus
+    env.close()
 
 
 def test_parallel_api_and_seed_on_sumo():
