@@ -105,4 +105,40 @@ def train(algo: str | None, cfg: Config | None = None, out: str | Path | None = 
         trainer.sim.close()
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "get_algorithm", "make_trainer", "train"]
+# ---------------------------------------------------------------------------
+# Policies by name or file: reference policies, the per-slot optimiser, trained checkpoints
+
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "ly-dtmppo_default.safetensors"
+FALLBACK_POLICY = "equal"
+SOLVERS = ("dpp-opt",)  # policies that need the whole simulator
+
+
+def policy_names() -> list[str]:
+    from cosim.policies import REFERENCE_POLICIES
+    return [*REFERENCE_POLICIES, *SOLVERS]
+
+
+def default_policy() -> str:
+    """The shipped Ly-DTMPPO checkpoint, or the best reference policy if it is missing."""
+    return str(SHIPPED_CHECKPOINT) if SHIPPED_CHECKPOINT.is_file() else FALLBACK_POLICY
+
+
+def make_policy(name_or_path: str, n_rsus: int, seed: int | None = None, env: Any = None, name: str | None = None):
+    """A reference policy or ``dpp-opt`` by name, or a trained checkpoint (file or run folder) by path."""
+    from cosim.policies import REFERENCE_POLICIES
+    if name_or_path in REFERENCE_POLICIES:
+        return REFERENCE_POLICIES[name_or_path](n_rsus, seed)
+    if name_or_path == "dpp-opt":
+        from cosim.optimizer import DppOptimizer  # scipy is only needed when the optimiser is used
+        return DppOptimizer(env, seed=seed)
+    path = Path(name_or_path)
+    if path.exists():
+        from .checkpoint import load_policy  # torch is imported only when a checkpoint is used
+        return load_policy(path, env=env, name=name)
+    if "/" in name_or_path or name_or_path.endswith((".pt", ".safetensors")):
+        raise CosimError(f"policy checkpoint not found: {name_or_path}")
+    raise CosimError(f"unknown policy '{name_or_path}' (choose {', '.join(policy_names())}, or a checkpoint path)")
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "get_algorithm", "make_trainer", "train", "make_policy", "default_policy",
+           "policy_names"]

@@ -13,9 +13,10 @@ and checks it against the environment it will drive.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,10 +24,29 @@ import torch
 from cosim.config import Config, CosimError, to_dict
 from cosim.env import ACTION_BOUND
 
-from .common import POLICY_FILE, TORCH_THREADS, ActorSpec, AgentMLP, atomic_write
+from .nets import TORCH_THREADS, ActorSpec, AgentMLP
 
+POLICY_FILE = "policy.safetensors"  # the deployable actor in a run folder
 FORMAT = "dtcosim-policy/1"
 OBS_CLIP = 10.0  # normalised observations are clipped to this, in training and deployment alike
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temp file in the same folder, then os.replace: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would have made it (some writers use 0600)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
 
 
 def save_policy(path: str | Path, spec: ActorSpec, tensors: dict[str, torch.Tensor], algo: str, cfg: Config,
@@ -123,38 +143,3 @@ def load_policy(path: str | Path, env: Any = None, name: str | None = None, seed
         check_compatible(meta, env, str(path))
     torch.set_num_threads(TORCH_THREADS)  # batch-of-a-few inference: threads only add overhead
     return TrainedPolicy(meta, tensors, name=name, seed=seed)
-
-
-# ---------------------------------------------------------------------------
-# Side-by-side evaluation (scripts/evaluate.py)
-
-EVAL_SEED = 10_000  # evaluation episode i is reset with seed EVAL_SEED + i; training streams start from cfg.seed
-
-EVAL_COLUMNS = [("policy", "policy", "{}"), ("cost_pm", "cost ± 95% CI", "{}"), ("mean_reward", "reward", "{:.3f}"),
-                ("mean_delay_s", "delay s", "{:.4f}"), ("mean_energy_j", "energy J", "{:.2f}"),
-                ("instr_share", "InstrT", "{:.1%}"), ("deadline_miss_rate", "misses", "{:.1%}")]
-
-
-def evaluate_policies(cfg: Config, policies: dict[str, Any], episodes: int, seed: int = EVAL_SEED,
-                      progress: bool = False, **sim_kwargs: Any) -> dict[str, dict[str, Any]]:
-    """Run every policy deterministically on the same ``episodes`` (episode i reset with seed + i).
-
-    Policies are objects with ``act`` or factories ``f(sim) -> policy`` (for those that need the
-    simulator, e.g. checkpoints checked against it). Returns run_cosim's summary per policy name.
-    """
-    from cosim.env import BatchCoSim
-    from cosim.runner import run_episodes
-
-    out: dict[str, dict[str, Any]] = {}
-    with BatchCoSim(cfg, n_envs=1, seed=seed, **sim_kwargs) as sim:
-        for name, pol in policies.items():
-            policy = pol if hasattr(pol, "act") else pol(sim)
-            out[name] = run_episodes(sim, policy, episodes, seed=seed, progress=progress, policy_name=name).summary
-    return out
-
-
-def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
-    from cosim.runner import format_table
-    rows = [dict(s, policy=name, cost_pm=f"{s['mean_cost']:.4f} ± {s['cost_ci95']:.4f}")
-            for name, s in summaries.items()]
-    return format_table(rows, EVAL_COLUMNS)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-import os
 import random
 import time
 from abc import ABC, abstractmethod
@@ -34,19 +32,16 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from cosim.config import Config, CosimError, save_config, to_dict
 from cosim.env import ACTION_BOUND, BatchCoSim, StepOutput
 from cosim.runner import EpisodeSums
+from cosim.stats import smooth
 
-# Small MLPs on 2 cores: one intra-op thread is ~10x faster than two (thread
-# hand-off costs more than the matmuls), and a fixed count keeps float results,
-# hence resumed runs, bit-identical.
-TORCH_THREADS = 1
+from .checkpoint import POLICY_FILE, atomic_write, save_policy
+from .nets import TORCH_THREADS, ActorSpec
 
 CHECKPOINT_FILE = "checkpoint.safetensors"   # full training state, for --resume
-POLICY_FILE = "policy.safetensors"           # the deployable actor, for load_policy
 METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
 CONFIG_FILE = "config.yaml"
@@ -126,76 +121,6 @@ class RunningMeanStd:
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.mean, self.var, self.count = np.asarray(d["mean"]), np.asarray(d["var"]), float(d["count"])
-
-
-# ---------------------------------------------------------------------------
-# Networks: one MLP per agent, or one shared MLP with an agent-id one-hot
-
-class AgentLinear(nn.Module):
-    """A linear layer applied to (..., I, in): one weight for all agents, or one per agent."""
-
-    def __init__(self, n_agents: int, shared: bool, d_in: int, d_out: int):
-        super().__init__()
-        self.shared = shared
-        g = 1 if shared else n_agents
-        self.weight = nn.Parameter(torch.empty(g, d_in, d_out))
-        self.bias = nn.Parameter(torch.zeros(g, d_out))
-        with torch.no_grad():
-            for j in range(g):
-                nn.init.kaiming_uniform_(self.weight[j].T, a=math.sqrt(5))  # nn.Linear's default
-
-    def init_orthogonal(self, gain: float) -> None:
-        with torch.no_grad():
-            for j in range(self.weight.shape[0]):
-                nn.init.orthogonal_(self.weight[j].T, gain)
-            self.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.shared:
-            return x @ self.weight[0] + self.bias[0]
-        # Separate agents in one batched matmul: (..., I, in) x (I, in, out) -> (..., I, out).
-        return torch.einsum("...ij,ijk->...ik", x, self.weight) + self.bias
-
-
-class AgentMLP(nn.Module):
-    """Two hidden ReLU layers (the paper's actor and critic) over (..., I, d_in) -> (..., I, d_out).
-
-    With ``shared=True`` all agents use one network and an agent-id one-hot is appended to the input.
-    """
-
-    def __init__(self, n_agents: int, d_in: int, d_out: int, hidden: int, shared: bool,
-                 orthogonal: bool = True, head_gain: float = 1.0):
-        super().__init__()
-        self.n_agents, self.shared = n_agents, shared
-        d0 = d_in + (n_agents if shared else 0)
-        self.layers = nn.ModuleList([AgentLinear(n_agents, shared, d0, hidden),
-                                     AgentLinear(n_agents, shared, hidden, hidden),
-                                     AgentLinear(n_agents, shared, hidden, d_out)])
-        if orthogonal:
-            for layer, gain in zip(self.layers, (math.sqrt(2), math.sqrt(2), head_gain)):
-                layer.init_orthogonal(gain)
-        self.register_buffer("eye", torch.eye(n_agents), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.shared:
-            x = torch.cat([x, self.eye.expand(*x.shape[:-1], self.n_agents)], dim=-1)
-        h = torch.relu(self.layers[0](x))
-        h = torch.relu(self.layers[1](h))
-        return self.layers[2](h)
-
-
-@dataclass(frozen=True)
-class ActorSpec:
-    """How to rebuild a deployable actor without running any code from the checkpoint."""
-
-    kind: str              # "gaussian": raw = mean (+ std noise); "deterministic": raw = output;
-    #                        "squashed": raw = 10 tanh(output / 10)
-    n_agents: int
-    obs_dim: int
-    action_dim: int
-    hidden: int
-    share_params: bool
-    dt_slice: tuple[int, int] | None  # zeroed in the input when the policy was trained without the twin
 
 
 # ---------------------------------------------------------------------------
@@ -335,23 +260,6 @@ def unflatten_state(skel: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return skel
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temp file in the same folder, then os.replace: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would have made it (some writers use 0600)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_state_file(path: Path, state: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
     from safetensors.torch import save_file
     tensors: dict[str, torch.Tensor] = {}
@@ -402,14 +310,6 @@ def read_metrics_csv(path: Path) -> list[EpisodeMetrics]:
     with open(path, newline="") as fh:
         return [EpisodeMetrics(int(r["episode"]), *(float(r[k]) for k in METRIC_FIELDS[1:]))
                 for r in csv.DictReader(fh)]
-
-
-def smooth(x: np.ndarray, window: int) -> np.ndarray:
-    """Trailing moving average (shorter at the start)."""
-    c = np.cumsum(np.insert(np.asarray(x, dtype=float), 0, 0.0))
-    n = np.arange(1, len(x) + 1)
-    lo = np.maximum(n - window, 0)
-    return (c[n] - c[lo]) / (n - lo)
 
 
 def plot_curves(metrics: list[EpisodeMetrics], path: Path, title: str) -> None:
@@ -509,7 +409,6 @@ def fit(trainer: Trainer, run_dir: str | Path, episodes: int | None = None, resu
 
     def save(snap: dict[str, Any]) -> None:
         save_state_file(ckpt_path, snap, meta)
-        from .checkpoint import save_policy
         spec, tensors = trainer.actor(snap["trainer"])
         save_policy(run_dir / POLICY_FILE, spec, tensors, algo=algo, cfg=cfg, episodes=snap["episodes"])
 

@@ -144,9 +144,8 @@ def is_learned(algo: str) -> bool:
 
 def validate(cells: list[Cell]) -> None:
     """Fail before any work if a cell's config, algorithm or policy name is invalid."""
-    from agents import ALGORITHMS
-    from cosim.policies import EXTRA_POLICIES, REFERENCE_POLICIES
-    known = [*ALGORITHMS, *REFERENCE_POLICIES, *EXTRA_POLICIES]
+    from agents import ALGORITHMS, policy_names
+    known = [*ALGORITHMS, *policy_names()]
     for c in cells:
         if c.algo not in known:
             raise ConfigError(f"unknown algorithm or policy '{c.algo}' (choose {', '.join(known)})")
@@ -166,11 +165,10 @@ def run_cell(cell: Cell, root: str | Path) -> dict[str, Any]:
     if done.is_file():
         return json.loads(done.read_text())
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per worker
-    from agents import train
+    from agents import make_policy, train
     from agents.checkpoint import load_policy
     from agents.common import CHECKPOINT_FILE
     from cosim.env import BatchCoSim
-    from cosim.policies import make_policy
     from cosim.runner import run_episodes
 
     t0 = time.time()

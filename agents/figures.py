@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cosim.stats import ci95, smooth
 
 from .experiments import DONE_FILE
 
@@ -39,23 +40,6 @@ STEADY_WINDOW = 50
 
 def label(algo: str) -> str:
     return ALGO_LABEL.get(algo, algo)
-
-
-def ci95(x: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Half-width of the 95 % confidence interval of the mean (0 for a single sample)."""
-    from scipy import stats
-    x = np.asarray(x, dtype=float)
-    n = x.shape[axis]
-    if n < 2:
-        return np.zeros(np.delete(x.shape, axis))
-    return stats.t.ppf(0.975, n - 1) * x.std(axis=axis, ddof=1) / math.sqrt(n)
-
-
-def smooth(x: np.ndarray, window: int) -> np.ndarray:
-    c = np.cumsum(np.insert(np.asarray(x, dtype=float), 0, 0.0))
-    n = np.arange(1, len(x) + 1)
-    lo = np.maximum(n - window, 0)
-    return (c[n] - c[lo]) / (n - lo)
 
 
 def read_csv_columns(path: Path) -> dict[str, np.ndarray]:

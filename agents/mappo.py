@@ -27,7 +27,8 @@ from cosim.config import Config, ConfigError
 from cosim.env import BatchCoSim
 
 from .checkpoint import OBS_CLIP
-from .common import ActorSpec, AgentMLP, EpisodeTracker, Iteration, RunningMeanStd, Trainer, clip_actions
+from .common import EpisodeTracker, Iteration, RunningMeanStd, Trainer, clip_actions
+from .nets import ActorSpec, AgentMLP
 
 EXTRA_SECTION = "mappo"  # training.extra key with the settings below the paper's
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from cosim.config import Config
 from cosim.env import ACTION_BOUND, BatchCoSim
 
-from .common import ActorSpec
+from .nets import ActorSpec
 from .offpolicy import (OffPolicyConfig, OffPolicyTrainer, QCritic, clip_grad, clone_state, export_actor,
                         frozen, make_actor, soft_update)
 

@@ -67,7 +67,8 @@ from cosim.config import Config, ConfigError
 from cosim.env import ACTION_BOUND
 
 from .checkpoint import OBS_CLIP
-from .common import ActorSpec, AgentMLP, EpisodeTracker, Iteration, RunningMeanStd, Trainer
+from .common import EpisodeTracker, Iteration, RunningMeanStd, Trainer
+from .nets import ActorSpec, AgentMLP
 
 EXTRA_SECTION = "offpolicy"  # training.extra key shared by the three off-policy baselines
 

@@ -71,6 +71,7 @@ import numpy as np
 
 from . import model as M
 from .config import CosimError
+from .policies import REFERENCE_POLICIES
 
 LOGIT_FLOOR = -50.0   # the projection clips raw actions to +-50 (model._LOGIT_CLIP)
 REFERENCES = ("local", "nearest", "equal")
@@ -404,7 +405,6 @@ class DppOptimizer:
 
     def _references(self, K: int) -> list[Any]:
         if self._refs is None or self._refs[0].K != K:
-            from .policies import REFERENCE_POLICIES
             self._refs = [REFERENCE_POLICIES[n](K, 0) for n in REFERENCES]
         return self._refs
 

@@ -8,7 +8,6 @@ actor would.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -103,36 +102,8 @@ REFERENCE_POLICIES: dict[str, type[_Reference]] = {
     "local": LocalPolicy, "nearest": NearestPolicy, "equal": EqualPolicy, "random": RandomPolicy}
 
 
-
-def _dpp_optimiser(n_rsus: int, seed: int | None, env):
-    from .optimizer import DppOptimizer  # scipy is only needed when the optimiser is used
-    return DppOptimizer(env, seed=seed)
-
-
-# Policies that need more than a name and a seed: name -> factory(n_rsus, seed, env).
-EXTRA_POLICIES: dict[str, object] = {"dpp-opt": _dpp_optimiser}
-
-
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "ly-dtmppo_default.safetensors"
-FALLBACK_POLICY = "equal"
-
-
-def default_policy() -> str:
-    """The shipped Ly-DTMPPO checkpoint, or the best reference policy if it is missing."""
-    return str(SHIPPED_CHECKPOINT) if SHIPPED_CHECKPOINT.is_file() else FALLBACK_POLICY
-
-
-def make_policy(name_or_path: str, n_rsus: int, seed: int | None = None, env=None):
-    """A reference policy by name, a registered one, or a trained checkpoint by path."""
-    if name_or_path in REFERENCE_POLICIES:
-        return REFERENCE_POLICIES[name_or_path](n_rsus, seed)
-    if name_or_path in EXTRA_POLICIES:
-        return EXTRA_POLICIES[name_or_path](n_rsus, seed, env)  # type: ignore[operator]
-    path = Path(name_or_path)
-    if path.exists():
-        from agents.checkpoint import load_policy  # torch is imported only when a checkpoint is used
-        return load_policy(path, env=env)
-    names = ", ".join(list(REFERENCE_POLICIES) + list(EXTRA_POLICIES))
-    if "/" in name_or_path or name_or_path.endswith((".pt", ".safetensors")):
-        raise CosimError(f"policy checkpoint not found: {name_or_path}")
-    raise CosimError(f"unknown policy '{name_or_path}' (choose {names}, or a checkpoint path)")
+def make_reference_policy(name: str, n_rsus: int, seed: int | None = None) -> _Reference:
+    """A reference policy by name (``agents.make_policy`` also knows dpp-opt and checkpoints)."""
+    if name not in REFERENCE_POLICIES:
+        raise CosimError(f"unknown reference policy '{name}' (choose {', '.join(REFERENCE_POLICIES)})")
+    return REFERENCE_POLICIES[name](n_rsus, seed)

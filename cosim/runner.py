@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .env import BatchCoSim, StepOutput
+from .stats import ci95
 
 
 @dataclass
@@ -150,7 +151,7 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
         "mean_energy_j": _div(totals["energy"], totals["tasks"]),
         "instr_share": _div(totals["instr"], totals["parts"]),
         "deadline_miss_rate": _div(totals["misses"], totals["tasks"]),
-        "cost_ci95": float(1.96 * costs.std(ddof=1) / np.sqrt(len(costs))) if len(costs) > 1 else 0.0,
+        "cost_ci95": float(ci95(costs)),
         "episodes": episodes, "slots": totals["slots"], "tasks": int(totals["tasks"]),
         "n_cvs": sim.n_cvs, "n_rsus": sim.n_rsus, "backend": sim.backend,
         "policy": policy_name or getattr(policy, "name", "policy"), "seed": seed,

@@ -16,7 +16,6 @@ and deadline misses for every policy.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -24,18 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.checkpoint import EVAL_SEED, comparison_table, evaluate_policies, load_policy, read_policy_file  # noqa: E402
+from agents import make_policy, policy_names  # noqa: E402
+from agents.checkpoint import load_policy, read_policy_file  # noqa: E402
 from cosim.cli import add_common_args, config_from_args, run_main, save_run_config  # noqa: E402
 from cosim.config import CosimError  # noqa: E402
-from cosim.policies import EXTRA_POLICIES, REFERENCE_POLICIES, make_policy  # noqa: E402
-
-
-def default_policies() -> list[str]:
-    """The four reference policies, and the per-slot optimiser when its module is there."""
-    names = list(REFERENCE_POLICIES)
-    if "dpp-opt" in EXTRA_POLICIES and importlib.util.find_spec("cosim.optimizer") is not None:
-        names.append("dpp-opt")
-    return names
+from cosim.evaluation import EVAL_SEED, comparison_table, evaluate_policies  # noqa: E402
 
 
 def main() -> int:
@@ -48,7 +40,7 @@ def main() -> int:
                                                                      f"(default {EVAL_SEED})")
     ap.add_argument("--policies", default=None,
                     help="comma-separated reference/registered policies to include, '' for none "
-                         f"(default: {','.join(default_policies())})")
+                         f"(default: {','.join(policy_names())})")
     ap.add_argument("--out", default=None, help="output folder (default runs/eval__<time>)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
@@ -56,8 +48,8 @@ def main() -> int:
         ap.error("--episodes must be at least 1")
 
     cfg = config_from_args(args)
-    names = default_policies() if args.policies is None else [p.strip() for p in args.policies.split(",") if p.strip()]
-    known = list(REFERENCE_POLICIES) + list(EXTRA_POLICIES)
+    names = policy_names() if args.policies is None else [p.strip() for p in args.policies.split(",") if p.strip()]
+    known = policy_names()
     for n in names:
         if n not in known:
             raise CosimError(f"unknown policy '{n}' in --policies (choose {', '.join(known)})")

@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm  # noqa: E402
 
+from agents import default_policy, make_policy  # noqa: E402
 from cosim.cli import add_common_args, config_from_args, run_main, save_run_config  # noqa: E402
 from cosim.env import BatchCoSim, StepOutput  # noqa: E402
 from cosim.gui import decision_colors, decision_label, slot_line  # noqa: E402
-from cosim.policies import default_policy, make_policy  # noqa: E402
 from cosim.runner import episode_table, run_episodes, write_summary  # noqa: E402
 
 

@@ -6,7 +6,7 @@ from pettingzoo.test import parallel_api_test, parallel_seed_test
 
 from cosim import CosimError, make_batch_env, make_env
 from cosim.mobility import AnalyticMobility, lane_centres
-from cosim.policies import make_policy
+from agents import make_policy
 
 
 def test_parallel_api_and_seed():

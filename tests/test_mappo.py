@@ -11,7 +11,7 @@ from agents.checkpoint import load_policy
 from agents.common import CHECKPOINT_FILE, METRICS_FILE, POLICY_FILE, fit, load_state_file
 from cosim.config import CosimError, load_config
 from cosim.env import BatchCoSim
-from cosim.policies import make_policy
+from agents import make_policy
 from cosim.runner import run_episodes
 
 

@@ -10,7 +10,7 @@ from agents.common import CHECKPOINT_FILE, METRICS_FILE, POLICY_FILE, fit, load_
 from agents.offpolicy import QCritic, ReplayBuffer
 from cosim.config import CosimError, load_config
 from cosim.env import ACTION_BOUND, BatchCoSim
-from cosim.policies import make_policy
+from agents import make_policy
 from cosim.runner import run_episodes
 
 OFFPOLICY = ["ly-maddpg", "ly-matd3", "ly-masac"]

@@ -7,7 +7,7 @@ from cosim import model as M
 from cosim.config import CosimError
 from cosim.env import BatchCoSim
 from cosim.optimizer import DppOptimizer, SlotProblem, raw_from_decision
-from cosim.policies import make_policy
+from agents import make_policy
 from cosim.runner import run_episodes
 
 REFS = ("local", "nearest", "equal")
