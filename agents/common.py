@@ -26,7 +26,7 @@ import json
 import random
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from cosim.config import Config, CosimError, save_config, to_dict
-from cosim.env import ACTION_BOUND, BatchCoSim, StepOutput
-from cosim.runner import EpisodeSums
+from cosim.env import ACTION_BOUND, BatchCoSim
+from cosim.runner import RECORD_FIELDS, EpisodeRecord, record_from_row
 from cosim.stats import smooth
 
 from .checkpoint import POLICY_FILE, atomic_write, save_policy
@@ -124,60 +124,13 @@ class RunningMeanStd:
 
 
 # ---------------------------------------------------------------------------
-# Episode metrics
-
-@dataclass
-class EpisodeMetrics:
-    """One training episode, averaged over its slots (system quantities) or tasks (per-CV ones)."""
-
-    episode: int
-    reward: float            # mean R(t) per slot
-    cost: float              # mean system cost per slot
-    delay_s: float           # mean task delay
-    energy_j: float          # mean task energy
-    instr_share: float       # InstrT parts / RSU parts
-    deadline_miss_rate: float
-    q_final: float           # total backlog at the end (local + RSU), W_ref units
-    q_loc_mean: float        # local backlog per CV, mean over slots, W_ref units (Fig. 5b)
-    q_rsu_mean: float        # RSU backlog per RSU, mean over slots, W_ref units
-
-
-METRIC_FIELDS = [f.name for f in fields(EpisodeMetrics)]
-
-
-class EpisodeTracker(EpisodeSums):
-    """Accumulates StepOutputs of the E lockstep episodes into EpisodeMetrics (vectorised over E):
-    evaluation's sums (cosim.runner.EpisodeSums) plus the mean backlogs."""
-
-    def __init__(self, sim: BatchCoSim):
-        super().__init__(sim.n_envs)
-        self.sim = sim
-        self.sums.update(q_loc=np.zeros(sim.n_envs), q_rsu=np.zeros(sim.n_envs))
-
-    def add(self, out: StepOutput) -> None:
-        super().add(out)
-        q, W = self.sim.queues, self.sim.params.W_ref  # the backlogs this slot left behind
-        self.sums["q_loc"] += q.q_loc.mean(-1) / W
-        self.sums["q_rsu"] += q.q_rsu.mean(-1) / W
-
-    def finish(self, first_episode: int) -> list[EpisodeMetrics]:
-        s, q, W = self.sums, self.sim.queues, self.sim.params.W_ref
-        div = lambda a, b: np.where(b > 0, a / np.maximum(b, 1e-300), 0.0)  # noqa: E731
-        q_final = (q.q_loc.sum(-1) + q.q_rsu.sum(-1)) / W
-        cols = [s["reward"] / self.slots, s["cost"] / self.slots, div(s["delay"], s["tasks"]),
-                div(s["energy"], s["tasks"]), div(s["instr"], s["parts"]), div(s["misses"], s["tasks"]), q_final,
-                s["q_loc"] / self.slots, s["q_rsu"] / self.slots]
-        return [EpisodeMetrics(first_episode + e, *(float(c[e]) for c in cols)) for e in range(self.sim.n_envs)]
-
-
-# ---------------------------------------------------------------------------
 # The interface every algorithm implements
 
 @dataclass
 class Iteration:
     """What one training iteration returns: its episodes and scalar training statistics."""
 
-    episodes: list[EpisodeMetrics]
+    episodes: list[EpisodeRecord]
     losses: dict[str, float]
 
 
@@ -290,29 +243,28 @@ def run_name(cfg: Config, algo: str) -> str:
 @dataclass
 class FitResult:
     run_dir: Path
-    metrics: list[EpisodeMetrics]
+    metrics: list[EpisodeRecord]
     episodes: int
     seconds: float          # wall time of this call's training
     slots_per_s: float      # environment slots (all E envs) per second in this call
     finished: bool          # reached the episode budget (False: stopped early via stop_after)
 
 
-def _write_metrics_csv(path: Path, rows: list[EpisodeMetrics]) -> None:
+def _write_metrics_csv(path: Path, rows: list[EpisodeRecord]) -> None:
     def write(p: Path) -> None:
         with open(p, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(METRIC_FIELDS)
-            w.writerows([[getattr(m, k) for k in METRIC_FIELDS] for m in rows])
+            w.writerow(RECORD_FIELDS)
+            w.writerows([[getattr(m, k) for k in RECORD_FIELDS] for m in rows])
     atomic_write(path, write)
 
 
-def read_metrics_csv(path: Path) -> list[EpisodeMetrics]:
+def read_metrics_csv(path: Path) -> list[EpisodeRecord]:
     with open(path, newline="") as fh:
-        return [EpisodeMetrics(int(r["episode"]), *(float(r[k]) for k in METRIC_FIELDS[1:]))
-                for r in csv.DictReader(fh)]
+        return [record_from_row(r) for r in csv.DictReader(fh)]
 
 
-def plot_curves(metrics: list[EpisodeMetrics], path: Path, title: str) -> None:
+def plot_curves(metrics: list[EpisodeRecord], path: Path, title: str) -> None:
     """Reward and system cost per episode, raw (faint) and smoothed, as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
@@ -349,12 +301,12 @@ class _TensorBoard:
             from torch.utils.tensorboard import SummaryWriter
             self.w = SummaryWriter(str(log_dir), purge_step=purge_step)
 
-    def episodes(self, rows: list[EpisodeMetrics]) -> None:
+    def episodes(self, rows: list[EpisodeRecord]) -> None:
         if self.w is None:
             return
         for m in rows:
             for k, v in asdict(m).items():
-                if k != "episode":
+                if k not in ("episode", "seed"):
                     self.w.add_scalar(f"charts/{k}", v, m.episode)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
@@ -384,7 +336,7 @@ def fit(trainer: Trainer, run_dir: str | Path, episodes: int | None = None, resu
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT_FILE
-    metrics: list[EpisodeMetrics] = []
+    metrics: list[EpisodeRecord] = []
     done = 0
     if resume:
         if not ckpt_path.is_file():
@@ -395,15 +347,15 @@ def fit(trainer: Trainer, run_dir: str | Path, episodes: int | None = None, resu
         trainer.load_state_dict(state["trainer"])
         restore_rng(sim, state["rng"])
         done = int(state["episodes"])
-        metrics = [EpisodeMetrics(int(r[0]), *map(float, r[1:])) for r in state["metrics"].tolist()]
+        metrics = [record_from_row(dict(zip(RECORD_FIELDS, r))) for r in state["metrics"].tolist()]
     else:
         save_config(cfg, run_dir / CONFIG_FILE)
     _write_metrics_csv(run_dir / METRICS_FILE, metrics)  # a resumed run drops rows past its checkpoint
 
     def snapshot() -> dict[str, Any]:
-        table = np.array([[getattr(m, k) for k in METRIC_FIELDS] for m in metrics], dtype=np.float64)
+        table = np.array([[getattr(m, k) for k in RECORD_FIELDS] for m in metrics], dtype=np.float64)
         return {"trainer": trainer.state_dict(), "rng": capture_rng(sim), "episodes": done,
-                "metrics": table.reshape(-1, len(METRIC_FIELDS))}
+                "metrics": table.reshape(-1, len(RECORD_FIELDS))}
 
     meta = {"algo": algo, "config": to_dict(cfg)}
 
@@ -431,7 +383,7 @@ def fit(trainer: Trainer, run_dir: str | Path, episodes: int | None = None, resu
             tb.scalars("losses", it.losses, done)
             tb.scalars("charts", {"slots_per_s": slots / max(elapsed, 1e-9)}, done)
             with open(run_dir / METRICS_FILE, "a", newline="") as fh:
-                csv.writer(fh).writerows([[getattr(m, k) for k in METRIC_FIELDS] for m in rows])
+                csv.writer(fh).writerows([[getattr(m, k) for k in RECORD_FIELDS] for m in rows])
             bar.set_postfix(reward=f"{np.mean([m.reward for m in rows]):.2f}",
                             cost=f"{np.mean([m.cost for m in rows]):.3f}", slots_s=f"{slots / max(elapsed, 1e-9):.0f}",
                             refresh=False)

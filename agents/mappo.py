@@ -25,9 +25,10 @@ from torch import nn
 
 from cosim.config import Config, ConfigError
 from cosim.env import BatchCoSim
+from cosim.runner import EpisodeSums
 
 from .checkpoint import OBS_CLIP
-from .common import EpisodeTracker, Iteration, RunningMeanStd, Trainer, clip_actions
+from .common import Iteration, RunningMeanStd, Trainer, clip_actions
 from .nets import ActorSpec, AgentMLP
 
 EXTRA_SECTION = "mappo"  # training.extra key with the settings below the paper's
@@ -224,7 +225,7 @@ class MAPPOTrainer(Trainer):
     # -- one iteration: rollout, GAE, update ----------------------------------------------------
     def iterate(self, first_episode: int) -> Iteration:
         c, sim, T = self.c, self.sim, self.T
-        tracker = EpisodeTracker(sim)
+        tracker = EpisodeSums(sim)
         raw_obs, raw_state = [], []
         obs, state = sim.reset()
         with torch.no_grad():

@@ -65,9 +65,10 @@ from torch import nn
 
 from cosim.config import Config, ConfigError
 from cosim.env import ACTION_BOUND
+from cosim.runner import EpisodeSums
 
 from .checkpoint import OBS_CLIP
-from .common import EpisodeTracker, Iteration, RunningMeanStd, Trainer
+from .common import Iteration, RunningMeanStd, Trainer
 from .nets import ActorSpec, AgentMLP
 
 EXTRA_SECTION = "offpolicy"  # training.extra key shared by the three off-policy baselines
@@ -388,7 +389,7 @@ class OffPolicyTrainer(Trainer):
         """``n_envs`` whole episodes of exploring actions, each vector step stored in the replay
         buffer and, once warm-up is over, followed by ``updates_per_step`` calls of ``_update``."""
         c, sim = self.c, self.sim
-        tracker = EpisodeTracker(sim)
+        tracker = EpisodeSums(sim)
         stats: dict[str, list[float]] = defaultdict(list)
         obs, state = sim.reset()
         for _ in range(self.T):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -17,29 +17,44 @@ from .stats import ci95
 
 
 @dataclass
-class EpisodeStats:
+class EpisodeRecord:
+    """One episode, as evaluation reports it and training logs it (metrics.csv): the one per-episode record."""
+
     episode: int
-    seed: int
-    cost: float             # mean over slots of the system cost
-    reward: float           # mean over slots of R(t)
-    delay_s: float          # mean over tasks
-    energy_j: float         # mean over tasks
-    instr_share: float      # InstrT parts / RSU parts
+    seed: int                # the reset seed; -1 in training, where the random streams continue
+    reward: float            # mean over slots of R(t)
+    cost: float              # mean over slots of the system cost
+    delay_s: float           # mean over tasks
+    energy_j: float          # mean over tasks
+    instr_share: float       # InstrT parts / RSU parts
+    deadline_miss_rate: float
     deadline_misses: int
     tasks: int
-    q_loc_final: float      # sum over CVs, in units of one average local task (W_ref)
-    q_rsu_final: float      # sum over RSUs, W_ref units
-    energy_queue_final: float  # sum over CVs, J
+    q_loc_mean: float        # local backlog per CV, mean over slots, W_ref units (Fig. 5b)
+    q_rsu_mean: float        # RSU backlog per RSU, mean over slots, W_ref units
+    q_loc_final: float       # sum over CVs at the end, in units of one average local task (W_ref)
+    q_rsu_final: float       # sum over RSUs at the end, W_ref units
+    energy_queue_final: float  # sum over CVs at the end, J
+
+
+RECORD_FIELDS = [f.name for f in fields(EpisodeRecord)]
+_INT_FIELDS = {f.name for f in fields(EpisodeRecord) if f.type in (int, "int")}
+
+
+def record_from_row(row: dict[str, Any]) -> EpisodeRecord:
+    """An EpisodeRecord from strings or floats by field name (metrics.csv rows, checkpoint tables)."""
+    return EpisodeRecord(**{k: int(float(row[k])) if k in _INT_FIELDS else float(row[k]) for k in RECORD_FIELDS})
 
 
 class EpisodeSums:
-    """Per-episode sums of what the slots report, vectorised over the E lockstep environments
-    (shared by evaluation here and the training trackers in agents/common.py)."""
+    """Per-episode sums of what the slots report, vectorised over the E lockstep environments;
+    shared by evaluation (run_episodes) and training (the trainers' rollouts)."""
 
-    KEYS = ("reward", "cost", "delay", "energy", "tasks", "parts", "instr", "misses")
+    KEYS = ("reward", "cost", "delay", "energy", "tasks", "parts", "instr", "misses", "q_loc", "q_rsu")
 
-    def __init__(self, n_envs: int):
-        self.sums = {k: np.zeros(n_envs) for k in self.KEYS}
+    def __init__(self, sim: BatchCoSim):
+        self.sim = sim
+        self.sums = {k: np.zeros(sim.n_envs) for k in self.KEYS}
         self.slots = 0
 
     def add(self, out: StepOutput) -> None:
@@ -53,7 +68,24 @@ class EpisodeSums:
         s["parts"] += r.offloaded.sum((-2, -1))
         s["instr"] += r.instr_mode.sum((-2, -1))  # InstrT is only ever chosen for offloaded parts
         s["misses"] += r.deadline_miss.sum(-1)
+        q, W = self.sim.queues, self.sim.params.W_ref  # the backlogs this slot left behind
+        s["q_loc"] += q.q_loc.mean(-1) / W
+        s["q_rsu"] += q.q_rsu.mean(-1) / W
         self.slots += 1
+
+    def finish(self, first_episode: int, seed: int = -1, n: int | None = None) -> list[EpisodeRecord]:
+        """Records of the first ``n`` (default all E) environments, numbered from ``first_episode``."""
+        s, q, W = self.sums, self.sim.queues, self.sim.params.W_ref
+        div = lambda a, b: np.where(b > 0, a / np.maximum(b, 1e-300), 0.0)  # noqa: E731
+        slots = max(self.slots, 1)
+        cols = {"reward": s["reward"] / slots, "cost": s["cost"] / slots, "delay_s": div(s["delay"], s["tasks"]),
+                "energy_j": div(s["energy"], s["tasks"]), "instr_share": div(s["instr"], s["parts"]),
+                "deadline_miss_rate": div(s["misses"], s["tasks"]), "q_loc_mean": s["q_loc"] / slots,
+                "q_rsu_mean": s["q_rsu"] / slots, "q_loc_final": q.q_loc.sum(-1) / W,
+                "q_rsu_final": q.q_rsu.sum(-1) / W, "energy_queue_final": q.energy.sum(-1)}
+        return [EpisodeRecord(episode=first_episode + e, seed=seed, deadline_misses=int(s["misses"][e]),
+                              tasks=int(s["tasks"][e]), **{k: float(v[e]) for k, v in cols.items()})
+                for e in range(self.sim.n_envs if n is None else n)]
 
 
 def _div(a: float, b: float) -> float:
@@ -82,7 +114,7 @@ def slot_rows(out: StepOutput, episode: int, slot: int, e: int, sim: BatchCoSim)
 
 @dataclass
 class RunResult:
-    episodes: list[EpisodeStats] = field(default_factory=list)
+    episodes: list[EpisodeRecord] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,7 +138,7 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
             obs, _ = sim.reset(seed + chunk)
             if hasattr(policy, "reset"):
                 policy.reset()
-            acc = EpisodeSums(E)
+            acc = EpisodeSums(sim)
             n_here = min(E, episodes - chunk * E)
             done = False
             while not done:
@@ -125,19 +157,10 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
                     if on_slot is not None:
                         on_slot(out, ep, slot_idx)
                 bar.update(n_here)
-            q = sim.queues
+            result.episodes.extend(acc.finish(chunk * E, seed=seed + chunk, n=n_here))
             for e in range(n_here):
-                a = {k: float(v[e]) for k, v in acc.sums.items()}
-                result.episodes.append(EpisodeStats(
-                    episode=chunk * E + e, seed=seed + chunk, cost=_div(a["cost"], acc.slots),
-                    reward=_div(a["reward"], acc.slots), delay_s=_div(a["delay"], a["tasks"]),
-                    energy_j=_div(a["energy"], a["tasks"]), instr_share=_div(a["instr"], a["parts"]),
-                    deadline_misses=int(a["misses"]), tasks=int(a["tasks"]),
-                    q_loc_final=float(q.q_loc[e].sum() / sim.params.W_ref),
-                    q_rsu_final=float(q.q_rsu[e].sum() / sim.params.W_ref),
-                    energy_queue_final=float(q.energy[e].sum())))
-                for k, v in a.items():
-                    totals[k] += v
+                for k in EpisodeSums.KEYS:
+                    totals[k] += float(acc.sums[k][e])
                 totals["slots"] += acc.slots
     finally:
         bar.close()
@@ -185,7 +208,7 @@ def episode_table(result: RunResult) -> str:
     return format_table([asdict(s) for s in result.episodes], EPISODE_COLUMNS)
 
 
-def write_summary(path: str | Path, summary: dict[str, Any], episodes: list[EpisodeStats] | None = None) -> None:
+def write_summary(path: str | Path, summary: dict[str, Any], episodes: list[EpisodeRecord] | None = None) -> None:
     data = dict(summary)
     if episodes is not None:
         data["per_episode"] = [asdict(s) for s in episodes]
