@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cosim.config import Config, CosimError, load_config
+from cosim.resources import checkpoint_dir
 
 if TYPE_CHECKING:
     from .common import FitResult, Trainer
@@ -108,7 +109,7 @@ def train(algo: str | None, cfg: Config | None = None, out: str | Path | None = 
 # ---------------------------------------------------------------------------
 # Policies by name or file: reference policies, the per-slot optimiser, trained checkpoints
 
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "ly-dtmppo_default.safetensors"
+SHIPPED_CHECKPOINT = checkpoint_dir() / "ly-dtmppo_default.safetensors"
 FALLBACK_POLICY = "equal"
 SOLVERS = ("dpp-opt",)  # policies that need the whole simulator
 

@@ -22,9 +22,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import yaml
 
-from cosim.config import REPO_ROOT, ConfigError, CosimError, load_config, to_dict
+from cosim.config import ConfigError, CosimError, load_config, to_dict
+from cosim.resources import REPO_ROOT, config_dir
 
-EXPERIMENTS_DIR = REPO_ROOT / "configs" / "experiments"
+EXPERIMENTS_DIR = config_dir() / "experiments"
 DONE_FILE = "done.json"
 EVAL_SEED_OFFSET = 100_000  # evaluation seeds never meet training seeds
 

@@ -19,8 +19,9 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
+from .resources import config_dir
+
+DEFAULT_CONFIG_PATH = config_dir() / "default.yaml"
 
 
 class CosimError(Exception):

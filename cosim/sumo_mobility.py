@@ -48,7 +48,6 @@ spans. Every CV's position, speed, angle and lane come from subscriptions.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
 import os
@@ -63,7 +62,6 @@ import xml.sax
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
@@ -73,22 +71,12 @@ import traci
 import traci.constants as tc
 from traci.exceptions import FatalTraCIError, TraCIException
 
-from .config import REPO_ROOT, Config, ConfigError, CosimError, RSUConfig
+from sumo_net import generate_road as road
+
+from .config import Config, ConfigError, CosimError, RSUConfig
 from .mobility import BatchMobility, MobilityState, draw_road_start, stack_states
 
 
-def _load_road_generator() -> ModuleType:
-    # sumo_net/ holds data and its generator, not a package: import the generator by path.
-    path = REPO_ROOT / "sumo_net" / "generate_road.py"
-    spec = importlib.util.spec_from_file_location("sumo_net_generate_road", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-road = _load_road_generator()
 
 _VEHICLE_VARS = (tc.VAR_POSITION, tc.VAR_SPEED, tc.VAR_ANGLE, tc.VAR_LANE_INDEX, tc.VAR_ROAD_ID)
 _SIM_VARS = (tc.VAR_TIME, tc.VAR_DEPARTED_VEHICLES_IDS, tc.VAR_ARRIVED_VEHICLES_IDS)

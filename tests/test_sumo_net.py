@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import sumolib
 
-from cosim.config import REPO_ROOT
+from cosim.resources import REPO_ROOT
 from cosim.sumo_mobility import road
 
 pytestmark = pytest.mark.sumo
@@ -21,8 +22,8 @@ ROAD = REPO_ROOT / "sumo_net" / "road"
 
 
 def test_generator_rebuilds_the_committed_files_byte_for_byte(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, str(REPO_ROOT / "sumo_net" / "generate_road.py"), "--out", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "sumo_net.generate_road", "--out", str(tmp_path)],
+                   check=True, capture_output=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     committed = sorted(p.name for p in ROAD.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == committed
     for name in committed:

@@ -1,0 +1,1 @@
+"""Command line of dtcosim: run, train, evaluate, reproduce, plot, bench."""
