@@ -141,7 +141,7 @@ class Trainer(ABC):
     ``iterate`` plays ``sim.n_envs`` whole episodes (``sim.reset()`` ... ``done``),
     learning during or after them as the algorithm likes (PPO after, off-policy
     methods with a replay buffer during), and returns their metrics via
-    :class:`EpisodeTracker`. ``state_dict`` is the *complete* learning state
+    :class:`cosim.runner.EpisodeSums`. ``state_dict`` is the *complete* learning state
     (networks, optimisers, normalisers, replay buffers, counters) as nested
     dicts/lists of tensors, numpy arrays and plain values; :func:`fit` adds the
     random states and saves it atomically; it must not share memory with the live
