@@ -63,7 +63,7 @@ def make_trainer(algo: str, cfg: Config, **sim_kwargs: Any) -> "Trainer":
     seed_everything(cfg.seed)
     sim = BatchCoSim(cfg, n_envs=cfg.training.n_envs, seed=cfg.seed, **sim_kwargs)
     try:
-        trainer = spec.trainer_class()(cfg, sim)
+        trainer = spec.trainer_class()(sim.cfg, sim)  # sim.cfg: with the RSUs placed on the map
     except BaseException:
         sim.close()
         raise

@@ -48,3 +48,5 @@ register_backend("analytic", "cosim.mobility:AnalyticMobility",
                  "the paper's straight road with uniform speeds, in numpy (fast, headless)")
 register_backend("sumo", "cosim.sumo_mobility:SumoBatchMobility",
                  "SUMO: libsumo headless, TraCI with sumo-gui; the paper's road or any map", gui=True)
+register_backend("trace", "cosim.trace_mobility:TraceMobility",
+                 "SUMO mobility recorded by scripts/record_traces.py, replayed at batch speed (trace.dir)")

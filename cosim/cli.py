@@ -20,6 +20,8 @@ def add_common_args(ap: argparse.ArgumentParser, backend_default: str | None = N
                     help=f"mobility backend (default: {backend_default or 'the config backend'})")
     ap.add_argument("--cvs", type=int, default=None, help="number of client vehicles (agents)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: the config seed)")
+    ap.add_argument("--traces", default=None, metavar="DIR",
+                    help="replay SUMO traces recorded by scripts/record_traces.py (backend trace)")
 
 
 def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> Config:
@@ -32,6 +34,9 @@ def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None =
         changes["scenario.n_cvs"] = args.cvs
     if getattr(args, "seed", None) is not None:
         changes["seed"] = args.seed
+    if getattr(args, "traces", None) is not None:
+        changes["trace.dir"] = args.traces
+        changes["backend"] = args.backend or "trace"
     return cfg.replace(**changes) if changes else cfg
 
 

@@ -153,13 +153,30 @@ class SumoConfig:
     step_length_s: float | None = _f(None, 1e-3, 60.0, doc="SUMO step length; null: the map's own (or 1 s)")
     cv_vtype: str | None = _f(None, doc="CVs are vehicles of this vType; null: the first I vehicles to depart")
     background_vehicles: int = _f(0, 0, 100_000, doc="non-CV vehicles on the paper's road")
-    rsu_spacing_m: float = _f(300.0, 10.0, 100_000.0, doc="automatic RSU placement spacing on other maps")
-    rsu_placement: str = _f("config", choices=("config", "auto"))
+    rsu_spacing_m: float = _f(300.0, 10.0, 100_000.0,
+                              doc="automatic RSU placement: least distance between RSUs (shrinks on small maps)")
+    rsu_placement: str = _f("fit", choices=("fit", "config", "auto"),
+                            doc="fit: scenario.rsus where they lie on the map, else auto; config: scenario.rsus "
+                                "or fail; auto: greedy maximum coverage of the map's vehicle-seconds")
+    n_rsus: int | None = _f(None, 1, 64, doc="RSUs placed automatically (null: as many as scenario.rsus)")
+    cv_pool: str = _f("coverage", choices=("coverage", "departure"),
+                      doc="other maps: CV slots go to vehicles inside (or entering) RSU coverage, handed over "
+                          "when they leave; departure: the first vehicles to depart, kept until they arrive")
     random_trips_period_s: float = _f(2.0, 0.01, 1000.0)
-    warmup_s: float = _f(0.0, 0.0, 86_400.0, doc="other maps: SUMO runs this long before the first slot")
+    warmup_s: float | None = _f(None, 0.0, 86_400.0,
+                                doc="other maps: SUMO runs this long before the first slot (null: 60 s; the "
+                                    "paper's road: always 0)")
     use_libsumo: bool = _f(True, doc="libsumo headless; TraCI when false (always TraCI with the GUI)")
     restart_on_crash: bool = _f(False)
     extra_args: tuple[str, ...] = _f((), doc="further SUMO command-line arguments")
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    dir: str | None = _f(None, doc="folder of recorded SUMO traces (scripts/record_traces.py) for backend trace")
+    part: str = _f("train", choices=("train", "eval", "all"),
+                   doc="which recorded episodes to replay: training's, the held-out ones, or all")
+    eval_share: float = _f(0.2, 0.0, 0.9, doc="share of recorded episodes held out for evaluation")
 
 
 @dataclass(frozen=True)
@@ -175,6 +192,7 @@ class Config:
     twin: TwinConfig = field(default_factory=TwinConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     sumo: SumoConfig = field(default_factory=SumoConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
 
     def replace(self, **changes: Any) -> "Config":
         """Dotted-key replacement with validation: cfg.replace(**{"lyapunov.V": 10})."""
@@ -183,6 +201,15 @@ class Config:
     @property
     def n_rsus(self) -> int:
         return len(self.scenario.rsus)
+
+
+def with_rsus(cfg: Config, rsus: Iterable[RSUConfig]) -> Config:
+    """``cfg`` whose ``scenario.rsus`` are ``rsus`` (e.g. placed on a map), so that it reruns with exactly them."""
+    rsus = tuple(rsus)
+    if rsus == cfg.scenario.rsus:
+        return cfg
+    return cfg.replace(**{"scenario.rsus": [to_dict(r) for r in rsus], "sumo.n_rsus": None,
+                          "sumo.rsu_placement": "fit"})
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,6 @@ simulation with E = 1 behind PettingZoo's ParallelEnv API.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from . import model as M
-from .config import Config, CosimError, load_config
+from .config import Config, CosimError, load_config, with_rsus
 from .mobility import BatchMobility, MobilityState, make_mobility
 from .twin import DigitalTwin, ObsLayout
 
@@ -62,9 +61,8 @@ class BatchCoSim:
         self.mobility: BatchMobility = mobility if mobility is not None else make_mobility(
             cfg, self.backend, n_envs, self.n_cvs, **sumo_kwargs)
         rsus = tuple(self.mobility.rsu_configs())
-        if rsus != cfg.scenario.rsus:  # placed on or read from a map: the saved config says which were used
-            cfg = cfg.replace(**{"scenario.rsus": [dataclasses.asdict(r) for r in rsus]})
-        self.cfg = cfg
+        # Placed on or read from a map: the saved config says which were used, and reruns with them.
+        self.cfg = cfg = with_rsus(cfg, rsus)
         self.params = M.ModelParams.from_config(cfg, rsus)
         self.n_rsus = self.params.n_rsus
         self.twin = DigitalTwin(self.params, cfg.twin.enabled, cfg.twin.sync_error, cfg.twin.staleness,

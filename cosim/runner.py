@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from tqdm import tqdm
 
+from . import model as M
 from .env import BatchCoSim, StepOutput
 from .stats import ci95
 
@@ -127,7 +128,7 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
     is called after every slot (the GUI colours vehicles there).
     """
     E = sim.n_envs
-    totals = dict.fromkeys(EpisodeSums.KEYS, 0.0) | {"slots": 0}
+    totals = dict.fromkeys(EpisodeSums.KEYS, 0.0) | {"slots": 0, "active": 0, "covered": 0}
     result = RunResult()
     writer = None
     fh = open(csv_path, "w", newline="") if csv_path else None
@@ -146,6 +147,10 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
                 out = sim.step(_act(policy, obs, sim))
                 obs, done = out.obs, out.done
                 acc.add(out)
+                m = out.mobility  # active CV-slots, and those some RSU covers
+                totals["active"] += int(m.active[:n_here].sum())
+                totals["covered"] += int(M.coverage(sim.params, M.horizontal_distance(sim.params, m.x, m.y),
+                                                    m.active).any(-1)[:n_here].sum())
                 for e in range(n_here):
                     ep = chunk * E + e
                     if fh is not None:
@@ -174,6 +179,8 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
         "mean_energy_j": _div(totals["energy"], totals["tasks"]),
         "instr_share": _div(totals["instr"], totals["parts"]),
         "deadline_miss_rate": _div(totals["misses"], totals["tasks"]),
+        "active_share": _div(totals["active"], totals["slots"] * sim.n_cvs),
+        "covered_share": _div(totals["covered"], totals["active"]),  # of active CV-slots
         "cost_ci95": float(ci95(costs)),
         "episodes": episodes, "slots": totals["slots"], "tasks": int(totals["tasks"]),
         "n_cvs": sim.n_cvs, "n_rsus": sim.n_rsus, "backend": sim.backend,

@@ -33,13 +33,26 @@ How the paper's road mirrors ``AnalyticMobility(boundary='uturn')``
     * ``sumo.background_vehicles`` vehicles of vType ``background`` are inserted at free
       places drawn by SUMO's own ``--seed``.
 
+RSUs on other maps (``sumo.rsu_placement``)
+    ``fit`` keeps ``scenario.rsus`` when they are not the paper's road's and lie on the map;
+    otherwise (and always with ``auto`` or ``sumo.n_rsus``) a separate SUMO runs the map's own
+    demand through the warm-up and one episode, and the RSUs go to candidate sites along the
+    roads by greedy maximum coverage of the sampled vehicle positions, at least
+    ``sumo.rsu_spacing_m`` apart (less on small maps, halved until they fit). ``config`` uses
+    ``scenario.rsus`` or fails. This happens once per process and configuration, with a
+    one-line summary of the map on stderr (:class:`MapSummary`).
+
 CV slots
     Slot i is the agent i for the whole episode. On the road slot i is vehicle ``cv<i>``,
-    which never leaves the ring (``sumo.cv_vtype`` does not apply there). On other maps the
-    CVs are the vehicles of vType ``sumo.cv_vtype`` (or any vehicle when it is null) in the
-    order they depart; a CV that arrives frees its slot, which the next such vehicle to
-    depart fills. A slot without a vehicle (or whose vehicle is being teleported) has
-    ``active = False`` and zeros elsewhere.
+    which never leaves the ring (``sumo.cv_vtype`` does not apply there). On other maps, with
+    ``sumo.cv_pool: coverage``, each RSU is a POI whose context subscription reports the
+    vehicles (of vType ``sumo.cv_vtype``, or any) within its radius; at the end of every slot a
+    slot whose vehicle is gone or outside every radius passes to the free vehicle nearest an
+    RSU, or with none free inside to one heading into coverage (with nobody free it keeps its
+    vehicle). With ``departure`` the CVs are the vehicles in
+    the order they depart; a CV that arrives frees its slot, which the next to depart fills.
+    A slot without a vehicle (or whose vehicle is being teleported) has ``active = False`` and
+    zeros elsewhere.
 
 Each reset (re)loads SUMO with its own ``--seed`` and performs SUMO's first step, which
 inserts the vehicles that depart at time 0; ``advance(dt)`` performs as many steps as dt
@@ -48,6 +61,7 @@ spans. Every CV's position, speed, angle and lane come from subscriptions.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -73,7 +87,7 @@ from traci.exceptions import FatalTraCIError, TraCIException
 
 from sumo_net import generate_road as road
 
-from .config import Config, ConfigError, CosimError, RSUConfig
+from .config import Config, ConfigError, CosimError, RSUConfig, ScenarioConfig, with_rsus
 from .mobility import BatchMobility, MobilityState, draw_road_start, stack_states
 
 
@@ -81,6 +95,8 @@ from .mobility import BatchMobility, MobilityState, draw_road_start, stack_state
 _VEHICLE_VARS = (tc.VAR_POSITION, tc.VAR_SPEED, tc.VAR_ANGLE, tc.VAR_LANE_INDEX, tc.VAR_ROAD_ID)
 _SIM_VARS = (tc.VAR_TIME, tc.VAR_DEPARTED_VEHICLES_IDS, tc.VAR_ARRIVED_VEHICLES_IDS)
 _CONNECT_TIMEOUT_S = 60.0
+_RSU_POI = "cosim_rsu"                # other maps: POI ids of the RSUs
+_FREED_COLOR = (255, 255, 0, 255)     # sumo-gui: a vehicle that is no longer a CV gets SUMO's default yellow
 _labels = itertools.count()
 # libsumo runs one simulation per process: the _Sumo that holds it, if any.
 _libsumo_holder: "_Sumo | None" = None
@@ -175,9 +191,9 @@ def _sumocfg_inputs(path: Path) -> dict[str, list[Path]]:
 
 def _random_trips(net: Path, out_dir: Path, cfg: Config) -> Path:
     trips = out_dir / "random.trips.xml"
-    episode_s = cfg.scenario.episode_slots * cfg.scenario.slot_s
+    episode_s = _warmup_s(cfg, False) + cfg.scenario.episode_slots * cfg.scenario.slot_s  # trips span both
     cmd = [sys.executable, os.path.join(sumo.SUMO_HOME, "tools", "randomTrips.py"),
-           "--net-file", str(net), "--output-trip-file", str(trips), "--seed", str(cfg.seed),
+           "--net-file", str(net.resolve()), "--output-trip-file", str(trips), "--seed", str(cfg.seed),
            "--begin", "0", "--end", repr(episode_s), "--period", repr(cfg.sumo.random_trips_period_s),
            "--validate"]  # drop trips that have no route
     done = subprocess.run(cmd, cwd=out_dir, env=_sumo_env(), capture_output=True, text=True)
@@ -234,20 +250,202 @@ def _rsus_in_box(rsus: Sequence[RSUConfig], net: _NetInfo, name: str) -> tuple[R
     return tuple(rsus)
 
 
-def _rsus_along_roads(template: Sequence[RSUConfig], net: _NetInfo, spacing: float,
-                      name: str) -> tuple[RSUConfig, ...]:
-    """As many RSUs as configured, spaced along the longest roads, each at least ``spacing`` from the rest."""
-    placed: list[tuple[float, float]] = []
+def _warmup_s(cfg: Config, on_road: bool) -> float:
+    """Seconds SUMO runs before the first slot: 0 on the paper's road, else ``sumo.warmup_s`` (null: 60)."""
+    if on_road:
+        return 0.0
+    return cfg.sumo.warmup_s if cfg.sumo.warmup_s is not None else DEFAULT_WARMUP_S
+
+
+DEFAULT_WARMUP_S = 60.0
+_MAX_CANDIDATES = 2000   # candidate RSU sites along the roads
+_MAX_SAMPLES = 10_000    # vehicle positions the greedy choice weighs (a seeded subsample beyond)
+
+
+@dataclass(frozen=True)
+class MapSummary:
+    """What a map offers and how its RSUs cover it (printed once when RSUs are placed)."""
+
+    name: str
+    width_m: float
+    height_m: float
+    vehicles: int            # distinct vehicles seen in the surveyed window (CV candidates only)
+    vehicle_seconds: float   # vehicle presence in the window, slot-sampled
+    n_rsus: int
+    placement: str           # "config" or "auto"
+    spacing_m: float         # least distance between placed RSUs (0 for config RSUs)
+    covered_share: float     # of the window's vehicle-seconds within some RSU's radius
+    window_s: tuple[float, float]  # surveyed simulation time, relative to the map's begin
+    reason: str = ""         # why RSUs were placed automatically
+
+    def line(self) -> str:
+        rsus = (f"{self.n_rsus} RSUs placed where the traffic is ({self.reason}), >= {self.spacing_m:.0f} m apart"
+                if self.placement == "auto" else f"{self.n_rsus} RSUs from scenario.rsus")
+        return (f"map {Path(self.name).name}: {self.width_m:.0f} x {self.height_m:.0f} m, {self.vehicles} vehicles "
+                f"in {self.window_s[0]:g}..{self.window_s[1]:g} s; {rsus}; they cover "
+                f"{self.covered_share:.1%} of {self.vehicle_seconds:.0f} vehicle-seconds")
+
+
+def _sumocfg_begin(path: Path) -> float:
+    element = ET.parse(path).getroot().find(".//begin")
+    if element is None:
+        return 0.0
+    return float(sumolib.miscutils.parseTime(element.get("value", "0")))
+
+
+def _traffic_survey(m: "_Map", cfg: Config, workdir: Path) -> tuple[np.ndarray, int, tuple[float, float]]:
+    """Run the map's own demand through the warm-up and one episode in a separate SUMO; return the
+    CV candidates' positions at every slot of the episode window (N, 2), how many distinct vehicles
+    that is, and the window (s after the map's begin)."""
+    warmup = _warmup_s(cfg, False)
+    episode_s = cfg.scenario.episode_slots * cfg.scenario.slot_s
+    begin = _sumocfg_begin(Path(m.args[1])) if m.args[0] == "-c" else 0.0
+    fcd = workdir / "survey.fcd.xml"
+    argv = [_binary("sumo"), *m.args, "--end", repr(begin + warmup + episode_s), "--seed", str(cfg.seed),
+            "--no-step-log", "true", "--no-warnings", "true", "--fcd-output", str(fcd),
+            "--device.fcd.period", repr(cfg.scenario.slot_s), "--fcd-output.attributes", "x,y,type"]
+    if cfg.sumo.step_length_s is not None:
+        argv += ["--step-length", repr(cfg.sumo.step_length_s)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=_sumo_env())
+    if done.returncode != 0 or not fcd.is_file():
+        raise CosimError(f"SUMO could not load {_argv_map(m.args)}: {_error_line(done.stderr) or 'no message'} "
+                         f"(running the map to place the RSUs)")
+    lo, hi = begin + warmup - 1e-6, begin + warmup + episode_s + 1e-6
+    xy: list[tuple[float, float]] = []
+    seen: set[str] = set()
+    vtype = cfg.sumo.cv_vtype
+    t = -math.inf
+    for event, element in ET.iterparse(fcd, events=("start", "end")):
+        if element.tag == "timestep":
+            if event == "start":
+                t = float(element.get("time", "0"))
+            else:
+                element.clear()  # the survey of a large map is long
+        elif event == "start" and element.tag == "vehicle" and lo <= t <= hi and \
+                (vtype is None or element.get("type") == vtype):
+            xy.append((float(element.get("x", "nan")), float(element.get("y", "nan"))))
+            seen.add(element.get("id", ""))
+    fcd.unlink()
+    return np.asarray(xy, dtype=float).reshape(-1, 2), len(seen), (warmup, warmup + episode_s)
+
+
+def _road_candidates(net: _NetInfo, radius: float) -> np.ndarray:
+    """Points along the roads, every radius / 4 (coarser on large maps), shape (C, 2)."""
+    total = sum(length for length, _ in net.roads)
+    step = max(radius / 4.0, total / _MAX_CANDIDATES)
+    points = []
     for length, shape in net.roads:
-        n = int(length // spacing) + 1
-        for offset in (length - (n - 1) * spacing) / 2.0 + spacing * np.arange(n):
-            x, y = sumolib.geomhelper.positionAtShapeOffset(shape, float(offset))
-            if all(math.hypot(x - px, y - py) >= spacing for px, py in placed):
-                placed.append((x, y))
-            if len(placed) == len(template):
-                return tuple(RSUConfig(x, y, t.height, t.radius) for (x, y), t in zip(placed, template))
-    raise ConfigError(f"sumo.rsu_spacing_m: only {len(placed)} of {len(template)} RSUs fit {spacing:g} m apart "
-                      f"on the roads of {name}; lower the spacing or use sumo.rsu_placement: config")
+        for offset in np.arange(min(step, length) / 2.0, length, step):
+            points.append(sumolib.geomhelper.positionAtShapeOffset(shape, float(offset)))
+    return np.asarray(points, dtype=float).reshape(-1, 2)
+
+
+def greedy_max_coverage(candidates: np.ndarray, samples: np.ndarray, radii: Sequence[float],
+                        spacing: float) -> tuple[list[int], float]:
+    """Pick one candidate per radius, each covering the most samples not yet covered.
+
+    A pick keeps at least ``spacing`` from the others; when no candidate does, the spacing
+    halves until one does (ties go to the lowest index). Returns the picked indices and the
+    spacing that held for all of them.
+    """
+    cover: dict[float, np.ndarray] = {}
+    for r in set(radii):
+        cover[r] = np.hypot(candidates[:, None, 0] - samples[None, :, 0],
+                            candidates[:, None, 1] - samples[None, :, 1]) <= r
+    covered = np.zeros(len(samples), dtype=bool)
+    chosen: list[int] = []
+    held = spacing
+    for r in radii:
+        gain = cover[r][:, ~covered].sum(axis=1)
+        if chosen:
+            gap = np.hypot(candidates[:, None, 0] - candidates[None, chosen, 0],
+                           candidates[:, None, 1] - candidates[None, chosen, 1]).min(axis=1)
+            while not (gap >= held).any() and held > 1e-3:
+                held /= 2.0
+            gain = np.where(gap >= held, gain, -1)
+        best = int(np.argmax(gain))
+        chosen.append(best)
+        covered |= cover[r][best]
+    return chosen, held
+
+
+def covered_share(rsus: Sequence[RSUConfig], samples: np.ndarray) -> float:
+    """Share of sample positions (N, 2) within some RSU's radius (0 when there are none)."""
+    if len(samples) == 0:
+        return 0.0
+    hit = np.zeros(len(samples), dtype=bool)
+    for r in rsus:
+        hit |= np.hypot(samples[:, 0] - r.x, samples[:, 1] - r.y) <= r.radius
+    return float(hit.mean())
+
+
+def _place_by_traffic(template: Sequence[RSUConfig], net: _NetInfo, samples: np.ndarray,
+                      spacing: float, seed: int) -> tuple[tuple[RSUConfig, ...], float]:
+    """Greedy maximum coverage of the sampled vehicle positions by RSUs on the roads."""
+    radii = [t.radius for t in template]
+    candidates = _road_candidates(net, min(radii))
+    x0, y0, x1, y1 = net.bbox
+    # Smaller maps get closer RSUs: at most the map's larger side over the number of RSUs.
+    spacing = min(spacing, max(x1 - x0, y1 - y0, 1.0) / len(template))
+    weighed = samples if len(samples) else candidates  # no traffic seen: cover the roads themselves
+    if len(weighed) > _MAX_SAMPLES:
+        weighed = weighed[np.random.default_rng(seed).choice(len(weighed), _MAX_SAMPLES, replace=False)]
+    chosen, held = greedy_max_coverage(candidates, weighed, radii, spacing)
+    rsus = tuple(RSUConfig(float(candidates[c, 0]), float(candidates[c, 1]), t.height, t.radius)
+                 for c, t in zip(chosen, template))
+    return rsus, held
+
+
+_placements: dict[tuple, tuple[tuple[RSUConfig, ...], MapSummary]] = {}
+
+
+def _resolve_rsus(cfg: Config, m: "_Map", net: _NetInfo,
+                  workdir: Path) -> tuple[tuple[RSUConfig, ...], MapSummary | None]:
+    """The RSUs of this map (see ``sumo.rsu_placement``) and, on other maps, a summary of it.
+
+    Other maps are surveyed (and RSUs placed) once per process and configuration.
+    """
+    s = cfg.sumo
+    if m.road is not None or s.rsu_placement == "config":
+        return _rsus_in_box(cfg.scenario.rsus, net, m.name), None
+    given: tuple[RSUConfig, ...] = ()
+    if s.rsu_placement == "auto":
+        reason = "sumo.rsu_placement = auto"
+    elif s.n_rsus is not None:
+        reason = f"sumo.n_rsus = {s.n_rsus}"
+    elif cfg.scenario.rsus == ScenarioConfig().rsus:
+        reason = "the configured RSUs are the paper's road's"
+    else:
+        try:
+            given = _rsus_in_box(cfg.scenario.rsus, net, m.name)
+            reason = ""
+        except ConfigError as exc:
+            reason = str(exc).split(", which")[0]
+    key = (m.name, cfg.seed, repr(s), repr(dataclasses.replace(cfg.scenario, n_cvs=1)))  # any CV count
+    if key not in _placements:
+        samples, vehicles, window = _traffic_survey(m, cfg, workdir)
+        if given:
+            rsus, held, how = given, 0.0, "config"
+        else:
+            k = s.n_rsus if s.n_rsus is not None else len(cfg.scenario.rsus)
+            template = tuple(cfg.scenario.rsus[i % len(cfg.scenario.rsus)] for i in range(k))
+            rsus, held = _place_by_traffic(template, net, samples, s.rsu_spacing_m, cfg.seed)
+            how = "auto"
+        x0, y0, x1, y1 = net.bbox
+        summary = MapSummary(m.name, x1 - x0, y1 - y0, vehicles, len(samples) * cfg.scenario.slot_s, len(rsus),
+                             how, held, covered_share(rsus, samples), window, reason)
+        _placements[key] = (rsus, summary)
+        print(summary.line(), file=sys.stderr)  # once per map and configuration
+    return _placements[key]
+
+
+def placed_config(cfg: Config) -> Config:
+    """``cfg`` with the RSUs this map gets (placed once per process; unchanged on the paper's road)."""
+    if cfg.backend != "sumo" or not (cfg.sumo.sumocfg or cfg.sumo.net):
+        return cfg
+    mob = SumoMobility(cfg)
+    mob.close()
+    return with_rsus(cfg, mob.rsu_configs())
 
 
 # ---------------------------------------------------------------------------
@@ -437,7 +635,8 @@ class SumoMobility:
     """
 
     def __init__(self, cfg: Config, n_cvs: int | None = None, gui: bool = False, label: str | None = None,
-                 record_dir: str | None = None):
+                 record_dir: str | None = None, rsus: Sequence[RSUConfig] | None = None,
+                 map_summary: "MapSummary | None" = None):
         self.cfg = cfg
         self.n_cvs = n_cvs if n_cvs is not None else cfg.scenario.n_cvs
         if self.n_cvs < 1:
@@ -458,10 +657,10 @@ class SumoMobility:
             self._net = _net_info(str(self._map.net), self._map.net.stat().st_mtime)
             if cfg.sumo.cv_vtype is not None and self._map.road is None:
                 _check_vtype(cfg.sumo.cv_vtype, self._map.demand)
-            if cfg.sumo.rsu_placement == "auto":
-                self._rsus = _rsus_along_roads(cfg.scenario.rsus, self._net, cfg.sumo.rsu_spacing_m, self._map.name)
+            if rsus is not None:  # SumoBatchMobility places them once for all its simulations
+                self._rsus, self.map_summary = tuple(rsus), map_summary
             else:
-                self._rsus = _rsus_in_box(cfg.scenario.rsus, self._net, self._map.name)
+                self._rsus, self.map_summary = _resolve_rsus(cfg, self._map, self._net, workdir)
         except BaseException:
             self._tmp.cleanup()
             raise
@@ -477,6 +676,8 @@ class SumoMobility:
         self._slot_of: dict[str, int] = {}
         self._state: MobilityState | None = None
         self._frame = 0
+        # Other maps: CV slots go to vehicles inside RSU coverage and are handed over when they leave.
+        self._pool = self._map.road is None and cfg.sumo.cv_pool == "coverage"
 
     # -- Mobility protocol -------------------------------------------------------------------
 
@@ -515,7 +716,7 @@ class SumoMobility:
     # -- extras --------------------------------------------------------------------------------
 
     def rsu_configs(self) -> tuple[RSUConfig, ...]:
-        """The RSUs on this map: ``scenario.rsus`` (checked to lie on it) or placed along its longest roads."""
+        """The RSUs on this map: ``scenario.rsus`` (checked to lie on it) or placed where its traffic is."""
         return self._rsus
 
     @property
@@ -543,6 +744,7 @@ class SumoMobility:
 
     def _argv(self, sumo_seed: int, start: _Placement | None) -> list[str]:
         options = {"--seed": str(sumo_seed), "--no-step-log": "true", "--no-warnings": "true",
+                   "--verbose": "false",  # some maps ask for it: it would print SUMO's statistics every episode
                    "--end": "-1"}  # the episode decides when to stop, not the map's end time
         if self.cfg.sumo.step_length_s is not None:
             options["--step-length"] = repr(self.cfg.sumo.step_length_s)
@@ -573,8 +775,10 @@ class SumoMobility:
             api = self._sumo.api
             api.simulation.subscribe(_SIM_VARS)
             self.step_length = api.simulation.getDeltaT()
+            if self._map.road is None:
+                self._add_rsus(api)
             # Other maps start empty: let traffic build up before the first slot.
-            warmup = 0 if self._map.road is not None else round(self.cfg.sumo.warmup_s / self.step_length)
+            warmup = round(_warmup_s(self.cfg, self._map.road is not None) / self.step_length)
             return self._steps(1 + warmup)
         except self._sumo.errors as exc:  # SUMO reads route files as it goes: a bad one fails here
             message = self._sumo.failure(exc)
@@ -590,7 +794,74 @@ class SumoMobility:
                 self._frame += 1
             api.simulationStep()
             self._update_slots(api.simulation.getSubscriptionResults())
+        if self._pool:
+            self._hand_over()
         return self._read()
+
+    def _add_rsus(self, api: Any) -> None:
+        """Other maps: each RSU a POI (in sumo-gui with its coverage circle) that reports the vehicles near it."""
+        from .palette import rsu_hue  # noqa: PLC0415 - only other maps need it
+
+        vars_ = [tc.VAR_POSITION, tc.VAR_ANGLE] + ([tc.VAR_TYPE] if self.cfg.sumo.cv_vtype is not None else [])
+        # Vehicles up to a slot at 30 m/s outside the radius may be entering it.
+        entering_m = 30.0 * self.cfg.scenario.slot_s
+        for k, r in enumerate(self._rsus):
+            poi = f"{_RSU_POI}{k}"
+            size = max(r.radius / 10.0, 1.0)  # visible when the view spans the coverage circles
+            api.poi.add(poi, r.x, r.y, (*rsu_hue(k), 255), f"RSU {k}", 5, "", size, size)
+            if self._pool:
+                api.poi.subscribeContext(poi, tc.CMD_GET_VEHICLE_VARIABLE, r.radius + entering_m, vars_)
+            if self.gui:
+                circle = [(r.x + r.radius * math.cos(a), r.y + r.radius * math.sin(a))
+                          for a in np.linspace(0.0, 2.0 * math.pi, 49)[:-1]]
+                api.polygon.add(f"{poi}_coverage", circle, (0, 120, 255, 40), True, "coverage", -1)
+        if self.gui and self._rsus:
+            # Show every RSU's coverage, in SUMO's standard scheme (vehicles in the colours we give them).
+            view = api.gui.DEFAULT_VIEW
+            api.gui.setSchema(view, "standard")
+            api.gui.setBoundary(view, min(r.x - r.radius for r in self._rsus), min(r.y - r.radius for r in self._rsus),
+                                max(r.x + r.radius for r in self._rsus), max(r.y + r.radius for r in self._rsus))
+
+    def _hand_over(self) -> None:
+        """Give each CV slot whose vehicle is gone or outside every RSU's coverage to a free vehicle
+        inside coverage (the nearest to an RSU first) or, with none, to one heading into it (the
+        closest to the edge first); a CV that is itself entering keeps its slot against another
+        entering one, and with nobody free a slot keeps its vehicle."""
+        api = self._sumo.api
+        vtype = self.cfg.sumo.cv_vtype
+        rank: dict[str, tuple[int, float]] = {}  # (0 inside | 1 entering, distance to the RSU or its edge)
+        for k, r in enumerate(self._rsus):
+            for vehicle, v in api.poi.getContextSubscriptionResults(f"{_RSU_POI}{k}").items():
+                if vtype is not None and v[tc.VAR_TYPE] != vtype:
+                    continue
+                x, y = v[tc.VAR_POSITION]
+                d = math.hypot(x - r.x, y - r.y)
+                if d <= r.radius:
+                    here = (0, d)
+                else:
+                    a = math.radians(v[tc.VAR_ANGLE])  # SUMO: clockwise from north
+                    if math.sin(a) * (r.x - x) + math.cos(a) * (r.y - y) <= 0.0:
+                        continue  # heading away
+                    here = (1, d - r.radius)
+                if here < rank.get(vehicle, (2, 0.0)):
+                    rank[vehicle] = here
+        free = sorted((rk, vehicle) for vehicle, rk in rank.items() if vehicle not in self._slot_of)
+        free.reverse()  # pop() takes the best
+        for slot, vehicle in enumerate(self._slot_vehicle):
+            if not free:
+                break
+            have = rank.get(vehicle, (2, 0.0)) if vehicle is not None else (3, 0.0)
+            if have[0] <= free[-1][0][0]:
+                continue  # inside, or entering with only entering ones to swap for
+            if vehicle is not None:
+                del self._slot_of[vehicle]
+                api.vehicle.unsubscribe(vehicle)
+                if self.gui:
+                    api.vehicle.setColor(vehicle, _FREED_COLOR)
+            new = free.pop()[1]
+            self._slot_vehicle[slot] = new
+            self._slot_of[new] = slot
+            api.vehicle.subscribe(new, _VEHICLE_VARS)
 
     def _update_slots(self, sim: dict[int, Any]) -> None:
         self.sim_time = sim[tc.VAR_TIME]
@@ -608,6 +879,8 @@ class SumoMobility:
     def _slot_for(self, vehicle: str) -> int | None:
         if self._map.road is not None:  # slot i is cv<i>; background vehicles get none
             return int(vehicle[2:]) if vehicle.startswith("cv") else None
+        if self._pool:  # slots are handed out by coverage at the end of each slot
+            return None
         if None not in self._slot_vehicle:
             return None
         vtype = self.cfg.sumo.cv_vtype
@@ -681,8 +954,10 @@ class SumoBatchMobility(BatchMobility):
         self.envs: list[SumoMobility] = []
         try:
             for e in range(n_envs):
+                placed = {} if e == 0 else {"rsus": self.envs[0].rsu_configs(),
+                                            "map_summary": self.envs[0].map_summary}
                 self.envs.append(SumoMobility(cfg.replace(seed=(cfg.seed + e) % 2**31), n_cvs, gui=gui,
-                                              label=f"{prefix}-{e}", record_dir=record_dir))
+                                              label=f"{prefix}-{e}", record_dir=record_dir, **placed))
         except BaseException:
             self.close()
             raise

@@ -3,12 +3,14 @@
 
     python scripts/bench_env.py                 # analytic: PettingZoo env vs batch env (1, 16, 256)
     python scripts/bench_env.py --sumo          # also the SUMO-backed env (libsumo and TraCI), 5 and 50 CVs
+    python scripts/bench_env.py --trace         # also the batch env replaying recorded SUMO traces (256 envs)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,6 +64,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=2.0, help="wall time per measurement")
     ap.add_argument("--sumo", action="store_true", help="also measure the SUMO backend")
+    ap.add_argument("--trace", action="store_true",
+                    help="also the trace backend at 256 envs (on 16 road episodes recorded first)")
     args = ap.parse_args()
     cfg = load_config()
     rows = []
@@ -83,6 +87,13 @@ def main() -> int:
                 c2 = c.replace(**{"sumo.use_libsumo": lib})
                 name = "PettingZoo (libsumo)" if lib else "PettingZoo (TraCI)"
                 add(name, "sumo", 1, cvs, *bench_parallel_env(c2, "sumo", args.seconds))
+    if args.trace:
+        from cosim.trace_mobility import record_episodes, write_meta, write_traces
+        with tempfile.TemporaryDirectory(prefix="cosim-bench-traces-") as d:
+            write_traces(d, record_episodes(cfg, cfg.scenario.n_cvs, range(16)))
+            write_meta(d, cfg, cfg.scenario.n_cvs, cfg.scenario.rsus, "the paper's road")
+            c = cfg.replace(**{"trace.dir": d, "trace.part": "all"})
+            add("batch", "trace", 256, cfg.scenario.n_cvs, *bench_batch_env(c, "trace", 256, args.seconds))
     ref: dict[int, float] = {}
     for r in rows:  # each CV count's first analytic PettingZoo row is its reference
         if r["env"] == "PettingZoo" and r["backend"] == "analytic":
@@ -93,6 +104,9 @@ def main() -> int:
                               ("cvs", "CVs", "{:d}"), ("slots_s", "slots/s", "{:,.0f}"),
                               ("agent_slots_s", "agent-slots/s", "{:,.0f}"),
                               ("ratio", "x PettingZoo analytic (same CVs)", "{:.2f}")]))
+    if args.trace:
+        speed = {r["backend"]: r["slots_s"] for r in rows if r["env"] == "batch" and r["envs"] == 256}
+        print(f"trace backend at 256 envs: {speed['trace'] / speed['analytic']:.2f}x the analytic batch env's slots/s")
     return 0
 
 

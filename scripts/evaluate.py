@@ -47,7 +47,10 @@ def main() -> int:
     if args.episodes < 1:
         ap.error("--episodes must be at least 1")
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, defaults={"trace.part": "eval"})  # traces: the held-out episodes
+    if cfg.backend == "sumo":  # other SUMO maps: config.yaml records where the RSUs went
+        from cosim.sumo_mobility import placed_config
+        cfg = placed_config(cfg)
     names = policy_names() if args.policies is None else [p.strip() for p in args.policies.split(",") if p.strip()]
     known = policy_names()
     for n in names:

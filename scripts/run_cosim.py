@@ -4,7 +4,8 @@
     python scripts/run_cosim.py                          # SUMO headless on the paper's road, default policy
     python scripts/run_cosim.py --gui                    # watch it in sumo-gui (needs a display)
     python scripts/run_cosim.py --gui --record frames/   # and save one PNG per slot
-    python scripts/run_cosim.py --sumocfg my/map.sumocfg --set sumo.rsu_placement=auto
+    python scripts/run_cosim.py --sumocfg my/map.sumocfg    # RSUs placed where its traffic is, CVs inside coverage
+    python scripts/run_cosim.py --net my.net.xml --rsus 5 --cvs 8
     python scripts/run_cosim.py --backend analytic --episodes 3 --policy nearest
 """
 
@@ -18,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm  # noqa: E402
 
-from agents import default_policy, make_policy  # noqa: E402
+from agents import FALLBACK_POLICY, default_policy, make_policy  # noqa: E402
 from cosim.cli import add_common_args, config_from_args, run_main, save_run_config  # noqa: E402
+from cosim.config import CosimError  # noqa: E402
 from cosim.env import BatchCoSim, StepOutput  # noqa: E402
 from cosim.gui import decision_colors, decision_label, slot_line  # noqa: E402
 from cosim.runner import episode_table, run_episodes, write_summary  # noqa: E402
@@ -39,6 +41,8 @@ def main() -> int:
     ap.add_argument("--sumocfg", default=None, help="run another SUMO map: its .sumocfg")
     ap.add_argument("--net", default=None, help="run another SUMO map: its .net.xml (with --routes, or random trips)")
     ap.add_argument("--routes", default=None, help="route file for --net")
+    ap.add_argument("--rsus", type=int, default=None, metavar="K",
+                    help="other maps: place K RSUs where the traffic is (sumo.n_rsus)")
     ap.add_argument("--slots", action="store_true", help="print one line per slot (on by default with --gui)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args()
@@ -47,7 +51,7 @@ def main() -> int:
     if args.record:
         args.gui = True
     sumo_map = {k: v for k, v in (("sumo.sumocfg", args.sumocfg), ("sumo.net", args.net),
-                                  ("sumo.routes", args.routes)) if v is not None}
+                                  ("sumo.routes", args.routes), ("sumo.n_rsus", args.rsus)) if v is not None}
     if args.gui or sumo_map:
         args.backend = "sumo"
     cfg = config_from_args(args, defaults={"backend": "sumo"})
@@ -59,10 +63,18 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_run_config(cfg, out)
     gui_kwargs = {"gui": True, "record_dir": args.record} if args.gui else {}
     with BatchCoSim(cfg, n_envs=1, seed=cfg.seed, **gui_kwargs) as sim:
-        policy = make_policy(policy_name, sim.n_rsus, seed=cfg.seed, env=sim)
+        save_run_config(sim.cfg, out)  # with the RSUs where they were placed
+        try:
+            policy = make_policy(policy_name, sim.n_rsus, seed=cfg.seed, env=sim)
+        except CosimError as exc:
+            if args.policy is not None or policy_name == FALLBACK_POLICY:
+                raise
+            # The shipped checkpoint fits only the CV and RSU counts it was trained for.
+            print(f"note: {exc}; using the {FALLBACK_POLICY} policy instead", file=sys.stderr)
+            policy_name = FALLBACK_POLICY
+            policy = make_policy(policy_name, sim.n_rsus, seed=cfg.seed, env=sim)
         show_slots = args.slots or args.gui
 
         def on_slot(step: StepOutput, episode: int, slot: int) -> None:
@@ -82,6 +94,8 @@ def main() -> int:
     print(f"mean system cost {s['mean_cost']:.4f}, reward {s['mean_reward']:.3f}, delay {s['mean_delay_s']:.4f} s, "
           f"energy {s['mean_energy_j']:.2f} J, InstrT {s['instr_share']:.1%}, "
           f"deadline misses {s['deadline_miss_rate']:.1%}")
+    if cfg.backend != "analytic":
+        print(f"CV slots active {s['active_share']:.1%}, of them covered by an RSU {s['covered_share']:.1%}")
     if hasattr(policy, "summary_text"):  # the per-slot optimiser says how converged its solutions are
         print(policy.summary_text())
     write_summary(out / "summary.json", s, result.episodes)

@@ -41,7 +41,8 @@ def main() -> int:
 
     if args.resume:
         given = [f for f, v in (("--config", args.config), ("--set", args.overrides), ("--backend", args.backend),
-                                ("--cvs", args.cvs), ("--seed", args.seed), ("--out", args.out)) if v]
+                                ("--cvs", args.cvs), ("--seed", args.seed), ("--out", args.out),
+                                ("--traces", args.traces)) if v]
         if given:
             raise CosimError(f"--resume takes the run's own config; drop {', '.join(given)}")
         cfg = None

@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Record SUMO mobility for the `trace` backend: many episodes, in parallel worker processes or on Ray.
+
+    python scripts/record_traces.py --out traces/road --episodes 200                 # the paper's road
+    python scripts/record_traces.py --out traces/cross --sumocfg path/to/cross.sumocfg --cvs 5 --episodes 100
+    python scripts/record_traces.py --out traces/road --episodes 1000 --ray local    # or --ray ADDRESS
+    python scripts/train.py --algo ly-dtmppo --traces traces/road                    # train on the recording
+    python scripts/evaluate.py --checkpoint runs/<run>/policy.safetensors --traces traces/road   # held-out part
+
+Episode j is recorded with seed FIRST_SEED + j, exactly as SumoMobility(cfg).reset(seed) runs
+it. RSUs on other maps are placed once (as run_cosim.py would) and every episode uses them.
+The last trace.eval_share of the episodes (by seed) are held out for evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cosim.cli import add_common_args, config_from_args, run_main  # noqa: E402
+from cosim.config import Config, CosimError, with_rsus  # noqa: E402
+from cosim.resources import REPO_ROOT  # noqa: E402
+from cosim.trace_mobility import record_episodes, split_episodes, write_meta, write_traces  # noqa: E402
+
+
+def resolve_map(cfg: Config) -> tuple[Config, Any]:
+    """The config with this map's RSUs fixed (placed once here, not in every worker)."""
+    from cosim.sumo_mobility import SumoMobility
+
+    mob = SumoMobility(cfg)
+    try:
+        rsus, name = mob.rsu_configs(), mob._map.name
+    finally:
+        mob.close()
+    fixed = with_rsus(cfg, rsus).replace(**{"sumo.rsu_placement": "config"})  # workers: no placement run
+    return fixed, (rsus, name)
+
+
+def _on_ray(cfg: Config, chunks: list[list[int]], address: str, done) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise CosimError("--ray needs Ray: pip install 'ray[default]' (or pip install -e '.[ray]')") from None
+    started = not ray.is_initialized()
+    if started:
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}}
+        if address == "local":
+            kwargs["num_cpus"] = os.cpu_count() or 2
+        else:
+            kwargs["address"] = address
+        ray.init(**kwargs)
+    try:
+        task = ray.remote(num_cpus=1)(record_episodes)
+        pending = {task.remote(cfg, cfg.scenario.n_cvs, c): k for k, c in enumerate(chunks)}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                done(pending.pop(ref), ray.get(ref))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap, backend_default="sumo")
+    ap.add_argument("--out", required=True, help="trace folder to write (meta.json, traces_*.npz)")
+    ap.add_argument("--episodes", type=int, default=100, help="episodes to record (default 100)")
+    ap.add_argument("--first-seed", type=int, default=0, help="episode j uses seed FIRST_SEED + j (default 0)")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes, one SUMO each (default 2)")
+    ap.add_argument("--chunk", type=int, default=None, help="episodes per task (default: spread over the workers)")
+    ap.add_argument("--ray", default=None, metavar="ADDRESS", help="run the tasks on Ray ('local' or an address)")
+    ap.add_argument("--sumocfg", default=None, help="another SUMO map: its .sumocfg")
+    ap.add_argument("--net", default=None, help="another SUMO map: its .net.xml (with --routes, or random trips)")
+    ap.add_argument("--routes", default=None, help="route file for --net")
+    ap.add_argument("--rsus", type=int, default=None, metavar="K", help="other maps: place K RSUs (sumo.n_rsus)")
+    args = ap.parse_args()
+    if args.episodes < 1 or args.workers < 1 or (args.chunk is not None and args.chunk < 1):
+        ap.error("--episodes, --workers and --chunk must be at least 1")
+    cfg = config_from_args(args, defaults={"backend": "sumo"})
+    sumo_map = {k: v for k, v in (("sumo.sumocfg", args.sumocfg), ("sumo.net", args.net),
+                                  ("sumo.routes", args.routes), ("sumo.n_rsus", args.rsus)) if v is not None}
+    cfg = cfg.replace(**sumo_map, backend="sumo")
+    out = Path(args.out)
+    if list(out.glob("traces_*.npz")):
+        raise CosimError(f"--out: {out} already holds traces; choose a new folder")
+
+    t0 = time.perf_counter()
+    cfg, (rsus, name) = resolve_map(cfg)
+    seeds = list(range(args.first_seed, args.first_seed + args.episodes))
+    size = args.chunk or max(1, math.ceil(len(seeds) / (4 * args.workers)))
+    chunks = [seeds[i:i + size] for i in range(0, len(seeds), size)]
+    write_meta(out, cfg, cfg.scenario.n_cvs, rsus, name)
+    active: list[float] = []
+
+    def done(k: int, arrays: dict) -> None:
+        write_traces(out, arrays, part=k)
+        active.append(float(arrays["active"].mean()))
+
+    if args.ray is not None:
+        _on_ray(cfg, chunks, args.ray, done)
+    elif args.workers == 1:
+        for k, c in enumerate(chunks):
+            done(k, record_episodes(cfg, cfg.scenario.n_cvs, c))
+    else:
+        # spawn: each worker its own libsumo, never a forked copy of this process's SUMO state
+        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(record_episodes, cfg, cfg.scenario.n_cvs, c) for c in chunks]
+            for k, f in enumerate(futures):
+                done(k, f.result())
+    seconds = time.perf_counter() - t0
+    n_eval = len(split_episodes(len(seeds), cfg.trace.eval_share, "eval"))
+    print(f"recorded {len(seeds)} episodes of {cfg.scenario.episode_slots} slots, {cfg.scenario.n_cvs} CV slots, "
+          f"{len(rsus)} RSUs on {name} in {seconds:.1f} s ({len(chunks)} tasks); CV slots active "
+          f"{sum(active) / len(active):.1%}; the last {n_eval} (by seed) are held out for evaluation")
+    print(f"wrote {out}/meta.json, {out}/traces_*.npz; train with: python scripts/train.py --algo ly-dtmppo "
+          f"--traces {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
