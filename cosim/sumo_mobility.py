@@ -978,6 +978,11 @@ class SumoBatchMobility(BatchMobility):
     def rsu_configs(self) -> tuple[RSUConfig, ...]:
         return self.envs[0].rsu_configs()
 
+    @property
+    def map_summary(self) -> MapSummary | None:
+        """Other maps: their size, traffic and how the RSUs cover it (None on the paper's road)."""
+        return self.envs[0].map_summary
+
     def show_decisions(self, colors: Sequence[Sequence[int]], labels: Sequence[str] | None = None) -> None:
         self.envs[0].show_decisions(colors, labels)
 

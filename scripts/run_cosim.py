@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -98,6 +99,8 @@ def main() -> int:
         print(f"CV slots active {s['active_share']:.1%}, of them covered by an RSU {s['covered_share']:.1%}")
     if hasattr(policy, "summary_text"):  # the per-slot optimiser says how converged its solutions are
         print(policy.summary_text())
+    if getattr(sim.mobility, "map_summary", None) is not None:  # other maps: size, traffic, RSU coverage
+        s["map"] = dataclasses.asdict(sim.mobility.map_summary)
     write_summary(out / "summary.json", s, result.episodes)
     print(f"wrote {out / 'slots.csv'}, {out / 'summary.json'}, {out / 'config.yaml'}"
           + (f", {args.record}/slot_*.png" if args.record else ""))

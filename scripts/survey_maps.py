@@ -64,7 +64,7 @@ def survey(map_key: dict[str, str], label: str, cvs: int, rsus: int | None, poli
         **map_key, **{"scenario.n_cvs": cvs, "seed": seed, "sumo.n_rsus": rsus})
     row: dict[str, Any] = {"map": label, "cvs": cvs, "costs": {}, "misses": {}}
     with BatchCoSim(cfg, n_envs=1, seed=seed) as sim:
-        summary = sim.mobility.envs[0].map_summary
+        summary = sim.mobility.map_summary
         row.update(width_m=summary.width_m, height_m=summary.height_m, vehicles=summary.vehicles,
                    rsus=sim.n_rsus, placement=summary.placement, vehicle_seconds_covered=summary.covered_share)
         for name in policies:

@@ -148,6 +148,7 @@ def test_run_cosim_on_a_generated_map_with_no_other_flag(small_grid: Path, tmp_p
     assert len(saved["scenario"]["rsus"]) == 3 and saved["scenario"]["rsus"][0]["x"] != 200.0  # not the paper's
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["n_cvs"] == 3 and summary["covered_share"] >= 0.8
+    assert summary["map"]["placement"] == "auto" and summary["map"]["n_rsus"] == 3
 
 
 @pytest.mark.sumo
