@@ -350,8 +350,11 @@ def greedy_max_coverage(candidates: np.ndarray, samples: np.ndarray, radii: Sequ
     """
     cover: dict[float, np.ndarray] = {}
     for r in set(radii):
-        cover[r] = np.hypot(candidates[:, None, 0] - samples[None, :, 0],
-                            candidates[:, None, 1] - samples[None, :, 1]) <= r
+        cover[r] = np.zeros((len(candidates), len(samples)), dtype=bool)
+        for c in range(0, len(candidates), 256):  # in blocks: no (C, N) float matrix at once
+            block = candidates[c:c + 256]
+            cover[r][c:c + 256] = np.hypot(block[:, None, 0] - samples[None, :, 0],
+                                           block[:, None, 1] - samples[None, :, 1]) <= r
     covered = np.zeros(len(samples), dtype=bool)
     chosen: list[int] = []
     held = spacing
