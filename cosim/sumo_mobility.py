@@ -89,6 +89,7 @@ from sumo_net import generate_road as road
 
 from .config import Config, ConfigError, CosimError, RSUConfig, ScenarioConfig, with_rsus
 from .mobility import BatchMobility, MobilityState, draw_road_start, stack_states
+from .palette import rsu_hue
 
 
 
@@ -803,8 +804,6 @@ class SumoMobility:
 
     def _add_rsus(self, api: Any) -> None:
         """Other maps: each RSU a POI (in sumo-gui with its coverage circle) that reports the vehicles near it."""
-        from .palette import rsu_hue  # noqa: PLC0415 - only other maps need it
-
         vars_ = [tc.VAR_POSITION, tc.VAR_ANGLE] + ([tc.VAR_TYPE] if self.cfg.sumo.cv_vtype is not None else [])
         # Vehicles up to a slot at 30 m/s outside the radius may be entering it.
         entering_m = 30.0 * self.cfg.scenario.slot_s
