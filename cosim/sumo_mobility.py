@@ -818,11 +818,13 @@ class SumoMobility:
                           for a in np.linspace(0.0, 2.0 * math.pi, 49)[:-1]]
                 api.polygon.add(f"{poi}_coverage", circle, (0, 120, 255, 40), True, "coverage", -1)
         if self.gui and self._rsus:
-            # Show every RSU's coverage, in SUMO's standard scheme (vehicles in the colours we give them).
+            # Show the covered part of the map, in SUMO's standard scheme (vehicles in the colours we give them).
             view = api.gui.DEFAULT_VIEW
             api.gui.setSchema(view, "standard")
-            api.gui.setBoundary(view, min(r.x - r.radius for r in self._rsus), min(r.y - r.radius for r in self._rsus),
-                                max(r.x + r.radius for r in self._rsus), max(r.y + r.radius for r in self._rsus))
+            x0, y0, x1, y1 = self._net.bbox
+            box = (max(x0, min(r.x - r.radius for r in self._rsus)), max(y0, min(r.y - r.radius for r in self._rsus)),
+                   min(x1, max(r.x + r.radius for r in self._rsus)), min(y1, max(r.y + r.radius for r in self._rsus)))
+            api.gui.setBoundary(view, *box)
 
     def _hand_over(self) -> None:
         """Give each CV slot whose vehicle is gone or outside every RSU's coverage to a free vehicle
