@@ -87,8 +87,9 @@ def main() -> int:
 
         result = run_episodes(sim, policy, args.episodes, seed=cfg.seed, csv_path=out / "slots.csv",
                               on_slot=on_slot, progress=not args.quiet, policy_name=policy_name)
-    where = cfg.sumo.sumocfg or cfg.sumo.net or "the paper's road"
-    print(f"{policy_name} on {cfg.backend} ({where if cfg.backend == 'sumo' else 'analytic road'}), "
+    where = {"sumo": cfg.sumo.sumocfg or cfg.sumo.net or "the paper's road", "analytic": "analytic road",
+             "trace": f"traces in {cfg.trace.dir}, {cfg.trace.part} part"}.get(cfg.backend, cfg.backend)
+    print(f"{policy_name} on {cfg.backend} ({where}), "
           f"{sim.n_cvs} CVs, {sim.n_rsus} RSUs, {args.episodes} episode(s) of {cfg.scenario.episode_slots} slots")
     print(episode_table(result))
     s = result.summary
