@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from gymnasium import spaces
@@ -77,6 +77,9 @@ class BatchCoSim:
         self._rng = np.random.default_rng(self._seed_seq)
         self._closed = False
         self.t = 0
+        # Called with (result, decision) after the model and before the vehicles move on: sumo-gui
+        # then draws each CV's decision where the CV is at the end of its slot.
+        self.before_advance: Callable[[M.SlotResult, M.Decision], None] | None = None
 
     # -- one slot's random inputs and observation --------------------------------------------
     def _begin_slot(self) -> tuple[np.ndarray, np.ndarray]:
@@ -115,6 +118,8 @@ class BatchCoSim:
         result, self.queues = M.slot(self.params, self.queues, self.tasks, self.cv_cpu, self.spec_eff,
                                      decision, self.mob.active)
         mob_now = self.mob
+        if self.before_advance is not None:
+            self.before_advance(result, decision)
         self.mob = self.mobility.advance_batch(self.params.tau)
         self.t += 1
         obs, state = self._begin_slot()

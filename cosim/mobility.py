@@ -80,7 +80,8 @@ class BatchMobility(ABC):
         """Release simulators, processes and files; calling it twice is harmless."""
 
     # GUI hooks: only backends registered with gui=True implement them.
-    def show_decisions(self, colors: Sequence[Sequence[int]], labels: Sequence[str] | None = None) -> None:
+    def show_decisions(self, colors: Sequence[Sequence[int]], labels: Sequence[str] | None = None,
+                       tags: Sequence[str] | None = None) -> None:
         raise CosimError(f"the {type(self).__name__} backend has no GUI")
 
     def screenshot(self, path: str | Path) -> None:

@@ -88,8 +88,9 @@ from traci.exceptions import FatalTraCIError, TraCIException
 from sumo_net import generate_road as road
 
 from .config import Config, ConfigError, CosimError, RSUConfig, ScenarioConfig, with_rsus
+from .gui import LabelMetrics, layout_labels
 from .mobility import BatchMobility, MobilityState, draw_road_start, stack_states
-from .palette import rsu_hue
+from .palette import pale, rsu_hue
 
 
 
@@ -98,6 +99,7 @@ _SIM_VARS = (tc.VAR_TIME, tc.VAR_DEPARTED_VEHICLES_IDS, tc.VAR_ARRIVED_VEHICLES_
 _CONNECT_TIMEOUT_S = 60.0
 _RSU_POI = "cosim_rsu"                # other maps: POI ids of the RSUs
 _FREED_COLOR = (255, 255, 0, 255)     # sumo-gui: a vehicle that is no longer a CV gets SUMO's default yellow
+_GUI_FRAME_PX = (10, 215)             # sumo-gui's window minus its view (menus, tool bars, status bar), measured
 _labels = itertools.count()
 # libsumo runs one simulation per process: the _Sumo that holds it, if any.
 _libsumo_holder: "_Sumo | None" = None
@@ -632,10 +634,13 @@ def _argv_map(argv: Sequence[str]) -> str:
 class SumoMobility:
     """One SUMO simulation behind the Mobility protocol; see the module docstring.
 
-    ``gui=True`` runs sumo-gui (over TraCI) and needs a display. ``record_dir`` (with the GUI)
-    saves one screenshot per slot, ``slot_00000.png``, ``slot_00001.png``, ..., numbered on
-    across episodes. ``close()`` stops SUMO; it also runs when the object is garbage-collected
-    and at interpreter exit.
+    ``gui=True`` runs sumo-gui (over TraCI) and needs a display. Its window is
+    ``generate_road.WINDOW_SIZE`` (``--window-size`` in ``sumo.extra_args`` overrides it), its view
+    is fitted to the area the RSUs cover at each reset, and other maps get the road's view settings
+    (``--gui-settings-file`` in ``sumo.extra_args`` overrides them), which draw the CV labels of
+    ``show_decisions``. ``record_dir`` (with the GUI) saves one screenshot per slot,
+    ``slot_00000.png``, ``slot_00001.png``, ..., numbered on across episodes. ``close()`` stops
+    SUMO; it also runs when the object is garbage-collected and at interpreter exit.
     """
 
     def __init__(self, cfg: Config, n_cvs: int | None = None, gui: bool = False, label: str | None = None,
@@ -669,6 +674,13 @@ class SumoMobility:
             self._tmp.cleanup()
             raise
         self._episode_routes = workdir / "episode.rou.xml"
+        extra = list(cfg.sumo.extra_args)
+        size = extra[extra.index("--window-size") + 1] if "--window-size" in extra[:-1] else None
+        try:
+            self._window = tuple(int(v) for v in size.split(",")) if size else road.WINDOW_SIZE
+        except ValueError:
+            raise ConfigError(f"sumo.extra_args: --window-size {size!r} is not WIDTH,HEIGHT in pixels") from None
+        self._px_per_m = 1.0
         self._sumo = _Sumo(self.label, gui, cfg.sumo.use_libsumo, workdir / "sumo.log")
         weakref.finalize(self, self._sumo.close)
         self._rng = np.random.default_rng(cfg.seed)
@@ -682,6 +694,8 @@ class SumoMobility:
         self._frame = 0
         # Other maps: CV slots go to vehicles inside RSU coverage and are handed over when they leave.
         self._pool = self._map.road is None and cfg.sumo.cv_pool == "coverage"
+        self._labels_drawn: list[tuple[str, str]] = []  # ('poi'|'polygon', id) of the labels drawn now
+        self._view: tuple[float, float, float, float] | None = None  # what sumo-gui shows, m
 
     # -- Mobility protocol -------------------------------------------------------------------
 
@@ -728,15 +742,102 @@ class SumoMobility:
         """Process id of the SUMO behind TraCI (None with libsumo or before the first reset)."""
         return self._sumo.proc.pid if self._sumo.proc is not None else None
 
-    def show_decisions(self, colors: Sequence[Sequence[int]], labels: Sequence[str] | None = None) -> None:
-        """Colour each CV slot's vehicle, (r, g, b, a) in 0..255; ``labels`` become its text in sumo-gui."""
-        if len(colors) != self.n_cvs or (labels is not None and len(labels) != self.n_cvs):
+    def show_decisions(self, colors: Sequence[Sequence[int]], labels: Sequence[str] | None = None,
+                       tags: Sequence[str] | None = None) -> None:
+        """Colour each CV slot's vehicle, (r, g, b, a) in 0..255; ``labels`` (the full decision) go into
+        its ``decision`` parameter, and its label's (sumo-gui: right click, Show Parameter). In sumo-gui each active CV's ``tags``
+        text (e.g. 'cv3 R1 60%') is drawn clear of the road and the other labels, with a line to where
+        the CV is one slot on (this call comes before the vehicles move; see ``BatchCoSim.before_advance``).
+        """
+        if (len(colors) != self.n_cvs or (labels is not None and len(labels) != self.n_cvs)
+                or (tags is not None and len(tags) != self.n_cvs)):
             raise ValueError(f"show_decisions: expected one colour (and label) per CV slot, {self.n_cvs}")
         for slot, vehicle in enumerate(self._slot_vehicle):
             if vehicle is not None:
                 self._sumo.api.vehicle.setColor(vehicle, tuple(int(c) for c in colors[slot]))
                 if labels is not None:
                     self._sumo.api.vehicle.setParameter(vehicle, road.DECISION_PARAM, labels[slot])
+        if tags is not None and self.gui:
+            self._draw_labels(colors, tags, labels)
+
+    def _draw_labels(self, colors: Sequence[Sequence[int]], tags: Sequence[str],
+                     details: Sequence[str] | None) -> None:
+        api = self._sumo.api
+        for kind, name in self._labels_drawn:
+            (api.poi if kind == "poi" else api.polygon).remove(name)
+        self._labels_drawn = []
+        state = self._state
+        slots = [i for i, v in enumerate(self._slot_vehicle) if v is not None and state.active[i]]
+        self._read_view()
+        metrics = LabelMetrics()
+        band, obstacles = None, []
+        spec = self._map.road
+        if spec is not None:  # the road, with room for vehicles drawn wider than their lane
+            half = spec.lanes_per_direction * spec.lane_width_m + 1.5
+            band = (-half, half)
+        # The RSU dots and names; each name on a box of its RSU's hue (sumo-gui draws every POI text
+        # in one colour). On the road a name sits above its RSU, on other maps on it (_add_rsus).
+        for k, r in enumerate(self._rsus):
+            dot = (road.RSU_DOT_M if spec is not None else max(r.radius / 10.0, 1.0)) / 2.0
+            obstacles.append((r.x - dot, r.y - dot, r.x + dot, r.y + dot))
+            w, h = metrics.size_m(f"RSU {k}", self._px_per_m)
+            ny = r.y + (road.RSU_NAME_OFFSET_M if spec is not None else 0.0) - metrics.drop_px / self._px_per_m
+            obstacles.append((r.x - w / 2, ny - h / 2, r.x + w / 2, ny + h / 2))
+            self._add_box(f"cosim_rsu{k}_box", obstacles[-1], pale(rsu_hue(k)), 4.5)
+        if not slots:
+            return
+        # Where each CV will be when sumo-gui draws the frame: one slot on at its present velocity
+        # (exact on the paper's road away from its ends).
+        dt = self.cfg.scenario.slot_s
+        x0, y0, x1, y1 = self._view
+        ahead = np.stack([state.x + state.speed * np.cos(state.heading) * dt,
+                          state.y + state.speed * np.sin(state.heading) * dt], axis=-1)[slots]
+        ahead[:, 0] = np.clip(ahead[:, 0], x0, x1)
+        texts = [tags[i] for i in slots]
+        boxes = layout_labels(ahead, texts, self._px_per_m, self._view, band, obstacles, metrics)
+        for i, (ax, ay), box, text in zip(slots, ahead, boxes, texts):
+            rgb = tuple(int(c) for c in colors[i][:3])
+            cx, cy = 0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3])
+            edge = box[1] if cy > ay else box[3]  # the line ends at the label's side towards its vehicle
+            api.polygon.add(f"cosim_label{i}_line", [(float(ax), float(ay)), (float(cx), float(edge))],
+                            rgb + (255,), False, "label", 4, 0.8)
+            self._labels_drawn.append(("polygon", f"cosim_label{i}_line"))
+            # White, framed in the CV's colour (a pale fill would read as InstrT).
+            self._add_box(f"cosim_label{i}_box", box, (255, 255, 255), 5.5)
+            self._add_box(f"cosim_label{i}_frame", box, rgb, 5.6, fill=False)
+            lift = metrics.drop_px / self._px_per_m  # so that the text lands on its box
+            api.poi.add(f"cosim_label{i}", float(cx), float(cy + lift), rgb + (255,), text, 6, "", 0.1, 0.1)
+            if details is not None:
+                api.poi.setParameter(f"cosim_label{i}", road.DECISION_PARAM, details[i])
+            self._labels_drawn.append(("poi", f"cosim_label{i}"))
+
+    def _add_box(self, name: str, box: tuple[float, float, float, float], rgb: tuple[int, int, int],
+                 layer: float, fill: bool = True) -> None:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        shape = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)] + ([] if fill else [(x0, y0)])
+        self._sumo.api.polygon.add(name, shape, tuple(rgb) + (255,), fill, "label", layer, 1.0)
+        self._labels_drawn.append(("polygon", name))
+
+    def _fit_view(self) -> None:
+        """Show the area the RSUs cover (on the paper's road: all of it), centred, with a small margin."""
+        x0, y0, x1, y1 = self._net.bbox
+        cx0 = max(x0, min(r.x - r.radius for r in self._rsus))
+        cx1 = min(x1, max(r.x + r.radius for r in self._rsus))
+        cy0 = max(y0, min(r.y - r.radius for r in self._rsus))
+        cy1 = min(y1, max(r.y + r.radius for r in self._rsus))
+        if cx1 <= cx0 or cy1 <= cy0:  # RSUs beside the map: show the map
+            cx0, cy0, cx1, cy1 = x0, y0, x1, y1
+        pad = 0.02 * max(cx1 - cx0, cy1 - cy0)
+        gui = self._sumo.api.gui
+        gui.setBoundary(gui.DEFAULT_VIEW, cx0 - pad, cy0 - pad, cx1 + pad, cy1 + pad)
+        self._read_view()
+
+    def _read_view(self) -> None:
+        """What sumo-gui shows now (it keeps its window's aspect; a user may have zoomed or panned)."""
+        gui = self._sumo.api.gui
+        (vx0, vy0), (vx1, vy1) = gui.getBoundary(gui.DEFAULT_VIEW)
+        self._view = (vx0, vy0, vx1, vy1)
+        self._px_per_m = (self._window[0] - _GUI_FRAME_PX[0]) / max(vx1 - vx0, 1e-9)
 
     def screenshot(self, path: str | Path) -> None:
         """Save sumo-gui's view to ``path``. SUMO writes the file during its next step."""
@@ -753,7 +854,11 @@ class SumoMobility:
         if self.cfg.sumo.step_length_s is not None:
             options["--step-length"] = repr(self.cfg.sumo.step_length_s)
         if self.gui:
-            options.update({"--start": "true", "--quit-on-end": "true"})
+            # Top left, so that the dashboard (cosim/dashboard.py) can sit right below it.
+            options.update({"--start": "true", "--quit-on-end": "true", "--window-pos": "0,0",
+                            "--window-size": ",".join(map(str, road.WINDOW_SIZE))})
+            if self._map.road is None:  # other maps: the road's view settings, which the CV labels need
+                options["--gui-settings-file"] = str(road.ROAD_DIR / f"{road.NAME}.view.xml")
         if start is not None:
             # In place of the road's route file: its vTypes and routes, and this episode's vehicles.
             _write_episode_routes(self._episode_routes, self.cfg, self._map.road, self._map.demand[0], start)
@@ -779,8 +884,11 @@ class SumoMobility:
             api = self._sumo.api
             api.simulation.subscribe(_SIM_VARS)
             self.step_length = api.simulation.getDeltaT()
+            self._labels_drawn = []  # a (re)load dropped them
             if self._map.road is None:
                 self._add_rsus(api)
+            if self.gui:
+                self._fit_view()
             # Other maps start empty: let traffic build up before the first slot.
             warmup = round(_warmup_s(self.cfg, self._map.road is not None) / self.step_length)
             return self._steps(1 + warmup)
@@ -813,18 +921,12 @@ class SumoMobility:
             api.poi.add(poi, r.x, r.y, (*rsu_hue(k), 255), f"RSU {k}", 5, "", size, size)
             if self._pool:
                 api.poi.subscribeContext(poi, tc.CMD_GET_VEHICLE_VARIABLE, r.radius + entering_m, vars_)
-            if self.gui:
+            if self.gui:  # the rim of its coverage in its hue, as on the paper's road (sumo_net/generate_road.py)
                 circle = [(r.x + r.radius * math.cos(a), r.y + r.radius * math.sin(a))
-                          for a in np.linspace(0.0, 2.0 * math.pi, 49)[:-1]]
-                api.polygon.add(f"{poi}_coverage", circle, (0, 120, 255, 40), True, "coverage", -1)
-        if self.gui and self._rsus:
-            # Show the covered part of the map, in SUMO's standard scheme (vehicles in the colours we give them).
-            view = api.gui.DEFAULT_VIEW
-            api.gui.setSchema(view, "standard")
-            x0, y0, x1, y1 = self._net.bbox
-            box = (max(x0, min(r.x - r.radius for r in self._rsus)), max(y0, min(r.y - r.radius for r in self._rsus)),
-                   min(x1, max(r.x + r.radius for r in self._rsus)), min(y1, max(r.y + r.radius for r in self._rsus)))
-            api.gui.setBoundary(view, *box)
+                          for a in np.linspace(0.0, 2.0 * math.pi, 49)]
+                api.polygon.add(f"{poi}_coverage", circle, (*rsu_hue(k), 170), False, "coverage", -1,
+                                max(r.radius / 100.0, 1.0))
+        # sumo-gui's view: _fit_view, with the road's view settings (vehicles in the colours we give them).
 
     def _hand_over(self) -> None:
         """Give each CV slot whose vehicle is gone or outside every RSU's coverage to a free vehicle
@@ -987,8 +1089,9 @@ class SumoBatchMobility(BatchMobility):
         """Other maps: their size, traffic and how the RSUs cover it (None on the paper's road)."""
         return self.envs[0].map_summary
 
-    def show_decisions(self, colors: Sequence[Sequence[int]], labels: Sequence[str] | None = None) -> None:
-        self.envs[0].show_decisions(colors, labels)
+    def show_decisions(self, colors: Sequence[Sequence[int]], labels: Sequence[str] | None = None,
+                       tags: Sequence[str] | None = None) -> None:
+        self.envs[0].show_decisions(colors, labels, tags)
 
     def screenshot(self, path: str | Path) -> None:
         self.envs[0].screenshot(path)

@@ -3,7 +3,8 @@
 
     python scripts/run_cosim.py                          # SUMO headless on the paper's road, default policy
     python scripts/run_cosim.py --gui                    # watch it in sumo-gui (needs a display)
-    python scripts/run_cosim.py --gui --record frames/   # and save one PNG per slot
+    python scripts/run_cosim.py --gui --record frames/   # and record sumo-gui, the dashboard and a GIF
+    python scripts/run_cosim.py --backend analytic --record frames/   # headless: the dashboard alone
     python scripts/run_cosim.py --sumocfg my/map.sumocfg    # RSUs placed where its traffic is, CVs inside coverage
     python scripts/run_cosim.py --net my.net.xml --rsus 5 --cvs 8
     python scripts/run_cosim.py --backend analytic --episodes 3 --policy nearest
@@ -24,8 +25,9 @@ from agents import FALLBACK_POLICY, default_policy, make_policy  # noqa: E402
 from cosim.cli import add_common_args, config_from_args, run_main, save_run_config  # noqa: E402
 from cosim.config import CosimError  # noqa: E402
 from cosim.env import BatchCoSim, StepOutput  # noqa: E402
-from cosim.gui import decision_colors, decision_label, slot_line  # noqa: E402
+from cosim.gui import SlotDecisions, decision_colors, decision_label, short_label, slot_line  # noqa: E402
 from cosim.runner import episode_table, run_episodes, write_summary  # noqa: E402
+from sumo_net.generate_road import WINDOW_SIZE  # noqa: E402
 
 
 def main() -> int:
@@ -37,7 +39,13 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=1)
     ap.add_argument("--out", default="runs/cosim", help="output folder for slots.csv, summary.json, config.yaml")
     ap.add_argument("--gui", action="store_true", help="run sumo-gui and colour each CV by its decision")
-    ap.add_argument("--record", metavar="DIR", default=None, help="with the GUI: save one PNG per slot into DIR")
+    ap.add_argument("--record", metavar="DIR", default=None,
+                    help="save the dashboard (and with --gui sumo-gui's view) as one PNG per slot into DIR, "
+                         "and both side by side as DIR/cosim.gif")
+    ap.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=None,
+                    help="a live matplotlib window of cost, reward, delays, splits, queues and the twin "
+                         "(default: on with --gui)")
+    ap.add_argument("--fps", type=float, default=2.0, help="slots per second of the --record animation (default 2)")
     ap.add_argument("--delay", type=int, default=200, metavar="MS", help="sumo-gui delay per step, ms (default 200)")
     ap.add_argument("--sumocfg", default=None, help="run another SUMO map: its .sumocfg")
     ap.add_argument("--net", default=None, help="run another SUMO map: its .net.xml (with --routes, or random trips)")
@@ -49,8 +57,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.episodes < 1:
         ap.error("--episodes must be at least 1")
-    if args.record:
-        args.gui = True
+    if not args.fps > 0:
+        ap.error("--fps must be above 0")
+    show_dashboard = args.dashboard if args.dashboard is not None else args.gui
     sumo_map = {k: v for k, v in (("sumo.sumocfg", args.sumocfg), ("sumo.net", args.net),
                                   ("sumo.routes", args.routes), ("sumo.n_rsus", args.rsus)) if v is not None}
     if args.gui or sumo_map:
@@ -64,8 +73,13 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    gui_kwargs = {"gui": True, "record_dir": args.record} if args.gui else {}
-    with BatchCoSim(cfg, n_envs=1, seed=cfg.seed, **gui_kwargs) as sim:
+    record = Path(args.record) if args.record else None
+    if record is not None:
+        record.mkdir(parents=True, exist_ok=True)
+        # A new recording replaces an old one in DIR (only the files it writes itself).
+        for old in [*record.glob("slot_*.png"), *record.glob("dash_*.png"), record / "cosim.gif"]:
+            old.unlink(missing_ok=True)
+    with BatchCoSim(cfg, n_envs=1, seed=cfg.seed, **({"gui": True} if args.gui else {})) as sim:
         save_run_config(sim.cfg, out)  # with the RSUs where they were placed
         try:
             policy = make_policy(policy_name, sim.n_rsus, seed=cfg.seed, env=sim)
@@ -77,16 +91,44 @@ def main() -> int:
             policy_name = FALLBACK_POLICY
             policy = make_policy(policy_name, sim.n_rsus, seed=cfg.seed, env=sim)
         show_slots = args.slots or args.gui
+        dashboard = None
+        if show_dashboard or record is not None:  # off in a plain headless run: it costs ~0.2 s a slot
+            from cosim.dashboard import Dashboard
+            title = f"{Path(policy_name).stem} on {cfg.backend}, {sim.n_cvs} CVs, {sim.n_rsus} RSUs"
+            below_gui = (0, WINDOW_SIZE[1] + 30) if args.gui else None  # sumo-gui's window is at the top left
+            dashboard = Dashboard(sim, show=show_dashboard, record_dir=record, title=title, window_pos=below_gui)
+        frame = 0
+
+        def before_advance(result, decision) -> None:
+            # The slot's decisions on the vehicles before they move; sumo-gui draws the frame after the move.
+            nonlocal frame
+            view = SlotDecisions(result, decision)
+            n = sim.n_cvs
+            sim.mobility.show_decisions(decision_colors(view), [decision_label(view, 0, i) for i in range(n)],
+                                        [short_label(view, 0, i) for i in range(n)])
+            if record is not None:
+                sim.mobility.screenshot(record / f"slot_{frame:05d}.png")
+            frame += 1
+
+        if args.gui:
+            sim.before_advance = before_advance
 
         def on_slot(step: StepOutput, episode: int, slot: int) -> None:
-            if args.gui:
-                sim.mobility.show_decisions(decision_colors(step),
-                                            [decision_label(step, 0, i) for i in range(sim.n_cvs)])
+            if dashboard is not None:
+                dashboard.update(step, sim, episode, slot)
             if show_slots:
                 tqdm.write(f"ep {episode} {slot_line(step, slot)}")
 
-        result = run_episodes(sim, policy, args.episodes, seed=cfg.seed, csv_path=out / "slots.csv",
-                              on_slot=on_slot, progress=not args.quiet, policy_name=policy_name)
+        try:
+            result = run_episodes(sim, policy, args.episodes, seed=cfg.seed, csv_path=out / "slots.csv",
+                                  on_slot=on_slot, progress=not args.quiet, policy_name=policy_name)
+        finally:
+            if dashboard is not None:
+                dashboard.close()
+    animation = None
+    if record is not None:
+        from cosim.dashboard import write_animation
+        animation = write_animation(record, fps=args.fps)
     where = {"sumo": cfg.sumo.sumocfg or cfg.sumo.net or "the paper's road", "analytic": "analytic road",
              "trace": f"traces in {cfg.trace.dir}, {cfg.trace.part} part"}.get(cfg.backend, cfg.backend)
     print(f"{policy_name} on {cfg.backend} ({where}), "
@@ -104,7 +146,7 @@ def main() -> int:
         s["map"] = dataclasses.asdict(sim.mobility.map_summary)
     write_summary(out / "summary.json", s, result.episodes)
     print(f"wrote {out / 'slots.csv'}, {out / 'summary.json'}, {out / 'config.yaml'}"
-          + (f", {args.record}/slot_*.png" if args.record else ""))
+          + (f", {record}/{'slot_*.png, ' if args.gui else ''}dash_*.png, {animation}" if record else ""))
     return 0
 
 

@@ -45,7 +45,12 @@ ROUTE_EAST, ROUTE_WEST = "loop_east", "loop_west"
 # the route at load time, so this costs time at each load; cosim.sumo_mobility sizes it per episode.
 ROUTE_REPEATS = 1_000
 COVERAGE_VERTICES = 72
-DECISION_PARAM = "decision"  # vehicle parameter that sumo-gui shows beside each CV
+DECISION_PARAM = "decision"  # vehicle parameter holding each CV's full decision (sumo-gui's parameter dialog)
+WINDOW_SIZE = (1200, 500)    # sumo-gui's window, px: its view is about 10 px narrower and 215 px lower
+LABEL_TEXT_SIZE = 50.0       # sumo-gui text size of POI types (CV labels, RSU names): about 12 px high
+RSU_DOT_M = 8.0              # drawn diameter of an RSU, m
+RSU_NAME_OFFSET_M = 14.0     # an RSU's name sits this far north of it, m
+MARKING_PERIOD_M = 12.0      # a lane divider's dash and gap, m
 
 
 @dataclass(frozen=True)
@@ -137,27 +142,59 @@ def add_background(routes: ET.Element, n: int) -> None:
 
 def _rsus(spec: RoadSpec, out: Path) -> None:
     add = ET.Element("additional")
+    _lane_markings(add, spec)
     for k, (x, y, radius) in enumerate(spec.rsus):
         circle = " ".join(
             f"{_num(x + radius * math.cos(a))},{_num(y + radius * math.sin(a))}"
             for a in (2.0 * math.pi * i / COVERAGE_VERTICES for i in range(COVERAGE_VERTICES + 1)))
-        ET.SubElement(add, "poly", id=f"rsu{k}_coverage", type="coverage", color="0,120,255,40",
-                      fill="1", layer="-1", shape=circle)
-        # The RSU's hue is the colour of the CVs that offload to it (cosim/palette.py).
-        ET.SubElement(add, "poi", id=f"rsu{k}", type=f"RSU {k}", color=",".join(map(str, rsu_hue(k))), layer="5",
-                      x=_num(x), y=_num(y), width="4", height="4")
+        # Each RSU in its own hue (cosim/palette.py), the colour of the CVs that offload to it. Only
+        # the rim of its coverage: filled discs overlap into a blend where no hue can be told.
+        hue = ",".join(map(str, rsu_hue(k)))
+        ET.SubElement(add, "poly", id=f"rsu{k}_coverage", type="coverage", color=f"{hue},170",
+                      fill="0", lineWidth="1.5", layer="-1", shape=circle)
+        ET.SubElement(add, "poi", id=f"rsu{k}", color=hue, layer="5", x=_num(x), y=_num(y),
+                      width=_num(RSU_DOT_M), height=_num(RSU_DOT_M))
+        # The name above the dot, clear of the road (sumo-gui draws a POI's type as its text).
+        ET.SubElement(add, "poi", id=f"rsu{k}_name", type=f"RSU {k}", color=hue, layer="5",
+                      x=_num(x), y=_num(y + RSU_NAME_OFFSET_M), width="0.1", height="0.1")
     _write(add, out / f"{NAME}.add.xml")
+
+
+def _lane_markings(add: ET.Element, spec: RoadSpec) -> None:
+    """White lines a person can see at a zoom that shows the whole road: sumo-gui hides its own
+    lane borders when a lane is a few pixels wide. Solid between the directions, dashed between
+    lanes of one direction."""
+    w, half = spec.lane_width_m, spec.lanes_per_direction
+    ET.SubElement(add, "poly", id="marking_centre", type="marking", color="255,255,255", fill="0",
+                  lineWidth="0.9", layer="3", shape=f"0,0 {_num(spec.length_m)},0")
+    for j in range(1, half):
+        for side in (-1, 1):
+            y = _num(side * j * w)
+            n = int(spec.length_m // MARKING_PERIOD_M)
+            for d in range(n):
+                x0 = d * MARKING_PERIOD_M
+                ET.SubElement(add, "poly", id=f"marking_{side * j}_{d}", type="marking", color="255,255,255",
+                              fill="0", lineWidth="0.7", layer="3",
+                              shape=f"{_num(x0)},{y} {_num(x0 + MARKING_PERIOD_M / 2)},{y}")
 
 
 def _view(spec: RoadSpec, out: Path) -> None:
     view = ET.Element("viewsettings")
-    # Only what differs from sumo-gui's defaults: bigger vehicles and RSUs, each CV's decision as text.
+    # Only what differs from sumo-gui's defaults. The whole road spans the window, about 1.7 px
+    # per metre: vehicles drawn 3 times their size, no lane arrows or link decals (clutter at
+    # that zoom). Each CV's label is a POI that cosim.sumo_mobility places clear of the road and
+    # of the other labels; POI texts (those labels and the RSU names) are black, on boxes that
+    # cosim.sumo_mobility draws in the CV's or the RSU's colour.
     scheme = ET.SubElement(view, "scheme", name="cosim")
-    ET.SubElement(scheme, "vehicles", vehicle_exaggeration="4", vehicleTextParam=DECISION_PARAM,
-                  vehicleText_show="1", vehicleText_size="40", vehicleText_constantSize="1")
-    ET.SubElement(scheme, "pois", poi_exaggeration="3", poiType_show="1")
-    # Zoom in percent of the whole network's extent: the road with a margin at both ends.
-    ET.SubElement(view, "viewport", zoom="90", x=_num(spec.length_m / 2.0), y="0")
+    ET.SubElement(scheme, "background", backgroundColor="white", showGrid="0")
+    ET.SubElement(scheme, "edges", laneShowBorders="1", showLinkDecals="0", showDirection="0")
+    ET.SubElement(scheme, "vehicles", vehicleQuality="2", vehicle_exaggeration="3", showBlinker="0",
+                  vehicleTextParam=DECISION_PARAM, vehicleText_show="0")
+    ET.SubElement(scheme, "pois", poi_exaggeration="1", poiType_show="1", poiType_size=_num(LABEL_TEXT_SIZE),
+                  poiType_color="black", poiType_bgColor="0,0,0,0", poiType_constantSize="1")
+    ET.SubElement(scheme, "legend", showSizeLegend="1")
+    # Zoom in percent of the whole network's extent (cosim.sumo_mobility fits the view over TraCI).
+    ET.SubElement(view, "viewport", zoom="100", x=_num(spec.length_m / 2.0), y="0")
     ET.SubElement(view, "delay", value="100")
     _write(view, out / f"{NAME}.view.xml")
 
@@ -175,7 +212,7 @@ def _sumocfg(out: Path) -> None:
     ET.SubElement(report, "no-step-log", value="true")
     gui = ET.SubElement(cfg, "gui_only")
     ET.SubElement(gui, "gui-settings-file", value=f"{NAME}.view.xml")
-    ET.SubElement(gui, "window-size", value="1400,360")  # wide and low, like the road
+    ET.SubElement(gui, "window-size", value=",".join(map(str, WINDOW_SIZE)))
     _write(cfg, out / f"{NAME}.sumocfg")
 
 

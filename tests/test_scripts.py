@@ -67,16 +67,3 @@ def test_run_cosim_on_a_map_that_ships_with_sumo(tmp_path):
     assert p.returncode != 0 and "missing.sumocfg" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_gui_records_coloured_frames(tmp_path):
-    """sumo-gui under a virtual display: one PNG per slot, CVs coloured by decision."""
-    import shutil
-    if shutil.which("xvfb-run") is None:  # .ci/run installs it, so CI always runs this test
-        pytest.skip("xvfb-run is not installed (Debian: apt-get install xvfb xauth)")
-    frames = tmp_path / "frames"
-    p = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x800x24", sys.executable, "scripts/run_cosim.py",
-                        "--gui", "--record", str(frames), "--delay", "0", "--quiet", "--policy", "equal",
-                        "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    pngs = sorted(frames.glob("slot_*.png"))
-    assert len(pngs) >= 30 and all(f.read_bytes()[:4] == b"\x89PNG" for f in pngs)
-    assert "cv0:" in p.stdout  # the per-slot terminal lines

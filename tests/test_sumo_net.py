@@ -58,13 +58,24 @@ def test_u_turns_close_the_ring(net: sumolib.net.Net) -> None:
 
 
 def test_rsus_and_their_coverage() -> None:
+    from cosim.palette import rsu_hue
+
     add = ET.parse(ROAD / "road.add.xml").getroot()
-    pois = [(float(p.get("x")), float(p.get("y"))) for p in add.iter("poi")]
+    pois = [(float(add.find(f"poi[@id='rsu{k}']").get("x")), float(add.find(f"poi[@id='rsu{k}']").get("y")))
+            for k in range(3)]
     assert pois == [(200.0, 9.375), (350.0, 9.375), (500.0, 9.375)]
-    for poly, (x, y) in zip(add.iter("poly"), pois):
+    for k, (x, y) in enumerate(pois):
+        poly = add.find(f"poly[@id='rsu{k}_coverage']")
         points = np.array([[float(v) for v in p.split(",")] for p in poly.get("shape").split()])
         assert np.allclose(np.hypot(points[:, 0] - x, points[:, 1] - y), 200.0, atol=1e-3)
-        assert poly.get("fill") == "1" and int(poly.get("color").split(",")[3]) < 255
+        # a rim in the RSU's own hue, the colour of the CVs that offload to it
+        color = tuple(int(c) for c in poly.get("color").split(","))
+        assert poly.get("fill") == "0" and color[:3] == rsu_hue(k) and color[3] < 255
+        name = add.find(f"poi[@id='rsu{k}_name']")
+        assert name.get("type") == f"RSU {k}" and float(name.get("y")) > y
+    # lane markings: a solid centre line and one dashed divider in each direction
+    ys = {float(p.get("shape").split()[0].split(",")[1]) for p in add.iter("poly") if p.get("type") == "marking"}
+    assert ys == {0.0, -3.75, 3.75}
 
 
 def test_routes_and_config() -> None:
