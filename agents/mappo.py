@@ -173,8 +173,11 @@ class MAPPOTrainer(Trainer):
         # The critic's input for agent i is the global state and agent i's own observation (MAPPO's
         # agent-specific global state): per-agent values need not find agent i's slice of s.
         self.critic = CentralCritic(I, S, D, c.hidden, c.orthogonal_init)
-        self.actor_opt = torch.optim.Adam([*self.actor_net.parameters(), self.log_std], lr=c.lr, eps=1e-5)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=1e-5)
+        # foreach: a few multi-tensor ops per step instead of ~10 small ops per parameter, bit-identical to the
+        # default loop (fused=True is not: its results differ from the 2nd update on, ~1e-9 relative)
+        self.actor_opt = torch.optim.Adam([*self.actor_net.parameters(), self.log_std], lr=c.lr, eps=1e-5,
+                                          foreach=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=1e-5, foreach=True)
         self.obs_rms = RunningMeanStd((D,))
         self.state_rms = RunningMeanStd((S,))
         self.value_norm = ValueNorm(c.value_norm_beta)
@@ -283,8 +286,10 @@ class MAPPOTrainer(Trainer):
         # A minibatch row is one (slot, env) with all I agents; equal-sized minibatches of about
         # batch_size agent-samples (no ragged last one).
         n_mb = max(1, round(n * I / c.batch_size))
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
-                                                         "clipfrac")}
+        keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
+        stats: list[torch.Tensor] = []  # one row of the five per minibatch, read once at the end
+        actor_params = [*self.actor_net.parameters(), self.log_std]
+        critic_params = list(self.critic.parameters())
         for _ in range(c.epochs):
             for mb in torch.tensor_split(torch.randperm(n), n_mb):
                 mean, log_std = self._policy(b_obs[mb])
@@ -302,17 +307,15 @@ class MAPPOTrainer(Trainer):
                 self.critic_opt.zero_grad()
                 loss.backward()
                 if c.max_grad_norm > 0:
-                    nn.utils.clip_grad_norm_([*self.actor_net.parameters(), self.log_std], c.max_grad_norm)
-                    nn.utils.clip_grad_norm_(self.critic.parameters(), c.max_grad_norm)
+                    nn.utils.clip_grad_norm_(actor_params, c.max_grad_norm, foreach=True)
+                    nn.utils.clip_grad_norm_(critic_params, c.max_grad_norm, foreach=True)
                 self.actor_opt.step()
                 self.critic_opt.step()
                 with torch.no_grad():
-                    stats["policy_loss"].append(policy_loss.item())
-                    stats["value_loss"].append(value_loss.item())
-                    stats["entropy"].append(entropy.item())
-                    stats["approx_kl"].append(((ratio - 1) - log_ratio).mean().item())
-                    stats["clipfrac"].append(((ratio - 1).abs() > c.clip).float().mean().item())
-        out = {k: float(np.mean(v)) for k, v in stats.items()}
+                    stats.append(torch.stack([policy_loss, value_loss, entropy, ((ratio - 1) - log_ratio).mean(),
+                                              ((ratio - 1).abs() > c.clip).float().mean()]))
+        # The same float32 values .item() gave, averaged in float64 as before.
+        out = {k: float(np.mean(v)) for k, v in zip(keys, torch.stack(stats).T.tolist())}
         with torch.no_grad():
             v = self._denorm(self._value(b_state, b_obs))
             out["explained_variance"] = float(1 - (b_ret - v).var() / (b_ret.var() + 1e-8))

@@ -20,6 +20,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from . import fused as F
 from . import model as M
 from .config import Config, CosimError, load_config, with_rsus
 from .mobility import BatchMobility, MobilityState, make_mobility
@@ -44,6 +45,14 @@ class StepOutput:
 
 class BatchCoSim:
     """E co-simulated episodes stepped together; numpy arrays in and out."""
+
+    # The step runs in cosim/fused.py's numba kernels when numba is installed (the same numbers as
+    # cosim.model within 1e-9); set False on the class or an instance for the numpy reference.
+    fused: bool = F.AVAILABLE
+
+    @functools.cached_property
+    def _fused_pv(self) -> np.ndarray:
+        return F.param_vector(self.params)
 
     def __init__(self, cfg: Config | None = None, n_envs: int = 1, n_cvs: int | None = None,
                  backend: str | None = None, twin: bool | None = None, seed: int | None = None,
@@ -86,6 +95,9 @@ class BatchCoSim:
         shape = (self.n_envs, self.n_cvs)
         self.tasks = M.draw_tasks(self._rng, self.params, shape)
         self.fading = M.draw_fading(self._rng, shape + (self.n_rsus,))
+        if self.fused:
+            F.channel_and_observation(self)
+            return self.obs, self.state
         mob = self.mob
         hd = M.horizontal_distance(self.params, mob.x, mob.y)
         self.covered = M.coverage(self.params, hd, mob.active)
@@ -114,9 +126,14 @@ class BatchCoSim:
     def step(self, raw_actions: np.ndarray) -> StepOutput:
         """Apply raw actions (E, I, 3K+2) for the current slot and move to the next."""
         raw = np.asarray(raw_actions, dtype=float).reshape(self.n_envs, self.n_cvs, self.action_dim)
-        decision = self.project(raw)
-        result, self.queues = M.slot(self.params, self.queues, self.tasks, self.cv_cpu, self.spec_eff,
-                                     decision, self.mob.active)
+        if self.fused:
+            decision, result, self.queues = F.project_and_slot(
+                self.params, self._fused_pv, self.queues, self.tasks, self.cv_cpu, self.spec_eff, raw,
+                self.covered, self.mob.active)
+        else:
+            decision = self.project(raw)
+            result, self.queues = M.slot(self.params, self.queues, self.tasks, self.cv_cpu, self.spec_eff,
+                                         decision, self.mob.active)
         mob_now = self.mob
         if self.before_advance is not None:
             self.before_advance(result, decision)

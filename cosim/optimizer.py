@@ -26,15 +26,19 @@ Entries that cannot matter (uncovered RSUs, inactive CVs) are not optimised.
 All logits are kept in [-bound, bound] (default 8: e^-16 relative shares are
 far below ``min_split_share``).
 
-Method (pure numpy; every objective value is one row of a batched call to
-:func:`cosim.model.slot`, candidates stacked along the E axis):
+Method (every objective value is one row of a batched call to :func:`cosim.model.slot`,
+candidates stacked along the E axis; with numba installed the same method runs on
+:class:`cosim.fused.SlotObjective`, the decode-and-slot objective and the BFGS loop compiled,
+whose finite-difference probes reuse their point's exponentials, about 1 us per evaluation):
 
 1. Starts: the 'equal' reference decision, a load-balanced heuristic
    (offload evenly over covered RSUs, each RSU's CPU shared evenly by its CVs
    and an idle share), and ``random_starts`` Gaussian perturbations of it.
 2. BFGS on every start at once, vectorised: forward finite-difference
    gradients (d probes per start in one call), a line search on a geometric
-   grid of step sizes (one call), the BFGS inverse-Hessian update. A failed
+   grid of step sizes (one call; ``line_search='scan'`` on the fused path walks it
+   from the longest step, 4 steps at a time, and stops once the values rise again
+   after an improvement), the BFGS inverse-Hessian update. A failed
    line search resets the Hessian; a failure right after a reset stops the
    start (converged). Starts far behind the best are pruned.
 3. A final probe round of random directions at several scales around the best
@@ -47,11 +51,11 @@ Method (pure numpy; every objective value is one row of a batched call to
 
 Measured (default scenario, 35 held-out slots with empty and non-empty queues)
 against the best of 62 starts x 300 iterations: relative gap mean 2.6e-4, median
-1.3e-4, max 1.7e-3, with ~9000 objective evaluations (~0.1 s) per slot. Most of
-what is left is BFGS stopping on a kink (max over parts): Nelder-Mead restarted
-from the returned point finds about that much more, from the 62-start point
-under 1e-4. Sigmoid CPU requests instead of the per-RSU softmax left gaps of
-1-10%.
+1.3e-4, max 1.7e-3, with ~9000 objective evaluations per slot (~70 ms in numpy,
+~8 ms fused; see the README's Speed section). Most of what is left is BFGS
+stopping on a kink (max over parts): Nelder-Mead restarted from the returned
+point finds about that much more, from the 62-start point under 1e-4. Sigmoid
+CPU requests instead of the per-RSU softmax left gaps of 1-10%.
 
 Diagnostics: ``last_stats`` holds one dict per environment of the last slot,
 ``history`` every slot's; :meth:`DppOptimizer.summary` aggregates them (e.g.
@@ -69,6 +73,7 @@ from typing import Any
 
 import numpy as np
 
+from . import fused as F
 from . import model as M
 from .config import CosimError
 from .policies import REFERENCE_POLICIES
@@ -91,6 +96,9 @@ DEFAULTS: dict[str, Any] = {
     "prune_gap": 0.02,         # ... whose objective is this much (relative) behind the best
     "probe_dirs": 32,          # final probe round: directions (each tried + and -, at 3 scales)
     "history": 100_000,        # slots of diagnostics kept for summary() (oldest dropped first)
+    "line_search": "scan",     # scan: walk the step grid from the longest step, stop once values rise again
+    #                            after an improvement; grid: evaluate every step (numba path only; numpy: grid)
+    "fused": True,             # numba objective and BFGS (cosim/fused.py) when numba is installed
 }
 
 
@@ -176,6 +184,12 @@ class SlotProblem:
         self.n_calls = 0
         self._tiled: dict[str, Any] = {}
         self._cap = 0
+        self.fused: F.SlotObjective | None = None  # set by use_fused()
+
+    def use_fused(self) -> "SlotProblem":
+        """Evaluate with cosim/fused.py's kernels (the same numbers within rounding)."""
+        self.fused = F.SlotObjective(self)
+        return self
 
     # -- parameter maps ---------------------------------------------------------------------
     def theta(self, x: np.ndarray) -> np.ndarray:
@@ -243,17 +257,24 @@ class SlotProblem:
     def evaluate_decision(self, dec: M.Decision) -> np.ndarray:
         """Objective -R(t) of N decisions (N, I, ...) -> (N,)."""
         n = dec.split.shape[0]
-        state, tasks, cpu, se, act = self._inputs(n)
-        res, _ = M.slot(self.p, state, tasks, cpu, se, dec, act)
         self.n_evals += n
         self.n_calls += 1
-        obj = -res.reward
+        if self.fused is not None:
+            obj = -self.fused.rewards(dec)
+        else:
+            state, tasks, cpu, se, act = self._inputs(n)
+            res, _ = M.slot(self.p, state, tasks, cpu, se, dec, act)
+            obj = -res.reward
         return np.where(np.isfinite(obj), obj, np.inf)  # a NaN can never win
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Objective of parameter vectors x (N, d) -> (N,)."""
         x = np.asarray(x, dtype=float)
         x = x.reshape((1 if x.ndim < 2 else x.shape[0]), self.d)
+        if self.fused is not None:
+            self.n_evals += x.shape[0]
+            self.n_calls += 1
+            return self.fused(x)
         return self.evaluate_decision(self.decode(self.theta(x)))
 
 
@@ -271,6 +292,12 @@ def _fd_gradient(prob: SlotProblem, x: np.ndarray, f: np.ndarray, h: float) -> n
 
 def bfgs_multistart(prob: SlotProblem, x0: np.ndarray, opt: dict[str, Any]) -> dict[str, np.ndarray]:
     """Minimise from every start (S, d) at once. Returns final x, f, and per-start status."""
+    if prob.fused is not None:  # the same loop in numba (cosim/fused.py)
+        x, f, f0, code, last_gain, iters, n_evals = prob.fused.bfgs(np.asarray(x0, dtype=float), opt)
+        prob.n_evals += int(n_evals)
+        prob.n_calls += 1
+        status = np.array(["iteration", "converged", "pruned"])[code]
+        return {"x": x, "f": f, "f0": f0, "status": status, "last_gain": last_gain, "iterations": iters}
     B, h, tol = prob.bound, float(opt["fd_step"]), float(opt["tol"])
     x = np.clip(np.array(x0, dtype=float), -B, B)
     S, d = x.shape
@@ -387,6 +414,8 @@ class DppOptimizer:
             raise CosimError(f"unknown dpp_opt option(s): {', '.join(sorted(unknown))} "
                              f"(choose from {', '.join(DEFAULTS)})")
         self.options = {**DEFAULTS, **extra, **options}
+        if self.options["line_search"] not in ("scan", "grid"):
+            raise CosimError(f"dpp_opt.line_search: '{self.options['line_search']}' is not one of scan, grid")
         bad = [r for r in self.options["reference_starts"] if r not in REFERENCES]
         if bad:
             raise CosimError(f"dpp_opt.reference_starts: unknown reference(s) {bad} (choose from {REFERENCES})")
@@ -435,12 +464,16 @@ class DppOptimizer:
         t0 = time.perf_counter()
         opt = self.options
         prob = SlotProblem(p, state, tasks, cv_cpu, spec_eff, covered, active, bound=float(opt["bound"]))
+        fused = bool(opt["fused"]) and F.AVAILABLE
+        if fused:
+            prob.use_fused()
         I, K, d = prob.I, prob.K, prob.d
         cov1, act1 = np.asarray(covered, bool).reshape(1, I, K), np.asarray(active, bool).reshape(1, I)
 
         def project(raw: np.ndarray) -> M.Decision:
             n = raw.shape[0]
-            return M.project(p, raw, np.broadcast_to(cov1, (n, I, K)), np.broadcast_to(act1, (n, I)))
+            cov, act = np.broadcast_to(cov1, (n, I, K)), np.broadcast_to(act1, (n, I))
+            return F.project(p, prob.fused.pv, raw, cov, act) if fused else M.project(p, raw, cov, act)
 
         # Starts.
         starts, names = [], []

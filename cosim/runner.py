@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -93,24 +93,41 @@ def _div(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
-def slot_rows(out: StepOutput, episode: int, slot: int, e: int, sim: BatchCoSim) -> Iterable[dict[str, Any]]:
+def slot_columns(n_rsus: int) -> list[str]:
+    """slots.csv's header: one row per slot and CV."""
+    per_rsu = [f"{c}_rsu{k}" for k in range(n_rsus) for c in ("split", "bw", "cpu_ghz", "mode")]
+    return (["episode", "slot", "cv", "active", "x", "y", "lane", "speed", "split_local"] + per_rsu
+            + ["delay_s", "energy_j", "cost", "deadline_miss", "agent_reward", "system_cost", "system_reward"])
+
+
+def slot_rows(out: StepOutput, first_episode: int, slot: int, n_envs: int) -> list[list[Any]]:
+    """The slots.csv rows of environments 0..n_envs-1 (episodes first_episode...) for one step.
+
+    Built from whole arrays (``tolist`` once per quantity, not a dict per row); every value is
+    Python's round() of the float, so the file is what a per-row writer gives."""
     r, d, m = out.result, out.decision, out.mobility
-    for i in range(sim.n_cvs):
-        row: dict[str, Any] = {
-            "episode": episode, "slot": slot, "cv": i, "active": int(r.active[e, i]),
-            "x": round(float(m.x[e, i]), 3), "y": round(float(m.y[e, i]), 3), "lane": int(m.lane[e, i]),
-            "speed": round(float(m.speed[e, i]), 3), "split_local": round(float(d.split[e, i, 0]), 5)}
-        for k in range(sim.n_rsus):
-            off = bool(r.offloaded[e, i, k])
-            row[f"split_rsu{k}"] = round(float(d.split[e, i, k + 1]), 5)
-            row[f"bw_rsu{k}"] = round(float(d.bandwidth[e, i, k]), 5)
-            row[f"cpu_ghz_rsu{k}"] = round(float(d.cpu[e, i, k]) / 1e9, 5)
-            row[f"mode_rsu{k}"] = ("InstrT" if r.instr_mode[e, i, k] else "DataT") if off else ""
-        row.update({
-            "delay_s": float(r.delay[e, i]), "energy_j": float(r.energy[e, i]), "cost": float(r.cost[e, i]),
-            "deadline_miss": int(r.deadline_miss[e, i]), "agent_reward": float(r.agent_reward[e, i]),
-            "system_cost": float(r.system_cost[e]), "system_reward": float(r.reward[e])})
-        yield row
+    n = slice(0, n_envs)
+    L = lambda a: a[n].tolist()  # noqa: E731
+    active, lane = L(r.active.astype(int)), L(m.lane.astype(int))
+    x, y, speed = L(m.x), L(m.y), L(m.speed)
+    split, bw, cpu = L(d.split), L(d.bandwidth), L(d.cpu / 1e9)
+    mode = L(np.where(r.offloaded, np.where(r.instr_mode, "InstrT", "DataT"), ""))
+    delay, energy, cost = L(r.delay), L(r.energy), L(r.cost)
+    miss, agent_reward = L(r.deadline_miss.astype(int)), L(r.agent_reward)
+    system_cost, system_reward = L(r.system_cost), L(r.reward)
+    rows = []
+    for e in range(n_envs):
+        ep, tail = first_episode + e, (system_cost[e], system_reward[e])
+        for i, (a, xe, ye, ln, sp, s_ei, b_ei, c_ei, m_ei, dl, en, co, mi, ar) in enumerate(zip(
+                active[e], x[e], y[e], lane[e], speed[e], split[e], bw[e], cpu[e], mode[e], delay[e], energy[e],
+                cost[e], miss[e], agent_reward[e])):
+            row = [ep, slot, i, a, round(xe, 3), round(ye, 3), ln, round(sp, 3), round(s_ei[0], 5)]
+            for sk, bk, ck, mk in zip(s_ei[1:], b_ei, c_ei, m_ei):
+                row += (round(sk, 5), round(bk, 5), round(ck, 5), mk)
+            row += (dl, en, co, mi, ar)
+            row += tail
+            rows.append(row)
+    return rows
 
 
 @dataclass
@@ -132,6 +149,9 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
     result = RunResult()
     writer = None
     fh = open(csv_path, "w", newline="") if csv_path else None
+    if fh is not None:
+        writer = csv.writer(fh)
+        writer.writerow(slot_columns(sim.n_rsus))
     bar = tqdm(total=episodes * sim.episode_slots, unit="slot", disable=not progress, leave=False,
                desc=policy_name or getattr(policy, "name", "policy"))
     try:
@@ -151,16 +171,11 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
                 totals["active"] += int(m.active[:n_here].sum())
                 totals["covered"] += int(M.coverage(sim.params, M.horizontal_distance(sim.params, m.x, m.y),
                                                     m.active).any(-1)[:n_here].sum())
+                if writer is not None:
+                    writer.writerows(slot_rows(out, chunk * E, slot_idx, n_here))
                 for e in range(n_here):
-                    ep = chunk * E + e
-                    if fh is not None:
-                        for row in slot_rows(out, ep, slot_idx, e, sim):
-                            if writer is None:
-                                writer = csv.DictWriter(fh, fieldnames=list(row))
-                                writer.writeheader()
-                            writer.writerow(row)
                     if on_slot is not None:
-                        on_slot(out, ep, slot_idx)
+                        on_slot(out, chunk * E + e, slot_idx)
                 bar.update(n_here)
             result.episodes.extend(acc.finish(chunk * E, seed=seed + chunk, n=n_here))
             for e in range(n_here):
