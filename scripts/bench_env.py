@@ -118,8 +118,6 @@ def bench_policy(cfg, policy: str, episodes: int, **options) -> tuple[float, flo
 
 def bench_training(cfg, algo: str, episodes: int) -> float:
     """Training slots/s (rollout and update) of ``episodes`` episodes, no logs."""
-    import tempfile
-
     from agents import train
     with tempfile.TemporaryDirectory() as d:
         t0 = clock()
