@@ -61,7 +61,8 @@ def make_trainer(algo: str, cfg: Config, **sim_kwargs: Any) -> "Trainer":
     spec = get_algorithm(algo)
     cfg = cfg.replace(**{"twin.enabled": spec.twin})
     seed_everything(cfg.seed)
-    sim = BatchCoSim(cfg, n_envs=cfg.training.n_envs, seed=cfg.seed, **sim_kwargs)
+    sim = BatchCoSim(cfg, n_envs=cfg.training.n_envs, seed=cfg.seed,
+                     initial_energy_queue=cfg.training.initial_energy_queue, **sim_kwargs)
     try:
         trainer = spec.trainer_class()(sim.cfg, sim)  # sim.cfg: with the RSUs placed on the map
     except BaseException:

@@ -216,8 +216,10 @@ class MAPPOTrainer(Trainer):
         if not self.c.mask_actions:
             return torch.ones(self.E, self.I, self.A)
         any_cov, any_used = covered.any(-1, keepdims=True), used.any(-1, keepdims=True)
-        m = self.sim.actions.assemble(np.concatenate([any_cov, covered], axis=-1),
-                                      np.concatenate([used, any_used], axis=-1), used)
+        p, lay = self.sim.params, self.sim.actions
+        m = lay.assemble(np.concatenate([any_cov, covered], axis=-1),
+                         np.concatenate([used, any_used & (p.bandwidth_mode == "paper")], axis=-1),
+                         used & (p.cpu_mode == "paper"))  # actions.bandwidth=full / cpu=proportional ignore these
         return torch.from_numpy(m.astype(np.float32))
 
     def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

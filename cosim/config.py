@@ -111,6 +111,15 @@ class ActionConfig:
     min_bandwidth_share: float = _f(1e-3, 0.0, 0.3, doc="b_min on a link that carries a part")
     min_split_share: float = _f(0.01, 0.0, 0.3,
                                 doc="parts below this share are dropped and the rest renormalised")
+    bandwidth: str = _f("paper", choices=("paper", "full"),
+                        doc="paper: first K of a softmax over K+1 (an 'unused' entry); full: a softmax over "
+                            "the links that carry a part, so the CV's whole bandwidth is used")
+    split: str = _f("paper", choices=("paper", "balanced"),
+                    doc="paper: softmax split; balanced: the agent picks the RSUs and its local share, the "
+                        "environment splits the offloaded part so that the RSU parts finish together")
+    cpu: str = _f("paper", choices=("paper", "proportional"),
+                  doc="paper: sigmoid requests scaled down per RSU; proportional: each RSU's capacity in "
+                      "proportion to the cycles sent to it (the CPU logits are ignored)")
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,9 @@ class TrainingConfig:
     share_params: bool = _f(True, doc="one actor for all agents with an agent-id one-hot")
     team_reward: bool = _f(False, doc="train on R(t) (true) or on each agent's r_i (false)")
     checkpoint_every: int = _f(100, 1, 10_000_000, doc="episodes between checkpoints")
+    initial_energy_queue: Range = _f((0.0, 0.0), 0.0, 1e9,
+                                     doc="training episodes start from Y_i ~ U[lo, hi] J per CV, so the "
+                                         "policy sees the large energy queues of long runs; [0, 0]: empty")
     extra: dict = _f({}, doc="algorithm-specific settings, free-form")
 
 

@@ -56,7 +56,8 @@ class BatchCoSim:
 
     def __init__(self, cfg: Config | None = None, n_envs: int = 1, n_cvs: int | None = None,
                  backend: str | None = None, twin: bool | None = None, seed: int | None = None,
-                 mobility: Any = None, **sumo_kwargs: Any):
+                 mobility: Any = None, initial_energy_queue: tuple[float, float] | None = None,
+                 **sumo_kwargs: Any):
         cfg = cfg if cfg is not None else load_config()
         if n_cvs is not None:
             cfg = cfg.replace(**{"scenario.n_cvs": n_cvs})
@@ -82,6 +83,8 @@ class BatchCoSim:
         self.actions = M.ActionLayout(self.n_rsus)
         self.action_dim = self.actions.dim
         self.episode_slots = cfg.scenario.episode_slots
+        # Training draws episodes' starting energy queues (training.initial_energy_queue); evaluation starts empty.
+        self.initial_energy_queue = initial_energy_queue
         self._seed_seq = np.random.SeedSequence(seed)
         self._rng = np.random.default_rng(self._seed_seq)
         self._closed = False
@@ -117,11 +120,19 @@ class BatchCoSim:
         self.twin.reset(twin_seed)
         self.cv_cpu = M.draw_cv_cpu(self._rng, self.params, (self.n_envs, self.n_cvs))
         self.queues = M.QueueState.zeros(self.n_envs, self.n_cvs, self.n_rsus, self.params.window)
+        if self.initial_energy_queue is not None and self.initial_energy_queue[1] > 0:
+            # Drawn last, and only when asked for, so that the default streams are unchanged.
+            lo, hi = self.initial_energy_queue
+            self.queues.energy = self._rng.uniform(lo, hi, (self.n_envs, self.n_cvs))
         self.t = 0
         return self._begin_slot()
 
     def project(self, raw: np.ndarray) -> M.Decision:
-        return M.project(self.params, raw, self.covered, self.mob.active)
+        """Raw actions -> a feasible decision under the config's ``actions.*`` parameterisation."""
+        if self.params.paper_actions:
+            return M.project(self.params, raw, self.covered, self.mob.active)
+        return M.project_actions(self.params, raw, self.covered, self.mob.active, self.tasks, self.spec_eff,
+                                 M.start_of_slot_wait(self.params, self.queues))
 
     def step(self, raw_actions: np.ndarray) -> StepOutput:
         """Apply raw actions (E, I, 3K+2) for the current slot and move to the next."""

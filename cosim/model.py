@@ -56,10 +56,19 @@ class ModelParams:
     T_ref: float
     E_ref: float
     W_ref: float
+    bandwidth_mode: str = "paper"  # actions.bandwidth: paper | full
+    split_mode: str = "paper"      # actions.split: paper | balanced
+    cpu_mode: str = "paper"        # actions.cpu: paper | proportional
 
     @property
     def n_rsus(self) -> int:
         return self.rsu_xy.shape[0]
+
+    @property
+    def paper_actions(self) -> bool:
+        """True when every ``actions.*`` parameterisation is the paper's, i.e. :func:`project`
+        alone is the environment's projection (what a fused fast path may assume)."""
+        return (self.bandwidth_mode, self.split_mode, self.cpu_mode) == ("paper", "paper", "paper")
 
     @property
     def rsu_capacity(self) -> float:
@@ -93,6 +102,7 @@ class ModelParams:
             T_ref=work_ref / cpu_ref,
             E_ref=c.kappa_cv * work_ref * cpu_ref**2,
             W_ref=work_ref,
+            bandwidth_mode=cfg.actions.bandwidth, split_mode=cfg.actions.split, cpu_mode=cfg.actions.cpu,
         )
 
 
@@ -280,17 +290,27 @@ def project(p: ModelParams, raw: np.ndarray, covered: np.ndarray, active: np.nda
     Bandwidth: first K entries of a softmax over K+1. CPU: sigmoid requests.
     """
     lay = ActionLayout(p.n_rsus)
-    raw = np.clip(np.nan_to_num(np.asarray(raw, dtype=float)), -_LOGIT_CLIP, _LOGIT_CLIP)
-    split = _softmax(raw[..., lay.split])
+    raw = _clip_raw(raw)
+    split = _split_from_logits(p, raw[..., lay.split], covered, active)
+    bandwidth = _softmax(raw[..., lay.bandwidth])[..., : p.n_rsus]
+    request = 1.0 / (1.0 + np.exp(-raw[..., lay.cpu]))
+    return make_decision(p, split, bandwidth, request)
+
+
+def _clip_raw(raw: np.ndarray) -> np.ndarray:
+    return np.clip(np.nan_to_num(np.asarray(raw, dtype=float)), -_LOGIT_CLIP, _LOGIT_CLIP)
+
+
+def _split_from_logits(p: ModelParams, logits: np.ndarray, covered: np.ndarray,
+                       active: np.ndarray | None) -> np.ndarray:
+    """The paper's split: softmax over K+1, uncovered RSUs and inactive CVs masked, small parts dropped."""
+    split = _softmax(logits)
     split[..., 1:] *= covered
     if active is not None:
         split[..., 0] = np.where(active, split[..., 0], 1.0)
         split[..., 1:] *= active[..., None]
     split /= split.sum(axis=-1, keepdims=True)
-    split = drop_small_parts(split, p.min_split_share)
-    bandwidth = _softmax(raw[..., lay.bandwidth])[..., : p.n_rsus]
-    request = 1.0 / (1.0 + np.exp(-raw[..., lay.cpu]))
-    return make_decision(p, split, bandwidth, request)
+    return drop_small_parts(split, p.min_split_share)
 
 
 def drop_small_parts(split: np.ndarray, min_share: float) -> np.ndarray:
@@ -301,6 +321,180 @@ def drop_small_parts(split: np.ndarray, min_share: float) -> np.ndarray:
     keep = (split >= min_share) | (split == split.max(axis=-1, keepdims=True))
     split = np.where(keep, split, 0.0)
     return split / split.sum(axis=-1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------
+# Action parameterisations beyond the paper's (actions.bandwidth, actions.split, actions.cpu)
+#
+# Each keeps C4-C6 and only narrows what the paper's projection can produce, so the per-slot
+# optimiser over the paper's parameterisation (dpp-opt) bounds every option from below.
+
+def masked_softmax(z: np.ndarray, mask: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Softmax over the entries where ``mask``; all zeros where nothing is allowed."""
+    zm = np.where(mask, z, -np.inf)
+    top = zm.max(axis=axis, keepdims=True)
+    e = np.where(mask, np.exp(zm - np.where(np.isfinite(top), top, 0.0)), 0.0)
+    tot = e.sum(axis=axis, keepdims=True)
+    return e / np.where(tot > 0, tot, 1.0)
+
+
+def full_bandwidth(logits: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """``actions.bandwidth = full``: the K bandwidth logits (..., K) softmaxed over the links that
+    carry a part, so sum_k b_ik = 1 wherever a part is offloaded (0 elsewhere). C4 allows less, but
+    here nothing gains from unused bandwidth: a faster upload is both quicker and cheaper."""
+    return masked_softmax(logits, used)
+
+
+def proportional_cpu_request(split: np.ndarray, size: np.ndarray, intensity: np.ndarray) -> np.ndarray:
+    """``actions.cpu = proportional``: w_ik = the compute cycles CV i sends to RSU k over all cycles
+    sent to RSU k, so sum_i w_ik = 1 at every RSU that gets work and a CV's share follows its work,
+    not requests it cannot see. Co-processing cycles (InstrT) are left out: the mode is chosen
+    after the allocation. split (E, I, K+1), size and intensity (E, I) -> (E, I, K)."""
+    cycles = split[..., 1:] * (size * intensity)[..., None]
+    total = cycles.sum(axis=-2, keepdims=True)
+    return np.where(total > 0, cycles / np.where(total > 0, total, 1.0), 0.0)
+
+
+def start_of_slot_wait(p: ModelParams, state: "QueueState") -> np.ndarray:
+    """W_k (E, K) that the balanced split plans with: Little's law over the window as it stands
+    when the slot starts (the slot's own arrivals are not known yet; :func:`slot` then includes them)."""
+    return littles_law_delay(p.tau, state.hist_q_rsu, state.hist_lam_rsu)
+
+
+@dataclass
+class PartDelayLines:
+    """A part's delay at share l on each link: T_ik(l) = min(data0 + data1 l, instr0 + instr1 l)
+    (DataT and InstrT, the faster wins, eqs. 7-14 and 19), arrays (E, I, K)."""
+
+    data0: np.ndarray
+    data1: np.ndarray
+    instr0: np.ndarray
+    instr1: np.ndarray
+
+    def delay(self, share: np.ndarray) -> np.ndarray:
+        return np.minimum(self.data0 + self.data1 * share, self.instr0 + self.instr1 * share)
+
+    def share(self, T: np.ndarray) -> np.ndarray:
+        """The share that finishes at time T (E, I, 1): the inverse of :meth:`delay`, floored at 0."""
+        return np.maximum(0.0, np.maximum((T - self.data0) / self.data1, (T - self.instr0) / self.instr1))
+
+
+def part_delay_lines(p: ModelParams, tasks: Tasks, rate: np.ndarray, cpu: np.ndarray,
+                     wait_rsu: np.ndarray) -> PartDelayLines:
+    """DataT: W_k + l (G/R + G I_task/F); InstrT: W_k + G_ins/R + l G (I_co + I_task)/F."""
+    G = tasks.size[..., None]
+    inv_r = 1.0 / np.maximum(rate, _EPS)
+    inv_f = 1.0 / np.maximum(cpu, _EPS)
+    w = np.broadcast_to(wait_rsu[..., None, :], rate.shape)
+    tiny = 1e-300  # slopes stay positive so that the inverse exists
+    return PartDelayLines(
+        data0=w, data1=np.maximum(G * (inv_r + tasks.intensity[..., None] * inv_f), tiny),
+        instr0=w + tasks.instr[..., None] * inv_r,
+        instr1=np.maximum(G * (tasks.co_intensity[..., None] + tasks.intensity[..., None]) * inv_f, tiny))
+
+
+def proportional_part_delay_lines(p: ModelParams, tasks: Tasks, rate: np.ndarray, split: np.ndarray,
+                                  wait_rsu: np.ndarray) -> PartDelayLines:
+    """The same lines under ``cpu = proportional``, exact in a CV's own share given the others':
+    F_ik = cap c_ik / C_k makes the compute delay C_k / cap = (C_k^-i + l G I_task) / cap and the
+    InstrT co-processing delay I_co C_k / (cap I_task), both affine in l (C_k^-i: the others' cycles)."""
+    G, I, Ico = tasks.size[..., None], tasks.intensity[..., None], tasks.co_intensity[..., None]
+    cycles = split[..., 1:] * G * I
+    other = (cycles.sum(axis=-2, keepdims=True) - cycles) / p.rsu_capacity  # s
+    inv_r = 1.0 / np.maximum(rate, _EPS)
+    w = np.broadcast_to(wait_rsu[..., None, :], rate.shape)
+    return PartDelayLines(data0=w + other, data1=G * (inv_r + I / p.rsu_capacity),
+                          instr0=w + tasks.instr[..., None] * inv_r + other * (1.0 + Ico / I),
+                          instr1=G * (Ico + I) / p.rsu_capacity)
+
+
+def balance_parts(lines: PartDelayLines, offload: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Split ``offload`` (E, I) over the ``chosen`` links (E, I, K) so that every part finishes at
+    the same time T: sum_k l_k(T) = offload with l_k(T) the inverse of the part's delay.
+
+    sum_k l_k(T) is convex, increasing and piecewise linear in T (each l_k is a max of affine
+    pieces), so Newton's method started to the right of the root moves monotonically onto it and
+    is exact after at most one step per breakpoint (3K + 1 steps). Links whose wait alone exceeds T
+    get 0. Returns the shares (E, I, K), summing to ``offload``."""
+    K = chosen.shape[-1]
+    L = offload[..., None]
+    # Right of the root: every chosen link alone could take all of it by then.
+    T = np.where(chosen, lines.delay(L), -np.inf).max(axis=-1, keepdims=True)
+    T = np.where(np.isfinite(T), T, 0.0)
+    for _ in range(3 * K + 1):
+        l_data, l_instr = (T - lines.data0) / lines.data1, (T - lines.instr0) / lines.instr1
+        share = np.where(chosen, np.maximum(0.0, np.maximum(l_data, l_instr)), 0.0)
+        slope = np.where(chosen & (np.maximum(l_data, l_instr) > 0),
+                         np.where(l_instr > l_data, 1.0 / lines.instr1, 1.0 / lines.data1), 0.0)
+        f, df = share.sum(-1, keepdims=True) - L, slope.sum(-1, keepdims=True)
+        T = np.where((f > 0) & (df > 0), T - f / np.where(df > 0, df, 1.0), T)
+    share = np.where(chosen, lines.share(T), 0.0)
+    tot = share.sum(-1, keepdims=True)
+    return np.where(tot > 0, share * L / np.where(tot > 0, tot, 1.0), 0.0)
+
+
+def part_spread(rsu_delay: np.ndarray, offloaded: np.ndarray) -> np.ndarray:
+    """(max - min) / max of a task's RSU part delays (E, I); NaN where fewer than two parts."""
+    hi = np.where(offloaded, rsu_delay, -np.inf).max(-1)
+    lo = np.where(offloaded, rsu_delay, np.inf).min(-1)
+    two = offloaded.sum(-1) >= 2
+    return np.where(two, (hi - lo) / np.where(two & (hi > 0), hi, 1.0), np.nan)
+
+
+def project_actions(p: ModelParams, raw: np.ndarray, covered: np.ndarray, active: np.ndarray | None = None,
+                    tasks: Tasks | None = None, spec_eff: np.ndarray | None = None,
+                    wait_rsu: np.ndarray | None = None, passes: int | None = None) -> Decision:
+    """The environment's projection under ``p``'s ``actions.*`` options (:func:`project` when they
+    are all the paper's). ``tasks``, ``spec_eff`` (E, I, K) and ``wait_rsu`` (E, K) are needed by
+    ``cpu = proportional`` (tasks) and ``split = balanced`` (all three).
+
+    Balanced: the paper's split decides which RSUs are used (parts above ``min_split_share``) and
+    the local share; the rest is split by :func:`balance_parts` with the rates and CPU the decision
+    gives. Parts that come out below ``min_split_share`` are dropped and the rest rebalanced, and
+    under ``proportional`` CPU (which follows the shares) the split and the allocation are iterated,
+    ``passes`` times in all (default 3, or 12 under ``proportional``, whose CPU couples the CVs at an
+    RSU: each pass is every CV's exact answer to the others' previous shares, a fixed-point iteration);
+    :func:`part_spread` measures what is left.
+    """
+    if p.paper_actions:
+        return project(p, raw, covered, active)
+    if (p.split_mode == "balanced" and (tasks is None or spec_eff is None or wait_rsu is None)) or \
+            (p.cpu_mode == "proportional" and tasks is None):
+        raise ValueError("project_actions: split=balanced needs tasks, spec_eff and wait_rsu; "
+                         "cpu=proportional needs tasks")
+    lay = ActionLayout(p.n_rsus)
+    raw = _clip_raw(raw)
+    split = _split_from_logits(p, raw[..., lay.split], covered, active)
+    request = 1.0 / (1.0 + np.exp(-raw[..., lay.cpu]))
+    paper_bw = _softmax(raw[..., lay.bandwidth])[..., : p.n_rsus]
+
+    def decide(split: np.ndarray) -> Decision:
+        used = split[..., 1:] > 0
+        bw = full_bandwidth(raw[..., lay.bandwidth_rsu], used) if p.bandwidth_mode == "full" else paper_bw
+        w = proportional_cpu_request(split, tasks.size, tasks.intensity) if p.cpu_mode == "proportional" \
+            else request
+        return make_decision(p, split, bw, w)
+
+    dec = decide(split)
+    if p.split_mode != "balanced":
+        return dec
+    local = split[..., :1]
+    offload = 1.0 - local[..., 0]
+    chosen = split[..., 1:] > 0
+    if passes is None:
+        passes = 12 if p.cpu_mode == "proportional" else 3
+    for _ in range(passes):
+        rate = p.sensing_gain * dec.bandwidth * p.bandwidth * spec_eff
+        lines = proportional_part_delay_lines(p, tasks, rate, dec.split, wait_rsu) \
+            if p.cpu_mode == "proportional" else part_delay_lines(p, tasks, rate, dec.cpu, wait_rsu)
+        parts = balance_parts(lines, offload, chosen)
+        # A part too small to be worth a link is dropped (the largest always stays).
+        chosen = chosen & ((parts >= p.min_split_share) | (parts == parts.max(-1, keepdims=True)))
+        parts = np.where(chosen, parts, 0.0)
+        tot = parts.sum(-1, keepdims=True)
+        parts = np.where(tot > 0, parts * offload[..., None] / np.where(tot > 0, tot, 1.0), 0.0)
+        dec = decide(np.concatenate([local, parts], axis=-1))
+    return dec
 
 
 # ---------------------------------------------------------------------------

@@ -439,6 +439,9 @@ class DppOptimizer:
 
     def act_sim(self, sim: Any) -> np.ndarray:
         """Raw actions (E, I, 3K+2) that maximise each environment's R(t) this slot."""
+        if not sim.params.paper_actions:  # its raw actions are in the paper's projection's image only
+            raise CosimError("dpp-opt optimises the paper's action parameterisation (it bounds every actions.* "
+                             "option from below): evaluate it with actions.bandwidth/split/cpu = paper")
         E, I, K = sim.n_envs, sim.n_cvs, sim.n_rsus
         ref_raw = np.stack([r.act(sim.obs) for r in self._references(K)], axis=0)  # (R, E, I, 3K+2)
         out = np.zeros((E, I, M.action_dim(K)))
