@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .config import Config
+import numpy as np
+
+from .config import Config, CosimError
 from .env import BatchCoSim
 from .runner import format_table, run_episodes
 
@@ -34,3 +37,92 @@ def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
     rows = [dict(s, policy=name, cost_pm=f"{s['mean_cost']:.4f} ± {s['cost_ci95']:.4f}")
             for name, s in summaries.items()]
     return format_table(rows, EVAL_COLUMNS)
+
+
+# ---------------------------------------------------------------------------
+# Long-horizon evaluation: does a policy keep the energy queues stable (the Lyapunov promise)?
+
+@dataclass
+class LongHorizonSummary:
+    """One policy over long episodes (every number a mean over episodes; "last half": slots T/2..T)."""
+
+    policy: str
+    episodes: int
+    slots: int
+    energy_budget_j: float        # E_max / I, per CV per slot
+    energy_last_half_j: float     # time-average energy per active CV per slot over the last half
+    energy_vs_budget: float       # energy_last_half_j / budget - 1 (0: on budget)
+    y_final_j: float              # energy queue Y per CV at the end
+    y_growth_j_per_slot: float    # least-squares slope of the mean Y over the last half (0: stable)
+    cost_last_half: float         # system cost per slot over the last half (the long-run cost)
+    cost_all: float               # system cost per slot over the whole episode
+    delay_last_half_s: float
+    deadline_miss_last_half: float
+    q_rsu_final: float            # RSU backlog at the end, summed over RSUs, W_ref units
+    y_trace_j: list[float] = field(default_factory=list)  # mean Y per CV after every slot, mean over episodes
+
+
+def _long_horizon_summary(name: str, slots: int, budget: float, tr: dict[str, np.ndarray],
+                          q_rsu_final: list[float]) -> LongHorizonSummary:
+    """``tr``: per-episode traces (episodes, slots) of energy and active CVs, system cost, delay sum,
+    misses and mean Y."""
+    half = slice(slots // 2, slots)
+    n_act = tr["active"][:, half].sum()
+    e_half = float(tr["energy"][:, half].sum() / max(n_act, 1))
+    y = tr["y"].mean(0)
+    t = np.arange(slots)[half]
+    slope = float(np.polyfit(t, y[half], 1)[0]) if t.size >= 2 else 0.0
+    return LongHorizonSummary(
+        policy=name, episodes=tr["cost"].shape[0], slots=slots, energy_budget_j=budget,
+        energy_last_half_j=e_half, energy_vs_budget=e_half / budget - 1.0 if budget > 0 else float("inf"),
+        y_final_j=float(y[-1]), y_growth_j_per_slot=slope,
+        cost_last_half=float(tr["cost"][:, half].mean()), cost_all=float(tr["cost"].mean()),
+        delay_last_half_s=float(tr["delay"][:, half].sum() / max(n_act, 1)),
+        deadline_miss_last_half=float(tr["misses"][:, half].sum() / max(n_act, 1)),
+        q_rsu_final=float(np.mean(q_rsu_final)), y_trace_j=[float(v) for v in y])
+
+
+def evaluate_long_horizon(cfg: Config, policies: dict[str, Any], episodes: int, slots: int,
+                          seed: int = EVAL_SEED, progress: bool = False,
+                          **sim_kwargs: Any) -> tuple[dict[str, dict[str, Any]], dict[str, LongHorizonSummary]]:
+    """Like :func:`evaluate_policies` with episodes ``slots`` long (scenario.episode_slots overridden);
+    also returns each policy's :class:`LongHorizonSummary`. Episode i is reset with seed + i."""
+    if slots < 2:
+        raise CosimError(f"--slots {slots}: a long-horizon evaluation needs at least 2 slots")
+    cfg = cfg.replace(**{"scenario.episode_slots": int(slots)})
+    summaries: dict[str, dict[str, Any]] = {}
+    long: dict[str, LongHorizonSummary] = {}
+    with BatchCoSim(cfg, n_envs=1, seed=seed, **sim_kwargs) as sim:
+        for name, pol in policies.items():
+            policy = pol if hasattr(pol, "act") else pol(sim)
+            tr = {k: np.zeros((episodes, slots)) for k in ("energy", "active", "cost", "delay", "misses", "y")}
+            q_final: list[float] = []
+
+            def on_slot(out: Any, ep: int, t: int, tr: dict[str, np.ndarray] = tr) -> None:
+                r = out.result
+                tr["energy"][ep, t] = float((r.energy[0] * r.active[0]).sum())
+                tr["active"][ep, t] = float(r.active[0].sum())
+                tr["cost"][ep, t] = float(r.system_cost[0])
+                tr["delay"][ep, t] = float((r.delay[0] * r.active[0]).sum())
+                tr["misses"][ep, t] = float(r.deadline_miss[0].sum())
+                tr["y"][ep, t] = float(sim.queues.energy[0].mean())  # after the slot
+                if t == slots - 1:
+                    q_final.append(float(sim.queues.q_rsu[0].sum() / sim.params.W_ref))
+
+            res = run_episodes(sim, policy, episodes, seed=seed, progress=progress, policy_name=name,
+                               on_slot=on_slot)
+            summaries[name] = res.summary
+            long[name] = _long_horizon_summary(name, slots, sim.params.energy_budget, tr, q_final)
+    return summaries, long
+
+
+LONG_COLUMNS = [("policy", "policy", "{}"), ("energy_last_half_j", "energy/CV last half J", "{:.2f}"),
+                ("energy_budget_j", "budget J", "{:.1f}"), ("energy_vs_budget", "vs budget", "{:+.1%}"),
+                ("y_final_j", "Y end J", "{:.1f}"), ("y_growth_j_per_slot", "Y growth J/slot", "{:+.3f}"),
+                ("cost_last_half", "cost last half", "{:.4f}"), ("cost_all", "cost all", "{:.4f}"),
+                ("delay_last_half_s", "delay s", "{:.4f}"), ("deadline_miss_last_half", "misses", "{:.1%}"),
+                ("q_rsu_final", "Q_rsu end", "{:.3f}")]
+
+
+def long_horizon_table(long: dict[str, LongHorizonSummary]) -> str:
+    return format_table([asdict(s) for s in long.values()], LONG_COLUMNS)

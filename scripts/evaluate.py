@@ -4,18 +4,23 @@
     python scripts/evaluate.py --checkpoint checkpoints/ly-dtmppo_default.safetensors
     python scripts/evaluate.py --checkpoint runs/A/policy.safetensors runs/B --episodes 50 --backend sumo
     python scripts/evaluate.py --checkpoint X --policies equal,nearest
+    python scripts/evaluate.py --checkpoint X --policies equal,dpp-opt --slots 600 --episodes 2
 
 Every policy acts deterministically (a Gaussian actor's mean) on the same
 episodes: episode i is reset with seed --eval-seed + i (default 10000 + i),
 which training never uses (it draws from the stream of the config seed).
 Writes summary.json (run_cosim's summary keys, per policy) and config.yaml to
 --out, and prints mean cost with its 95% CI, reward, delay, energy, InstrT share
-and deadline misses for every policy.
+and deadline misses for every policy. --slots N runs N-slot episodes and adds the
+long-horizon table: time-average energy per CV over the last half against the
+budget, the energy queue Y at the end and its growth per slot over the last
+half, and the cost over the last half and over the whole episode.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -27,7 +32,8 @@ from agents import make_policy, policy_names  # noqa: E402
 from agents.checkpoint import load_policy, read_policy_file  # noqa: E402
 from cosim.cli import add_common_args, config_from_args, run_main, save_run_config  # noqa: E402
 from cosim.config import CosimError  # noqa: E402
-from cosim.evaluation import EVAL_SEED, comparison_table, evaluate_policies  # noqa: E402
+from cosim.evaluation import (EVAL_SEED, comparison_table, evaluate_long_horizon, evaluate_policies,  # noqa: E402
+                              long_horizon_table)
 
 
 def main() -> int:
@@ -41,11 +47,15 @@ def main() -> int:
     ap.add_argument("--policies", default=None,
                     help="comma-separated reference/registered policies to include, '' for none "
                          f"(default: {','.join(policy_names())})")
+    ap.add_argument("--slots", type=int, default=None,
+                    help="episode length override (e.g. 600) with the long-horizon table (default: the config's)")
     ap.add_argument("--out", default=None, help="output folder (default runs/eval__<time>)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
     if args.episodes < 1:
         ap.error("--episodes must be at least 1")
+    if args.slots is not None and args.slots < 2:
+        ap.error("--slots must be at least 2")
 
     cfg = config_from_args(args, defaults={"trace.part": "eval"})  # traces: the held-out episodes
     if cfg.backend == "sumo":  # other SUMO maps: config.yaml records where the RSUs went
@@ -72,12 +82,24 @@ def main() -> int:
     out = Path(args.out) if args.out else Path("runs") / f"eval__{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(cfg, out)
-    summaries = evaluate_policies(cfg, policies, args.episodes, seed=args.eval_seed, progress=not args.quiet)
+    long = None
+    if args.slots is not None:
+        cfg = cfg.replace(**{"scenario.episode_slots": args.slots})
+        save_run_config(cfg, out)
+        summaries, long = evaluate_long_horizon(cfg, policies, args.episodes, args.slots, seed=args.eval_seed,
+                                                progress=not args.quiet)
+    else:
+        summaries = evaluate_policies(cfg, policies, args.episodes, seed=args.eval_seed, progress=not args.quiet)
     for path, label in zip(args.checkpoint, policies):
         summaries[label]["checkpoint"] = str(path)
     print(f"{args.episodes} episodes per policy on {cfg.backend}, {cfg.scenario.n_cvs} CVs, {cfg.n_rsus} RSUs, "
           f"seeds {args.eval_seed}..{args.eval_seed + args.episodes - 1}")
     print(comparison_table(summaries))
+    if long is not None:
+        print(f"\nlong horizon: {args.slots} slots per episode, last half = slots {args.slots // 2}..{args.slots}")
+        print(long_horizon_table(long))
+        for name, lh in long.items():
+            summaries[name]["long_horizon"] = dataclasses.asdict(lh)
     (out / "summary.json").write_text(json.dumps(summaries, indent=2))
     print(f"wrote {out / 'summary.json'}, {out / 'config.yaml'}")
     return 0
