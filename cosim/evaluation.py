@@ -30,7 +30,15 @@ def evaluate_policies(cfg: Config, policies: dict[str, Any], episodes: int, seed
         for name, pol in policies.items():
             policy = pol if hasattr(pol, "act") else pol(sim)
             out[name] = run_episodes(sim, policy, episodes, seed=seed, progress=progress, policy_name=name).summary
+            _add_diagnostics(out[name], policy)
     return out
+
+
+def _add_diagnostics(summary: dict[str, Any], policy: Any) -> None:
+    """Policies that report on themselves (dpp-opt: how converged its solutions are) add it to the summary."""
+    if hasattr(policy, "summary_text"):
+        summary["diagnostics"] = policy.summary()
+        summary["diagnostics_text"] = policy.summary_text()
 
 
 def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
@@ -60,6 +68,8 @@ class LongHorizonSummary:
     deadline_miss_last_half: float
     q_rsu_final: float            # RSU backlog at the end, summed over RSUs, W_ref units
     y_trace_j: list[float] = field(default_factory=list)  # mean Y per CV after every slot, mean over episodes
+    q_rsu_trace: list[float] = field(default_factory=list)  # RSU backlog summed over RSUs after every slot, W_ref
+    q_loc_trace: list[float] = field(default_factory=list)  # local backlog per CV after every slot, W_ref
 
 
 def _long_horizon_summary(name: str, slots: int, budget: float, tr: dict[str, np.ndarray],
@@ -79,7 +89,8 @@ def _long_horizon_summary(name: str, slots: int, budget: float, tr: dict[str, np
         cost_last_half=float(tr["cost"][:, half].mean()), cost_all=float(tr["cost"].mean()),
         delay_last_half_s=float(tr["delay"][:, half].sum() / max(n_act, 1)),
         deadline_miss_last_half=float(tr["misses"][:, half].sum() / max(n_act, 1)),
-        q_rsu_final=float(np.mean(q_rsu_final)), y_trace_j=[float(v) for v in y])
+        q_rsu_final=float(np.mean(q_rsu_final)), y_trace_j=[float(v) for v in y],
+        q_rsu_trace=[float(v) for v in tr["q_rsu"].mean(0)], q_loc_trace=[float(v) for v in tr["q_loc"].mean(0)])
 
 
 def evaluate_long_horizon(cfg: Config, policies: dict[str, Any], episodes: int, slots: int,
@@ -95,7 +106,8 @@ def evaluate_long_horizon(cfg: Config, policies: dict[str, Any], episodes: int, 
     with BatchCoSim(cfg, n_envs=1, seed=seed, **sim_kwargs) as sim:
         for name, pol in policies.items():
             policy = pol if hasattr(pol, "act") else pol(sim)
-            tr = {k: np.zeros((episodes, slots)) for k in ("energy", "active", "cost", "delay", "misses", "y")}
+            tr = {k: np.zeros((episodes, slots)) for k in ("energy", "active", "cost", "delay", "misses", "y",
+                                                                  "q_rsu", "q_loc")}
             q_final: list[float] = []
 
             def on_slot(out: Any, ep: int, t: int, tr: dict[str, np.ndarray] = tr) -> None:
@@ -105,13 +117,17 @@ def evaluate_long_horizon(cfg: Config, policies: dict[str, Any], episodes: int, 
                 tr["cost"][ep, t] = float(r.system_cost[0])
                 tr["delay"][ep, t] = float((r.delay[0] * r.active[0]).sum())
                 tr["misses"][ep, t] = float(r.deadline_miss[0].sum())
-                tr["y"][ep, t] = float(sim.queues.energy[0].mean())  # after the slot
+                q, W = sim.queues, sim.params.W_ref  # after the slot
+                tr["y"][ep, t] = float(q.energy[0].mean())
+                tr["q_rsu"][ep, t] = float(q.q_rsu[0].sum() / W)
+                tr["q_loc"][ep, t] = float(q.q_loc[0].mean() / W)
                 if t == slots - 1:
                     q_final.append(float(sim.queues.q_rsu[0].sum() / sim.params.W_ref))
 
             res = run_episodes(sim, policy, episodes, seed=seed, progress=progress, policy_name=name,
                                on_slot=on_slot)
             summaries[name] = res.summary
+            _add_diagnostics(summaries[name], policy)
             long[name] = _long_horizon_summary(name, slots, sim.params.energy_budget, tr, q_final)
     return summaries, long
 

@@ -95,6 +95,9 @@ def main() -> int:
     print(f"{args.episodes} episodes per policy on {cfg.backend}, {cfg.scenario.n_cvs} CVs, {cfg.n_rsus} RSUs, "
           f"seeds {args.eval_seed}..{args.eval_seed + args.episodes - 1}")
     print(comparison_table(summaries))
+    for name, s in summaries.items():
+        if "diagnostics_text" in s:
+            print(s["diagnostics_text"])
     if long is not None:
         print(f"\nlong horizon: {args.slots} slots per episode, last half = slots {args.slots // 2}..{args.slots}")
         print(long_horizon_table(long))
