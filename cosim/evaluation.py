@@ -9,13 +9,15 @@ import numpy as np
 
 from .config import Config, CosimError
 from .env import BatchCoSim
+from .model import part_spread
 from .runner import format_table, run_episodes
 
 EVAL_SEED = 10_000  # evaluation episode i is reset with seed EVAL_SEED + i; training streams start from cfg.seed
 
 EVAL_COLUMNS = [("policy", "policy", "{}"), ("cost_pm", "cost ± 95% CI", "{}"), ("mean_reward", "reward", "{:.3f}"),
                 ("mean_delay_s", "delay s", "{:.4f}"), ("mean_energy_j", "energy J", "{:.2f}"),
-                ("instr_share", "InstrT", "{:.1%}"), ("deadline_miss_rate", "misses", "{:.1%}")]
+                ("instr_share", "InstrT", "{:.1%}"), ("deadline_miss_rate", "misses", "{:.1%}"),
+                ("part_spread_mean", "part spread", "{:.3f}")]
 
 
 def evaluate_policies(cfg: Config, policies: dict[str, Any], episodes: int, seed: int = EVAL_SEED,
@@ -29,7 +31,18 @@ def evaluate_policies(cfg: Config, policies: dict[str, Any], episodes: int, seed
     with BatchCoSim(cfg, n_envs=1, seed=seed, **sim_kwargs) as sim:
         for name, pol in policies.items():
             policy = pol if hasattr(pol, "act") else pol(sim)
-            out[name] = run_episodes(sim, policy, episodes, seed=seed, progress=progress, policy_name=name).summary
+            spreads: list[np.ndarray] = []
+
+            def on_slot(o: Any, ep: int, t: int, spreads: list[np.ndarray] = spreads) -> None:
+                s = part_spread(o.result.rsu_delay[0], o.result.offloaded[0])
+                spreads.append(s[np.isfinite(s)])
+
+            out[name] = run_episodes(sim, policy, episodes, seed=seed, progress=progress, policy_name=name,
+                                     on_slot=on_slot).summary
+            sp = np.concatenate(spreads) if spreads else np.zeros(0)
+            # How far apart a task's RSU parts finish ((max - min) / max, tasks with two or more parts).
+            out[name]["part_spread_median"] = float(np.median(sp)) if sp.size else float("nan")
+            out[name]["part_spread_mean"] = float(np.mean(sp)) if sp.size else float("nan")
             _add_diagnostics(out[name], policy)
     return out
 
@@ -42,7 +55,8 @@ def _add_diagnostics(summary: dict[str, Any], policy: Any) -> None:
 
 
 def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
-    rows = [dict(s, policy=name, cost_pm=f"{s['mean_cost']:.4f} ± {s['cost_ci95']:.4f}")
+    rows = [dict(s, policy=name, cost_pm=f"{s['mean_cost']:.4f} ± {s['cost_ci95']:.4f}",
+                 part_spread_mean=s.get("part_spread_mean", float("nan")))
             for name, s in summaries.items()]
     return format_table(rows, EVAL_COLUMNS)
 
