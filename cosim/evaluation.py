@@ -39,12 +39,16 @@ def evaluate_policies(cfg: Config, policies: dict[str, Any], episodes: int, seed
 
             out[name] = run_episodes(sim, policy, episodes, seed=seed, progress=progress, policy_name=name,
                                      on_slot=on_slot).summary
-            sp = np.concatenate(spreads) if spreads else np.zeros(0)
-            # How far apart a task's RSU parts finish ((max - min) / max, tasks with two or more parts).
-            out[name]["part_spread_median"] = float(np.median(sp)) if sp.size else float("nan")
-            out[name]["part_spread_mean"] = float(np.mean(sp)) if sp.size else float("nan")
+            _add_spread(out[name], spreads)
             _add_diagnostics(out[name], policy)
     return out
+
+
+def _add_spread(summary: dict[str, Any], spreads: list[np.ndarray]) -> None:
+    """How far apart a task's RSU parts finish: (max - min) / max over tasks with two or more parts."""
+    sp = np.concatenate(spreads) if spreads else np.zeros(0)
+    summary["part_spread_median"] = float(np.median(sp)) if sp.size else float("nan")
+    summary["part_spread_mean"] = float(np.mean(sp)) if sp.size else float("nan")
 
 
 def _add_diagnostics(summary: dict[str, Any], policy: Any) -> None:
@@ -138,9 +142,17 @@ def evaluate_long_horizon(cfg: Config, policies: dict[str, Any], episodes: int, 
                 if t == slots - 1:
                     q_final.append(float(sim.queues.q_rsu[0].sum() / sim.params.W_ref))
 
+            spreads: list[np.ndarray] = []
+
+            def on_slot_all(out: Any, ep: int, t: int, spreads: list[np.ndarray] = spreads) -> None:
+                on_slot(out, ep, t)
+                s = part_spread(out.result.rsu_delay[0], out.result.offloaded[0])
+                spreads.append(s[np.isfinite(s)])
+
             res = run_episodes(sim, policy, episodes, seed=seed, progress=progress, policy_name=name,
-                               on_slot=on_slot)
+                               on_slot=on_slot_all)
             summaries[name] = res.summary
+            _add_spread(summaries[name], spreads)
             _add_diagnostics(summaries[name], policy)
             long[name] = _long_horizon_summary(name, slots, sim.params.energy_budget, tr, q_final)
     return summaries, long
