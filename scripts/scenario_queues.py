@@ -43,7 +43,15 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=3)
     ap.add_argument("--slots", type=int, default=60)
     ap.add_argument("--out", default="docs/scenarios/queues.png")
+    ap.add_argument("--replot", action="store_true", help="only redraw the figure from the JSON beside --out")
     args = ap.parse_args()
+    if args.replot:
+        src = Path(args.out).with_suffix(".json")
+        if not src.is_file():
+            raise CosimError(f"--replot: {src} not found (run without --replot first)")
+        plot(json.loads(src.read_text()), Path(args.out), args.episodes)
+        print(f"wrote {args.out}")
+        return 0
     if args.episodes < 1 or args.slots < 2:
         ap.error("--episodes must be at least 1 and --slots at least 2")
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -75,9 +83,20 @@ def main() -> int:
         results[sc] = {"long_horizon": {k: dataclasses.asdict(v) for k, v in long.items()},
                        "diagnostics": {k: s["diagnostics"] for k, s in summaries.items() if "diagnostics" in s}}
 
+    (out.with_suffix(".json")).write_text(json.dumps(results, indent=1))
+    plot(results, out, args.episodes)
+    print(f"wrote {out}, {out.with_suffix('.json')}")
+    return 0
+
+
+def plot(results: dict[str, dict], out: Path, episodes: int) -> None:
+    """One column per scenario, one row per queue; a policy keeps its colour in every panel."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    scenarios = list(results)
+    names = list(dict.fromkeys(n for sc in scenarios for n in results[sc]["long_horizon"]))
+    colour = {n: f"C{i}" for i, n in enumerate(names)}
     rows = [("q_rsu_trace", "RSU backlog, sum over RSUs (W_ref)"), ("q_loc_trace", "local backlog per CV (W_ref)"),
             ("y_trace_j", "energy queue Y per CV (J)")]
     fig, axes = plt.subplots(len(rows), len(scenarios), figsize=(4.2 * len(scenarios), 8.5), squeeze=False)
@@ -85,7 +104,7 @@ def main() -> int:
         for i, (key, label) in enumerate(rows):
             ax = axes[i][j]
             for name, lh in results[sc]["long_horizon"].items():
-                ax.plot(range(1, args.slots + 1), lh[key], label=name)
+                ax.plot(range(1, len(lh[key]) + 1), lh[key], label=name, color=colour[name])
             ax.set_yscale("symlog", linthresh=1e-2 if key != "y_trace_j" else 10.0)
             if i == 0:
                 ax.set_title(sc)
@@ -94,12 +113,9 @@ def main() -> int:
             if j == 0:
                 ax.set_ylabel(label)
         axes[0][j].legend(fontsize=7)
-    fig.suptitle(f"queues after every slot, mean over {args.episodes} episodes (seeds {EVAL_SEED}+)")
+    fig.suptitle(f"queues after every slot, mean over {episodes} episodes (seeds {EVAL_SEED}+)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    (out.with_suffix(".json")).write_text(json.dumps(results, indent=1))
-    print(f"wrote {out}, {out.with_suffix('.json')}")
-    return 0
 
 
 if __name__ == "__main__":
