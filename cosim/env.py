@@ -137,7 +137,7 @@ class BatchCoSim:
     def step(self, raw_actions: np.ndarray) -> StepOutput:
         """Apply raw actions (E, I, 3K+2) for the current slot and move to the next."""
         raw = np.asarray(raw_actions, dtype=float).reshape(self.n_envs, self.n_cvs, self.action_dim)
-        if self.fused:
+        if self.fused and self.params.paper_actions:  # the kernel covers the paper's actions.* only
             decision, result, self.queues = F.project_and_slot(
                 self.params, self._fused_pv, self.queues, self.tasks, self.cv_cpu, self.spec_eff, raw,
                 self.covered, self.mob.active)

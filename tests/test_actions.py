@@ -226,3 +226,17 @@ def test_dpp_opt_refuses_other_parameterisations():
         sim.reset(0)
         with pytest.raises(CosimError, match="dpp-opt optimises the paper's action parameterisation"):
             DppOptimizer(sim).act_sim(sim)
+
+
+def test_fused_step_falls_back_to_numpy_for_other_options():
+    """The numba kernel covers the paper's projection only; other options take the numpy path."""
+    cfg = load_config().replace(**{"actions.split": "balanced", "actions.bandwidth": "full"})
+    with BatchCoSim(cfg, n_envs=8, seed=2) as sim:
+        sim.fused = True
+        sim.reset(2)
+        raw = np.random.default_rng(1).normal(0, 1, (8, 5, sim.action_dim))
+        expected = M.project_actions(sim.params, raw, sim.covered, sim.mob.active, sim.tasks, sim.spec_eff,
+                                     M.start_of_slot_wait(sim.params, sim.queues))
+        out = sim.step(raw)
+    np.testing.assert_array_equal(out.decision.split, expected.split)
+    np.testing.assert_array_equal(out.decision.bandwidth, expected.bandwidth)
