@@ -67,7 +67,9 @@ class CoSimGymEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)  # seeds self.np_random (from OS entropy on a first unseeded reset)
-        obs, _ = self.sim.reset(int(self.np_random.integers(2**63 - 1)))
+        # A seed gives the same episode as make_env's reset(seed) (and evaluate.py's seeds); no seed
+        # continues this env's generator.
+        obs, _ = self.sim.reset(seed if seed is not None else int(self.np_random.integers(2**63 - 1)))
         self._done = False
         return obs.reshape(-1), self._info(None)
 
