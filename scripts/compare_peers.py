@@ -2,7 +2,7 @@
 """Compare the project's MAPPO with the same environments trained by other RL libraries.
 
     pip install -e ".[peers]"
-    python scripts/compare_peers.py                        # 6,000 slots per run, 3 seeds, every method
+    python scripts/compare_peers.py                        # 18,000 slots (600 episodes) per run, 3 seeds
     python scripts/compare_peers.py --slots 54000          # the paper's budget (1800 episodes x 30 slots)
     python scripts/compare_peers.py --methods mappo,sb3-ppo --seeds 5
 
@@ -118,7 +118,7 @@ def table(cells: list[dict], skipped: dict[str, str], methods: list[str]) -> str
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--slots", type=int, default=6000, help="training budget per run in slots (default 6000)")
+    ap.add_argument("--slots", type=int, default=18000, help="training budget per run in slots (default 18000)")
     ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per method (default 3)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     ap.add_argument("--cvs", type=int, default=5, help="number of CVs (default 5)")
