@@ -194,3 +194,49 @@ def test_rllib_wrapper_steps_the_env():
     for _ in range(30):
         obs, rew, term, trunc, infos = env.step({a: np.zeros(env.action_space[a].shape, np.float32) for a in obs})
     assert trunc["__all__"] and not term["__all__"]
+
+
+def _compare_peers():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "scripts" / "compare_peers.py"
+    spec = importlib.util.spec_from_file_location("compare_peers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_peers_table_ratios_and_t_interval():
+    cp = _compare_peers()
+    cells = [{"method": "mappo", "cpu_s": 10.0, "cost": c} for c in (1.0, 2.0, 3.0)]
+    cells += [{"method": "sb3-ppo", "cpu_s": 25.0, "cost": 1.5}]
+    text = cp.table(cells, {"rllib-ppo": "pip install -e \".[peers]\" (missing ray.rllib)"},
+                    ["mappo", "sb3-ppo", "rllib-ppo"])
+    # mean 2, sd 1, t(0.975, 2) = 4.303: half-width 4.303 / sqrt(3) = 2.484
+    assert "| 10.0 | 1.00x | 2.000 ± 2.484 | 3 |" in text
+    assert "| 25.0 | 2.50x | 1.500 ± 0.000 | 1 |" in text
+    assert "not run: pip install" in text
+
+
+def test_compare_peers_rejects_unknown_method():
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "scripts" / "compare_peers.py"
+    proc = subprocess.run([sys.executable, str(script), "--methods", "mappo,ppo2"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "error: unknown method 'ppo2' in --methods (choose mappo, sb3-ppo, benchmarl-mappo, rllib-ppo)" in proc.stderr
+
+
+@pytest.mark.peers
+def test_sb3_example_runs_as_a_newcomer_would(tmp_path):
+    pytest.importorskip("stable_baselines3", reason=PEERS)
+    pytest.importorskip("supersuit", reason=PEERS)
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "examples" / "sb3_ppo.py"
+    proc = subprocess.run([sys.executable, str(script), "--slots", "60", "--episodes", "1", "--cvs", "2"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert "seeds 10000..10000, 2 CVs" in proc.stdout and "sb3-ppo" in proc.stdout and "equal" in proc.stdout
