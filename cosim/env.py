@@ -170,10 +170,11 @@ def slot_infos(out: StepOutput | None, queues: M.QueueState, active: np.ndarray,
     """
     n = active.shape[-1]
     if out is None:
-        z, zk = np.zeros(n), np.zeros((n, n_rsus))
+        z = np.zeros(n)  # scalar columns become python floats, so sharing this one is harmless
         cols = {"active": active[e].copy(), "delay_s": z, "energy_j": z, "cost": z,
                 "deadline_miss": np.zeros(n, bool), "reward": z, "system_cost": z, "system_reward": z,
-                "split": np.zeros((n, n_rsus + 1)), "bandwidth": zk, "cpu_hz": zk,
+                "split": np.zeros((n, n_rsus + 1)), "bandwidth": np.zeros((n, n_rsus)),
+                "cpu_hz": np.zeros((n, n_rsus)),
                 "instr_mode": np.zeros((n, n_rsus), bool)}
     else:
         r, d = out.result, out.decision
