@@ -9,8 +9,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.checkpoint import EVAL_SEED, comparison_table, evaluate_policies  # noqa: E402
 from cosim.config import CosimError, load_config  # noqa: E402
+from cosim.evaluation import EVAL_SEED, comparison_table, evaluate_policies  # noqa: E402
 
 EPISODE_SLOTS = 30  # the default config's episode length; budgets below are in slots (one step of all CVs)
 
@@ -31,8 +31,9 @@ def parse(description: str, slots: int) -> argparse.Namespace:
 def evaluate(policy: Any, n_cvs: int, episodes: int) -> dict[str, Any]:
     """Score ``policy`` beside the equal-split rule on evaluate.py's seeds; print and return its summary."""
     cfg = load_config().replace(**{"scenario.n_cvs": n_cvs})
-    from cosim.policies import make_policy
-    rows = evaluate_policies(cfg, {policy.name: policy, "equal": make_policy("equal", cfg.n_rsus)}, episodes)
+    from cosim.policies import make_reference_policy
+    rows = evaluate_policies(cfg, {policy.name: policy, "equal": make_reference_policy("equal", cfg.n_rsus)},
+                             episodes)
     print(f"{episodes} episodes, seeds {EVAL_SEED}..{EVAL_SEED + episodes - 1}, {n_cvs} CVs")
     print(comparison_table(rows))
     return rows[policy.name]

@@ -29,12 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))
 
 from cosim.cli import run_main  # noqa: E402
 from cosim.config import CosimError  # noqa: E402
+from cosim.stats import ci95  # noqa: E402
 
 # method -> (label, example module with train(), the packages it needs)
 METHODS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
@@ -72,7 +75,7 @@ def train_mappo(slots: int, seed: int, n_cvs: int):
 
 def run_cell(method: str, seed: int, slots: int, n_cvs: int, episodes: int) -> dict:
     """Train one (method, seed) in this process; CPU seconds of the training and the evaluation summary."""
-    from agents.checkpoint import evaluate_policies
+    from cosim.evaluation import evaluate_policies
     from cosim.config import load_config
 
     module = METHODS[method][1]
@@ -84,17 +87,6 @@ def run_cell(method: str, seed: int, slots: int, n_cvs: int, episodes: int) -> d
     summary = evaluate_policies(cfg, {method: policy}, episodes)[method]
     return {"method": method, "seed": seed, "slots": slots, "cpu_s": cpu, "wall_s": wall,
             "cost": summary["mean_cost"], "cost_ci95_episodes": summary["cost_ci95"], "episodes": episodes}
-
-
-def t_ci95(values: list[float]) -> float:
-    """Half-width of the Student-t 95 % interval of the mean (0 for a single value)."""
-    if len(values) < 2:
-        return 0.0
-    from scipy import stats
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
 
 
 def table(cells: list[dict], skipped: dict[str, str], methods: list[str]) -> str:
@@ -112,7 +104,7 @@ def table(cells: list[dict], skipped: dict[str, str], methods: list[str]) -> str
         cpu = sum(c["cpu_s"] for c in rows) / len(rows)
         costs = [c["cost"] for c in rows]
         lines.append(f"| {METHODS[m][0]} | {cpu:.1f} | {cpu / base_cpu:.2f}x | "
-                     f"{sum(costs) / len(costs):.3f} ± {t_ci95(costs):.3f} | {len(rows)} |")
+                     f"{sum(costs) / len(costs):.3f} ± {float(ci95(np.array(costs))):.3f} | {len(rows)} |")
     return "\n".join(lines)
 
 

@@ -9,5 +9,5 @@ Each submodule imports its library at the top, so import only the one you use:
 
 Every submodule also turns what its library trained into a policy with the project's
 ``act(obs (E, I, D), deterministic) -> raw actions (E, I, 3K+2)`` interface, so
-:func:`agents.checkpoint.evaluate_policies` scores it on the same seeds as ``scripts/evaluate.py``.
+:func:`cosim.evaluation.evaluate_policies` scores it on the same seeds as ``scripts/evaluate.py``.
 """
