@@ -166,22 +166,43 @@ class BatchCoSim:
         self.close()
 
 
-def slot_metrics(result: M.SlotResult, decision: M.Decision, e: int, i: int) -> dict[str, Any]:
-    """Per-CV metrics of one slot, for infos and logs."""
-    off = result.offloaded[e, i]
-    modes = np.where(~off, "-", np.where(result.instr_mode[e, i], "InstrT", "DataT"))
-    return {
-        "active": bool(result.active[e, i]),
-        "delay_s": float(result.delay[e, i]),
-        "energy_j": float(result.energy[e, i]),
-        "cost": float(result.cost[e, i]),
-        "deadline_miss": bool(result.deadline_miss[e, i]),
-        "split": decision.split[e, i].copy(),
-        "bandwidth": decision.bandwidth[e, i].copy(),
-        "cpu_hz": decision.cpu[e, i].copy(),
-        "modes": modes.tolist(),
-        "reward": float(result.agent_reward[e, i]),
-    }
+# Per-agent info keys of CoSimParallelEnv, the same at reset and at every step, numeric only (fixed
+# shapes, so that spec-inferring libraries such as TorchRL work). K = number of RSUs.
+INFO_SCALARS = ("active", "delay_s", "energy_j", "cost", "deadline_miss", "reward", "q_loc", "energy_queue",
+                "system_cost", "system_reward")
+INFO_VECTORS = ("split", "bandwidth", "cpu_hz", "instr_mode")  # (K+1,), (K,), (K,), (K,)
+
+
+def slot_infos(out: StepOutput | None, queues: M.QueueState, active: np.ndarray, n_rsus: int,
+               e: int = 0) -> dict[str, np.ndarray]:
+    """Per-CV info columns of environment ``e``, built once for all CVs: name -> (I,) or (I, K[+1]) array.
+
+    ``out`` None gives the reset columns: no slot has run yet, so its metrics are zero.
+    """
+    n = active.shape[-1]
+    if out is None:
+        z = np.zeros(n)  # scalar columns become python floats, so sharing this one is harmless
+        cols = {"active": active[e].copy(), "delay_s": z, "energy_j": z, "cost": z,
+                "deadline_miss": np.zeros(n, bool), "reward": z, "system_cost": z, "system_reward": z,
+                "split": np.zeros((n, n_rsus + 1)), "bandwidth": np.zeros((n, n_rsus)),
+                "cpu_hz": np.zeros((n, n_rsus)),
+                "instr_mode": np.zeros((n, n_rsus), bool)}
+    else:
+        r, d = out.result, out.decision
+        cols = {"active": r.active[e], "delay_s": r.delay[e], "energy_j": r.energy[e], "cost": r.cost[e],
+                "deadline_miss": r.deadline_miss[e], "reward": r.agent_reward[e],
+                "system_cost": np.full(n, r.system_cost[e]), "system_reward": np.full(n, r.reward[e]),
+                "split": d.split[e].copy(), "bandwidth": d.bandwidth[e].copy(), "cpu_hz": d.cpu[e].copy(),
+                "instr_mode": r.instr_mode[e] & r.offloaded[e]}
+    cols["q_loc"] = queues.q_loc[e]
+    cols["energy_queue"] = queues.energy[e]
+    return cols
+
+
+def mode_labels(out: StepOutput, e: int = 0) -> np.ndarray:
+    """(I, K) strings: '-' (no part at that RSU), 'InstrT' or 'DataT'."""
+    r = out.result
+    return np.where(~r.offloaded[e], "-", np.where(r.instr_mode[e], "InstrT", "DataT"))
 
 
 class CoSimParallelEnv(ParallelEnv):
@@ -191,14 +212,30 @@ class CoSimParallelEnv(ParallelEnv):
     acts with 3K+2 raw numbers in [-10, 10] that the environment projects onto
     the feasible set. Rewards are the per-agent r_i (``reward='agent'``, they add
     up to R(t)) or R(t) for every agent (``reward='team'``).
+
+    Infos hold the same numeric keys at reset and at every step (``INFO_SCALARS``
+    and ``INFO_VECTORS``; zeros at reset, before any slot). The transmission
+    modes as strings are in :attr:`modes`, not in the infos. Episodes end by
+    truncation only (``episode_slots`` slots, never a terminal state): learners
+    should bootstrap from the value of the last observation.
+
+    Seeding: ``reset(seed=s)`` restarts every random stream from ``s``;
+    ``reset()`` continues the stream, except in a copy (``copy.deepcopy``,
+    pickling: what vectorising wrappers do), whose first unseeded reset draws
+    fresh OS entropy, so that copies play different episodes.
     """
 
     metadata = {"name": "dtcosim_v0", "render_modes": [], "is_parallelizable": True}
 
     def __init__(self, cfg: Config | None = None, backend: str | None = None, n_cvs: int | None = None,
-                 seed: int | None = None, twin: bool | None = None, reward: str = "agent", **sumo_kwargs: Any):
+                 seed: int | None = None, twin: bool | None = None, reward: str = "agent",
+                 render_mode: str | None = None, **sumo_kwargs: Any):
         if reward not in ("agent", "team"):
             raise CosimError(f"reward '{reward}' is not one of agent, team")
+        if render_mode is not None:
+            raise CosimError(f"render_mode '{render_mode}' is not supported: the environment draws nothing "
+                             "itself (watch it in sumo-gui with backend='sumo', gui=True)")
+        self.render_mode = None
         self.sim = BatchCoSim(cfg, n_envs=1, n_cvs=n_cvs, backend=backend, twin=twin, seed=seed, **sumo_kwargs)
         self.cfg = self.sim.cfg
         self.reward_mode = reward
@@ -208,6 +245,14 @@ class CoSimParallelEnv(ParallelEnv):
         self._act_space = spaces.Box(-ACTION_BOUND, ACTION_BOUND, (self.sim.action_dim,), np.float32)
         self.state_space = spaces.Box(-np.inf, np.inf, (self.sim.state_dim,), np.float32)
         self.last: StepOutput | None = None
+        self._fresh_entropy = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies (deepcopy, cloudpickle in SuperSuit's concat_vec_envs, worker processes) carry this
+        # env's random stream; without fresh entropy they would all replay the same episodes.
+        state = self.__dict__.copy()
+        state["_fresh_entropy"] = True
+        return state
 
     @functools.lru_cache(maxsize=None)
     def observation_space(self, agent: str) -> spaces.Box:
@@ -220,12 +265,29 @@ class CoSimParallelEnv(ParallelEnv):
     def _obs_dict(self, obs: np.ndarray) -> dict[str, np.ndarray]:
         return {a: obs[0, i] for i, a in enumerate(self.possible_agents)}
 
+    def _infos(self, out: StepOutput | None) -> dict[str, dict[str, Any]]:
+        cols = slot_infos(out, self.sim.queues, self.sim.mob.active, self.sim.n_rsus)
+        scal = {k: cols[k].tolist() for k in INFO_SCALARS}  # python floats/bools, one conversion per key
+        vec = {k: cols[k] for k in INFO_VECTORS}
+        return {a: {**{k: v[i] for k, v in scal.items()}, **{k: v[i] for k, v in vec.items()}}
+                for i, a in enumerate(self.possible_agents)}
+
+    @property
+    def modes(self) -> dict[str, list[str]]:
+        """Each agent's transmission mode per RSU in the last slot: '-', 'InstrT' or 'DataT' (all '-' at reset)."""
+        if self.last is None:
+            return {a: ["-"] * self.sim.n_rsus for a in self.possible_agents}
+        labels = mode_labels(self.last).tolist()
+        return dict(zip(self.possible_agents, labels))
+
     def reset(self, seed: int | None = None, options: dict | None = None):
+        if seed is None and self._fresh_entropy:
+            seed = np.random.SeedSequence().entropy  # fresh OS entropy, as a Gymnasium env's first reset
+        self._fresh_entropy = False
         obs, _ = self.sim.reset(seed)
         self.agents = list(self.possible_agents)
         self.last = None
-        infos = {a: {"active": bool(self.sim.mob.active[0, i])} for i, a in enumerate(self.agents)}
-        return self._obs_dict(obs), infos
+        return self._obs_dict(obs), self._infos(None)
 
     def state(self) -> np.ndarray:
         return self.sim.state[0]
@@ -236,22 +298,17 @@ class CoSimParallelEnv(ParallelEnv):
         raw = np.zeros((1, self.sim.n_cvs, self.sim.action_dim))
         for i, a in enumerate(self.possible_agents):
             if a in actions:
-                raw[0, i] = np.clip(actions[a], -ACTION_BOUND, ACTION_BOUND)
+                raw[0, i] = actions[a]
+        np.clip(raw, -ACTION_BOUND, ACTION_BOUND, out=raw)
         out = self.sim.step(raw)
         self.last = out
-        r = out.result
-        rewards = {a: float(out.reward[0] if self.reward_mode == "team" else out.agent_reward[0, i])
+        per_agent = out.reward[0] if self.reward_mode == "team" else None
+        rew = out.agent_reward[0].tolist()
+        rewards = {a: float(per_agent) if per_agent is not None else rew[i]
                    for i, a in enumerate(self.possible_agents)}
-        infos = {}
-        for i, a in enumerate(self.possible_agents):
-            info = slot_metrics(r, out.decision, 0, i)
-            info["q_loc"] = float(self.sim.queues.q_loc[0, i])
-            info["energy_queue"] = float(self.sim.queues.energy[0, i])
-            info["system_cost"] = float(r.system_cost[0])
-            info["system_reward"] = float(r.reward[0])
-            infos[a] = info
-        terms = {a: False for a in self.possible_agents}
-        truncs = {a: out.done for a in self.possible_agents}
+        infos = self._infos(out)
+        terms = dict.fromkeys(self.possible_agents, False)
+        truncs = dict.fromkeys(self.possible_agents, out.done)
         obs = self._obs_dict(out.obs)
         if out.done:
             self.agents = []

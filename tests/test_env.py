@@ -36,7 +36,7 @@ def test_episode_length_and_reward_split():
         _, rewards, _, truncs, infos = env.step(actions)
         steps += 1
         assert sum(rewards.values()) == pytest.approx(infos["cv_0"]["system_reward"], rel=1e-9, abs=1e-9)
-        assert {"delay_s", "energy_j", "cost", "modes", "split", "deadline_miss"} <= set(infos["cv_0"])
+        assert {"delay_s", "energy_j", "cost", "instr_mode", "split", "deadline_miss"} <= set(infos["cv_0"])
     assert steps == 30 and all(truncs.values())
     with pytest.raises(CosimError, match="call reset"):
         env.step({})
