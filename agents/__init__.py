@@ -110,7 +110,8 @@ def train(algo: str | None, cfg: Config | None = None, out: str | Path | None = 
 # ---------------------------------------------------------------------------
 # Policies by name or file: reference policies, the per-slot optimiser, trained checkpoints
 
-SHIPPED_CHECKPOINT = checkpoint_dir() / "ly-dtmppo_default.safetensors"
+SHIPPED_CHECKPOINT = checkpoint_dir() / "ly-dtmppo_set.safetensors"     # set-structured: any CVs, any RSU layout
+PAPER_CHECKPOINT = checkpoint_dir() / "ly-dtmppo_default.safetensors"  # the paper's MLP: 5 CVs, 3 RSUs only
 FALLBACK_POLICY = "equal"
 SOLVERS = ("dpp-opt",)  # policies that need the whole simulator
 
@@ -121,7 +122,8 @@ def policy_names() -> list[str]:
 
 
 def default_policy() -> str:
-    """The shipped Ly-DTMPPO checkpoint, or the best reference policy if it is missing."""
+    """The shipped set-structured Ly-DTMPPO checkpoint (any --cvs, any RSU layout), or the best
+    reference policy if it is missing."""
     return str(SHIPPED_CHECKPOINT) if SHIPPED_CHECKPOINT.is_file() else FALLBACK_POLICY
 
 

@@ -1,10 +1,15 @@
 """Deployable policies: save a trained actor, load it back without executing any code.
 
 A policy file is one ``.safetensors`` file: the actor's tensors plus a JSON
-header (``algo``, ``obs_dim``, ``action_dim``, ``n_cvs``, ``n_rsus``, ``twin``,
-``share_params``, ``hidden``, the episodes trained and the full config). Loading
-reads tensors and JSON only (no pickle), rebuilds the network from the header
-and checks it against the environment it will drive.
+header (``algo``, ``arch``, ``obs_dim``, ``action_dim``, ``n_cvs``, ``n_rsus``,
+``twin``, ``share_params``, ``hidden``, the episodes trained and the full
+config). Loading reads tensors and JSON only (no pickle), validates the header,
+rebuilds the network from it and checks it against the environment it will drive.
+
+Two architectures (``arch``): ``mlp``, the paper's actor, is tied to the
+``n_cvs`` and ``n_rsus`` it was trained on; ``set`` (agents/entity.py) runs on
+any number of CVs and RSUs and records instead the observation's entity layout
+(``entity``: own blocks and RSU-token blocks), which the environment must match.
 
     policy = load_policy("checkpoints/ly-dtmppo_default.safetensors", env=sim)
     raw = policy.act(obs)              # (E, I, D) -> (E, I, 3K+2), deterministic: the Gaussian mean
@@ -23,7 +28,9 @@ import torch
 
 from cosim.config import Config, CosimError, to_dict
 from cosim.env import ACTION_BOUND
+from cosim.twin import ObsLayout
 
+from .entity import PER_CV, PER_RSU, SetActor, expand_log_std
 from .nets import TORCH_THREADS, ActorSpec, AgentMLP
 
 POLICY_FILE = "policy.safetensors"  # the deployable actor in a run folder
@@ -53,7 +60,7 @@ def save_policy(path: str | Path, spec: ActorSpec, tensors: dict[str, torch.Tens
                 episodes: int) -> Path:
     """Write the actor (tensors + JSON header) atomically to ``path``."""
     from safetensors.torch import save_file
-    meta = {"format": FORMAT, "algo": algo, "obs_dim": spec.obs_dim, "action_dim": spec.action_dim,
+    meta = {"format": FORMAT, "algo": algo, "arch": spec.arch, "obs_dim": spec.obs_dim, "action_dim": spec.action_dim,
             "n_cvs": spec.n_agents, "n_rsus": cfg.n_rsus, "twin": cfg.twin.enabled,
             "share_params": spec.share_params, "hidden": spec.hidden, "episodes": episodes,
             "actor": asdict(spec), "config": to_dict(cfg)}
@@ -84,7 +91,40 @@ def read_policy_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.
         raise CosimError(f"{p} is a safetensors file without dtcosim policy metadata") from None
     if meta.get("format") != FORMAT:
         raise CosimError(f"{p} has policy format {meta.get('format')!r}, this code reads {FORMAT!r}")
+    validate_header(meta, tensors, str(p))
     return meta, tensors
+
+
+_ACTOR_FIELDS = {"kind": str, "n_agents": int, "obs_dim": int, "action_dim": int, "hidden": int, "share_params": bool}
+
+
+def validate_header(meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> None:
+    """One-line CosimError unless the header describes an actor this code can rebuild from these tensors."""
+    a = meta.get("actor")
+    if not isinstance(a, dict):
+        raise CosimError(f"{where}: policy header has no 'actor' mapping")
+    for key, tp in _ACTOR_FIELDS.items():
+        if not isinstance(a.get(key), tp) or (tp is int and isinstance(a.get(key), bool)):
+            raise CosimError(f"{where}: policy header actor.{key} must be a {tp.__name__}, got {a.get(key)!r}")
+    if a["kind"] not in ("gaussian", "deterministic", "squashed"):
+        raise CosimError(f"{where}: policy header actor.kind {a['kind']!r} is not gaussian, deterministic or squashed")
+    arch = a.get("arch", "mlp")
+    if arch not in ("mlp", "set"):
+        raise CosimError(f"{where}: policy header actor.arch {arch!r} is not mlp or set")
+    if arch == "set":
+        ent = a.get("entity")
+        if (not isinstance(ent, dict) or not isinstance(ent.get("own"), list) or not isinstance(ent.get("token"), list)
+                or not all(isinstance(b, list) and len(b) == 2 and isinstance(b[0], str) and isinstance(b[1], int)
+                           for b in ent["own"]) or not all(isinstance(b, str) for b in ent["token"])):
+            raise CosimError(f"{where}: policy header actor.entity must list own blocks [name, width] and token "
+                             f"block names, got {ent!r}")
+        if "log_std" not in tensors or tuple(tensors["log_std"].shape) != (len(PER_CV) + len(PER_RSU),):
+            raise CosimError(f"{where}: set policy needs a log_std tensor of {len(PER_CV) + len(PER_RSU)} entries")
+    elif a["obs_dim"] < 1 or a["action_dim"] < 1 or a["n_agents"] < 1:
+        raise CosimError(f"{where}: policy header sizes must be positive (n_agents, obs_dim, action_dim)")
+    for key in ("obs_mean", "obs_std") if arch == "mlp" else ():
+        if key not in tensors or tuple(tensors[key].shape) != (a["obs_dim"],):
+            raise CosimError(f"{where}: policy file needs a {key} tensor of {a['obs_dim']} entries")
 
 
 class TrainedPolicy:
@@ -95,20 +135,57 @@ class TrainedPolicy:
         a = meta["actor"]
         self.meta = meta
         self.spec = ActorSpec(a["kind"], a["n_agents"], a["obs_dim"], a["action_dim"], a["hidden"],
-                              a["share_params"], tuple(a["dt_slice"]) if a["dt_slice"] else None)
+                              a["share_params"], tuple(a["dt_slice"]) if a.get("dt_slice") else None,
+                              arch=a.get("arch", "mlp"), entity=a.get("entity"), twin=a.get("twin", True))
         self.name = name or meta["algo"]
         s = self.spec
-        self.net = AgentMLP(s.n_agents, s.obs_dim, s.action_dim, s.hidden, s.share_params, orthogonal=False)
-        self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        if s.arch == "set":
+            own_dim = sum(w for _, w in s.entity["own"])
+            self.net = SetActor(own_dim, len(s.entity["token"]), s.hidden, orthogonal=False)
+        else:
+            self.net = AgentMLP(s.n_agents, s.obs_dim, s.action_dim, s.hidden, s.share_params, orthogonal=False)
+        try:
+            self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:120]
+            raise CosimError(f"policy {self.name}: tensors do not match its header ({detail})") from None
         self.net.eval()
-        self.obs_mean = tensors["obs_mean"].numpy().astype(np.float32)
-        self.obs_std = tensors["obs_std"].numpy().astype(np.float32)
+        if s.arch == "set":
+            self.obs_mean = self.obs_std = None
+        else:
+            self.obs_mean = tensors["obs_mean"].numpy().astype(np.float32)
+            self.obs_std = tensors["obs_std"].numpy().astype(np.float32)
         self.log_std = tensors.get("log_std")
         self.gen = torch.Generator().manual_seed(seed if seed is not None else 0)
+
+    def _act_set(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
+        """The set actor on (E, I, D) observations of any I and K."""
+        s = self.spec
+        if obs.ndim != 3:
+            raise CosimError(f"policy {self.name} expects observations (E, I, D), got {tuple(obs.shape)}")
+        try:
+            lay = ObsLayout.for_obs_dim(obs.shape[-1])
+        except ValueError as exc:
+            raise CosimError(f"policy {self.name}: {exc}") from None
+        x = obs.copy()
+        if not s.twin:  # trained without the twin: it never saw those blocks
+            sl = lay.slices()
+            for b in s.entity.get("twin", []):
+                x[..., sl[b]] = 0.0
+        x = np.clip(x, -OBS_CLIP, OBS_CLIP)
+        with torch.no_grad():
+            out = self.net(torch.from_numpy(x))
+            if not deterministic and s.kind == "gaussian" and self.log_std is not None:
+                std = expand_log_std(self.log_std, lay.n_rsus).exp()
+                out = out + std * torch.randn(out.shape, generator=self.gen)
+        return np.clip(out.numpy().astype(np.float64), -ACTION_BOUND, ACTION_BOUND)
 
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         s = self.spec
         obs = np.asarray(obs, dtype=np.float32)
+        if s.arch == "set":
+            return self._act_set(obs, deterministic)
         if obs.ndim != 3 or obs.shape[1:] != (s.n_agents, s.obs_dim):
             raise CosimError(f"policy {self.name} expects observations (E, {s.n_agents}, {s.obs_dim}), "
                              f"got {tuple(obs.shape)}")
@@ -126,14 +203,28 @@ class TrainedPolicy:
 
 
 def check_compatible(meta: dict[str, Any], env: Any, where: str) -> None:
-    """One-line CosimError when the checkpoint's sizes do not match the environment's."""
+    """One-line CosimError when the checkpoint cannot drive the environment.
+
+    An MLP checkpoint needs the CVs, observation and action sizes it was trained on; a set
+    checkpoint runs on any CVs and RSUs but needs the observation's entity layout it was trained on.
+    """
+    if meta.get("actor", {}).get("arch", "mlp") == "set":
+        have_sig, want_sig = meta["actor"]["entity"], env.layout.signature()
+        if (have_sig["own"], have_sig["token"]) != (want_sig["own"], want_sig["token"]):
+            raise CosimError(f"checkpoint {where} reads RSU tokens {have_sig['token']} and own blocks "
+                             f"{[b for b, _ in have_sig['own']]}, env has {want_sig['token']} and "
+                             f"{[b for b, _ in want_sig['own']]}")
+        return
     have = (meta["n_cvs"], meta["obs_dim"], meta["action_dim"], meta["n_rsus"])
     want = (env.n_cvs, env.obs_dim, env.action_dim, env.n_rsus)
+    hint = " (an MLP policy runs only where it was trained; a set-architecture one, e.g. " \
+           "checkpoints/ly-dtmppo_set.safetensors, runs on any)"
     if have[:2] != want[:2]:
-        raise CosimError(f"checkpoint {where} has {have[0]} CVs x {have[1]} obs, env has {want[0]} CVs x {want[1]}")
+        raise CosimError(f"checkpoint {where} has {have[0]} CVs x {have[1]} obs, env has {want[0]} CVs x {want[1]}"
+                         + hint)
     if have[2:] != want[2:]:
         raise CosimError(f"checkpoint {where} has {have[3]} RSUs x {have[2]} actions, "
-                         f"env has {want[3]} RSUs x {want[2]}")
+                         f"env has {want[3]} RSUs x {want[2]}" + hint)
 
 
 def load_policy(path: str | Path, env: Any = None, name: str | None = None, seed: int | None = None) -> TrainedPolicy:

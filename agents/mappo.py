@@ -26,9 +26,11 @@ from torch import nn
 from cosim.config import Config, ConfigError
 from cosim.env import BatchCoSim
 from cosim.runner import EpisodeSums
+from cosim.scenarios import ScenarioSampler
 
 from .checkpoint import OBS_CLIP
 from .common import Iteration, RunningMeanStd, Trainer, clip_actions
+from .entity import PER_CV, PER_RSU, SetActor, SetCritic, expand_log_std, n_rsus_of
 from .nets import ActorSpec, AgentMLP
 
 EXTRA_SECTION = "mappo"  # training.extra key with the settings below the paper's
@@ -56,6 +58,7 @@ class MAPPOConfig:
     adv_norm: bool = True          # standardise advantages per rollout
     share_params: bool = True      # one actor for all agents (with agent one-hot) or one per agent
     team_reward: bool = False      # learn from R(t) (shared) or from each agent's r_i (paper's Algorithm 1)
+    arch: str = "mlp"              # "mlp": the paper's networks; "set": RSU tokens, any CVs and RSUs (agents/entity.py)
     # training.extra["mappo"]:
     mask_actions: bool = True      # leave action entries the projection ignored out of the likelihood
     obs_norm: bool = False         # running mean/std normalisation of observations and state
@@ -168,11 +171,24 @@ class MAPPOTrainer(Trainer):
         self.I, self.D, self.S, self.A, self.T, self.E = I, D, S, A, T, E
 
         # Networks: the actor (I agents, shared or not) and a critic giving each agent a value.
-        self.actor_net = AgentMLP(I, D, A, c.hidden, c.share_params, c.orthogonal_init, c.policy_head_gain)
-        self.log_std = nn.Parameter(torch.full((1 if c.share_params else I, A), c.log_std_init))
-        # The critic's input for agent i is the global state and agent i's own observation (MAPPO's
-        # agent-specific global state): per-agent values need not find agent i's slice of s.
-        self.critic = CentralCritic(I, S, D, c.hidden, c.orthogonal_init)
+        if c.arch == "set":
+            if c.obs_norm:
+                raise ConfigError("training.extra.mappo.obs_norm: not available with training.arch=set "
+                                  "(the input length changes with K)")
+            lay = sim.layout
+            self.actor_net = SetActor(lay.own_dim, lay.token_dim, c.hidden, c.orthogonal_init, c.policy_head_gain)
+            # One log std per output kind (PER_CV + PER_RSU), so it fits any K.
+            self.log_std = nn.Parameter(torch.full((len(PER_CV) + len(PER_RSU),), c.log_std_init))
+            self.critic = SetCritic(lay.own_dim, lay.token_dim, c.hidden, c.orthogonal_init)
+        else:
+            self.actor_net = AgentMLP(I, D, A, c.hidden, c.share_params, c.orthogonal_init, c.policy_head_gain)
+            self.log_std = nn.Parameter(torch.full((1 if c.share_params else I, A), c.log_std_init))
+            # The critic's input for agent i is the global state and agent i's own observation (MAPPO's
+            # agent-specific global state): per-agent values need not find agent i's slice of s.
+            self.critic = CentralCritic(I, S, D, c.hidden, c.orthogonal_init)
+        # Training across scenarios: a fleet and RSU layout drawn per iteration (training.scenarios).
+        self.sampler = ScenarioSampler(cfg) if cfg.training.scenarios.enabled else None
+        self.base_sim = sim
         # foreach: a few multi-tensor ops per step instead of ~10 small ops per parameter, bit-identical to the
         # default loop (fused=True is not: its results differ from the 2nd update on, ~1e-9 relative)
         self.actor_opt = torch.optim.Adam([*self.actor_net.parameters(), self.log_std], lr=c.lr, eps=1e-5,
@@ -184,7 +200,12 @@ class MAPPOTrainer(Trainer):
         # Trained without the twin: remember which input block to zero at deployment.
         self.dt_slice = None if cfg.twin.enabled else (sim.layout.dt_slice.start, sim.layout.dt_slice.stop)
 
-        # Rollout storage, (steps, envs, agents, ...).
+        self._allocate()
+        self.iterations = 0
+
+    def _allocate(self) -> None:
+        """Rollout storage, (steps, envs, agents, ...), for the current simulator's sizes."""
+        T, E, I, D, S, A = self.T, self.E, self.I, self.D, self.S, self.A
         self.obs = torch.zeros(T, E, I, D)
         self.state = torch.zeros(T, E, S)
         self.actions = torch.zeros(T, E, I, A)
@@ -192,7 +213,15 @@ class MAPPOTrainer(Trainer):
         self.rewards = torch.zeros(T, E, I)
         self.values = torch.zeros(T, E, I)
         self.masks = torch.ones(T, E, I, A)
-        self.iterations = 0
+
+    def _next_scenario(self) -> None:
+        """Play this iteration on a freshly drawn scenario (its own simulator, seeded by the draw)."""
+        scn = self.sampler.draw()
+        if self.sim is not self.base_sim:
+            self.sim.close()
+        self.sim = sim = BatchCoSim(scn.apply(self.cfg), n_envs=self.sampler.episodes_per_batch(scn), seed=scn.seed)
+        self.I, self.D, self.S, self.A, self.E = sim.n_cvs, sim.obs_dim, sim.state_dim, sim.action_dim, sim.n_envs
+        self._allocate()
 
     # -- helpers --------------------------------------------------------------------------------
     def _norm(self, x: np.ndarray, rms: RunningMeanStd) -> torch.Tensor:
@@ -225,10 +254,14 @@ class MAPPOTrainer(Trainer):
     def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian mean and log std for observations (..., I, D)."""
         mean = self.actor_net(obs)
+        if self.c.arch == "set":
+            return mean, expand_log_std(self.log_std, n_rsus_of(obs.shape[-1])).expand_as(mean)
         return mean, self.log_std.expand(self.I, self.A).expand_as(mean)
 
     # -- one iteration: rollout, GAE, update ----------------------------------------------------
     def iterate(self, first_episode: int) -> Iteration:
+        if self.sampler is not None:
+            self._next_scenario()
         c, sim, T = self.c, self.sim, self.T
         tracker = EpisodeSums(sim)
         raw_obs, raw_state = [], []
@@ -332,7 +365,8 @@ class MAPPOTrainer(Trainer):
                 "actor_opt": copy.deepcopy(self.actor_opt.state_dict()),
                 "critic_opt": copy.deepcopy(self.critic_opt.state_dict()),
                 "obs_rms": self.obs_rms.state_dict(), "state_rms": self.state_rms.state_dict(),
-                "value_norm": self.value_norm.state_dict(), "iterations": self.iterations}
+                "value_norm": self.value_norm.state_dict(), "iterations": self.iterations,
+                **({"sampler": copy.deepcopy(self.sampler.state_dict())} if self.sampler is not None else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.actor_net.load_state_dict(state["actor"])
@@ -345,8 +379,12 @@ class MAPPOTrainer(Trainer):
         self.state_rms.load_state_dict(state["state_rms"])
         self.value_norm.load_state_dict(state["value_norm"])
         self.iterations = int(state["iterations"])
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
 
     def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
+        if self.c.arch == "set":
+            return self._set_actor(state)
         spec = ActorSpec("gaussian", self.I, self.D, self.A, self.c.hidden, self.c.share_params, self.dt_slice)
         tensors = {f"net.{k}": v for k, v in state["actor"].items()}
         if self.c.obs_norm:
@@ -356,4 +394,13 @@ class MAPPOTrainer(Trainer):
         else:
             tensors["obs_mean"], tensors["obs_std"] = torch.zeros(self.D), torch.ones(self.D)
         tensors["log_std"] = state["log_std"].expand(self.I, self.A).clone()
+        return spec, tensors
+
+    def _set_actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
+        """The set actor for any I and K: sizes of the base scenario, the entity layout in the spec."""
+        lay, sim = self.base_sim.layout, self.base_sim
+        spec = ActorSpec("gaussian", sim.n_cvs, sim.obs_dim, sim.action_dim, self.c.hidden, True, None, arch="set",
+                         entity=lay.signature(), twin=self.cfg.twin.enabled)
+        tensors = {f"net.{k}": v for k, v in state["actor"].items()}
+        tensors["log_std"] = state["log_std"].clone()
         return spec, tensors

@@ -80,5 +80,8 @@ class ActorSpec:
     hidden: int
     share_params: bool
     dt_slice: tuple[int, int] | None  # zeroed in the input when the policy was trained without the twin
+    arch: str = "mlp"      # "mlp": AgentMLP on the flat vector; "set": agents.entity.SetActor (any CVs and RSUs)
+    entity: dict | None = None  # set arch: ObsLayout.signature() of the observation it reads
+    twin: bool = True      # set arch: trained with the twin (false: the twin blocks are zeroed, as dt_slice does)
 
 

@@ -130,6 +130,23 @@ class TwinConfig:
 
 
 @dataclass(frozen=True)
+class ScenarioRangeConfig:
+    """Training across scenarios: each iteration (episode batch) draws its fleet and RSU layout."""
+
+    enabled: bool = _f(False, doc="draw a scenario per episode batch (false: train on scenario.* only)")
+    n_cvs: tuple[int, int] = _f((2, 12), 1, 64, doc="number of CVs, uniform integer in [lo, hi]")
+    n_rsus: tuple[int, int] = _f((2, 6), 1, 32, doc="number of RSUs, uniform integer in [lo, hi]")
+    rsu_x_m: Range = _f((100.0, 600.0), 0.0, 100_000.0,
+                        doc="RSU positions along the road, uniform in [lo, hi] (m, within scenario.road_length_m)")
+    min_gap_m: float = _f(60.0, 0.0, 10_000.0, doc="least distance between two drawn RSUs, m")
+    rsu_radius_m: Range = _f((130.0, 260.0), 1.0, 10_000.0, doc="RSU coverage radius, uniform in [lo, hi], m")
+    base_share: float = _f(0.0, 0.0, 1.0, doc="share of episode batches played on scenario.* itself")
+    agents_per_batch: int = _f(0, 0, 1_000_000,
+                               doc="episodes per batch = round(this / drawn CVs), so every batch has about as "
+                                   "many agent-episodes (0: training.n_envs episodes per batch)")
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     lr: float = _f(8e-5, 1e-7, 1.0)
     critic_lr: float = _f(5e-4, 1e-7, 1.0)
@@ -154,6 +171,10 @@ class TrainingConfig:
     initial_energy_queue: Range = _f((0.0, 0.0), 0.0, 1e9,
                                      doc="training episodes start from Y_i ~ U[lo, hi] J per CV, so the "
                                          "policy sees the large energy queues of long runs; [0, 0]: empty")
+    arch: str = _f("mlp", choices=("mlp", "set"),
+                   doc="MAPPO actor/critic: the paper's MLP on the flat vector (fixed CVs and RSUs) or the "
+                       "set-structured one on RSU tokens (any CVs and RSUs)")
+    scenarios: ScenarioRangeConfig = field(default_factory=ScenarioRangeConfig)
     extra: dict = _f({}, doc="algorithm-specific settings, free-form")
 
 

@@ -1,10 +1,14 @@
 """The digital twin and the observations it builds (MODEL.md section 8).
 
-An actor's observation is one fixed-length vector per CV, every entry scaled
-to about unit range. Its last block, the *DT part*, is what only the twin
-knows: every RSU's backlog, their aggregate G_rsu and the twin's one-slot
-prediction of each link's distance. Without the twin (Ly-MAPPO) that block is
-zeros of the same length. The critic's global state always has it, true.
+An actor's observation is one vector per CV, every entry scaled to about unit
+range, built from named blocks (:class:`ObsLayout`): the CV's own features and,
+per RSU, one entry of each per-RSU block. Read flat it is the paper's vector
+(the MLP actor's input); read as entities it is the CV's own features plus one
+token per RSU (the set-structured actor's input, any number of RSUs). Its twin
+blocks, the *DT part*, are what only the twin knows: every RSU's backlog, their
+aggregate G_rsu and the twin's one-slot prediction of each link's distance.
+Without the twin (Ly-MAPPO) they are zeros of the same length. The critic's
+global state always has them, true.
 """
 
 from __future__ import annotations
@@ -21,21 +25,51 @@ SPEC_EFF_SCALE = 25.0  # log2(1+SNR) at 10 m on the default channel is about 23.
 
 
 @dataclass(frozen=True)
+class Block:
+    """One named block of an actor observation.
+
+    ``per_rsu`` blocks hold one entry per RSU (K entries in the flat vector, one
+    feature of each RSU token); the others are ``width`` features of the CV itself.
+    ``twin`` blocks are the DT part (zeros without the twin).
+    """
+
+    name: str
+    width: int = 1
+    per_rsu: bool = False
+    twin: bool = False
+
+
+# The observation's blocks in the order of the paper's flat vector (the MLP actor's input).
+OBS_BLOCKS: tuple[Block, ...] = (
+    Block("task", 6),                  # G, G_ins, I_task, I_co, C_i, T_max
+    Block("position", 2),              # x, y (relative to the RSU area)
+    Block("velocity", 2),              # vx, vy
+    Block("covered", per_rsu=True), Block("distance", per_rsu=True), Block("spec_eff", per_rsu=True),
+    Block("queues", 2),                # Q_loc / W_ref, Y / E_ref
+    Block("rsu_capacity", per_rsu=True),  # (F_max - C_twin) / F_max
+    Block("active", 1),
+    Block("dt_backlog", per_rsu=True, twin=True), Block("dt_aggregate", 3, twin=True),
+    Block("dt_distance_next", per_rsu=True, twin=True),
+)
+
+
+@dataclass(frozen=True)
 class ObsLayout:
-    """Named slices of an actor observation for K RSUs (policies read it by name)."""
+    """Named blocks of an actor observation for K RSUs (policies read it by name).
+
+    Two views of the same vector: the paper's flat one (blocks concatenated in
+    ``OBS_BLOCKS`` order, K entries per per-RSU block) and the entity one used by
+    the set-structured actor: the CV's own features plus one token per RSU
+    (``split``). The twin builds the vector from the blocks (``assemble``), so a new
+    block appears in both views at once; a new per-RSU block (issue 12's per-RSU twin
+    features) becomes one more feature of every RSU token.
+    """
 
     n_rsus: int
+    blocks: tuple[Block, ...] = OBS_BLOCKS
 
     def _blocks(self) -> list[tuple[str, int]]:
-        K = self.n_rsus
-        return [("task", 6),          # G, G_ins, I_task, I_co, C_i, T_max
-                ("position", 2),      # x, y (relative to the RSU area)
-                ("velocity", 2),      # vx, vy
-                ("covered", K), ("distance", K), ("spec_eff", K),
-                ("queues", 2),        # Q_loc / W_ref, Y / E_ref
-                ("rsu_capacity", K),  # (F_max - C_twin) / F_max
-                ("active", 1),
-                ("dt_backlog", K), ("dt_aggregate", 3), ("dt_distance_next", K)]
+        return [(b.name, self.n_rsus if b.per_rsu else b.width) for b in self.blocks]
 
     def slices(self) -> dict[str, slice]:
         out, start = {}, 0
@@ -53,8 +87,69 @@ class ObsLayout:
 
     @property
     def dt_slice(self) -> slice:
-        """The DT part: the contiguous tail from dt_backlog on."""
-        return slice(self["dt_backlog"].start, self.dim)
+        """The DT part: the contiguous tail from the first twin block on."""
+        first = next(b.name for b in self.blocks if b.twin)
+        return slice(self[first].start, self.dim)
+
+    # -- building the vector from its blocks ----------------------------------------------------
+    def assemble(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        """Blocks by name, each (..., width) or (..., K) for per-RSU ones -> (..., dim)."""
+        missing = [b.name for b in self.blocks if b.name not in values]
+        extra = sorted(set(values) - {b.name for b in self.blocks})
+        if missing or extra:
+            raise ValueError(f"observation blocks: missing {missing}, unknown {extra}")
+        parts = []
+        for name, n in self._blocks():
+            v = values[name]
+            if v.shape[-1] != n:
+                raise ValueError(f"observation block '{name}' has {v.shape[-1]} entries, layout wants {n}")
+            parts.append(v)
+        return np.concatenate(parts, axis=-1)
+
+    # -- the entity view: own features + one token per RSU -------------------------------------
+    @property
+    def own_blocks(self) -> tuple[Block, ...]:
+        return tuple(b for b in self.blocks if not b.per_rsu)
+
+    @property
+    def token_blocks(self) -> tuple[Block, ...]:
+        return tuple(b for b in self.blocks if b.per_rsu)
+
+    @property
+    def own_dim(self) -> int:
+        return sum(b.width for b in self.own_blocks)
+
+    @property
+    def token_dim(self) -> int:
+        return len(self.token_blocks)
+
+    def own_index(self) -> np.ndarray:
+        """Flat positions of the own features, (own_dim,)."""
+        sl = self.slices()
+        return np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in self.own_blocks])
+
+    def token_index(self) -> np.ndarray:
+        """Flat positions of the RSU tokens, (K, token_dim): token k, feature j."""
+        sl = self.slices()
+        return np.stack([np.arange(sl[b.name].start, sl[b.name].stop) for b in self.token_blocks], axis=-1)
+
+    def split(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(..., dim) -> own (..., own_dim), tokens (..., K, token_dim)."""
+        return obs[..., self.own_index()], obs[..., self.token_index()]
+
+    def signature(self) -> dict[str, list]:
+        """What a set-structured policy file records to check an environment against it."""
+        return {"own": [[b.name, b.width] for b in self.own_blocks], "token": [b.name for b in self.token_blocks],
+                "twin": [b.name for b in self.blocks if b.twin]}
+
+    @classmethod
+    def for_obs_dim(cls, dim: int) -> "ObsLayout":
+        """The layout whose flat vector has ``dim`` entries (K follows from it)."""
+        probe = cls(0)
+        K, rem = divmod(dim - probe.own_dim, probe.token_dim)
+        if rem or K < 1:
+            raise ValueError(f"no observation layout has {dim} entries (own {probe.own_dim} + K x {probe.token_dim})")
+        return cls(K)
 
 
 def area_frame(p: ModelParams) -> tuple[np.ndarray, float]:
@@ -64,8 +159,8 @@ def area_frame(p: ModelParams) -> tuple[np.ndarray, float]:
     return 0.5 * (lo + hi), float(0.5 * (hi - lo).max())
 
 
-def dt_part(p: ModelParams, mob: MobilityState, queues: QueueState) -> np.ndarray:
-    """The twin's view (E, I, 2K+3): RSU backlogs, G_rsu, predicted distance at t+1."""
+def dt_part(p: ModelParams, mob: MobilityState, queues: QueueState) -> dict[str, np.ndarray]:
+    """The twin's view by block: RSU backlogs (E, I, K), G_rsu (E, I, 3), predicted distance at t+1 (E, I, K)."""
     E, I = mob.x.shape
     q = queues.q_rsu / p.W_ref                                      # (E, K)
     agg = np.stack([q.sum(-1), q.mean(-1), q.max(-1)], axis=-1)      # (E, 3)
@@ -74,8 +169,8 @@ def dt_part(p: ModelParams, mob: MobilityState, queues: QueueState) -> np.ndarra
     y_next = mob.y + mob.speed * np.sin(mob.heading) * p.tau
     d_next = distance_3d(p, horizontal_distance(p, x_next, y_next)) / p.rsu_radius
     d_next = d_next * mob.active[..., None]
-    return np.concatenate([np.broadcast_to(q[:, None, :], (E, I, q.shape[-1])),
-                           np.broadcast_to(agg[:, None, :], (E, I, 3)), d_next], axis=-1)
+    return {"dt_backlog": np.broadcast_to(q[:, None, :], (E, I, q.shape[-1])),
+            "dt_aggregate": np.broadcast_to(agg[:, None, :], (E, I, 3)), "dt_distance_next": d_next}
 
 
 class DigitalTwin:
@@ -116,20 +211,24 @@ class DigitalTwin:
         vel = np.stack([mob.speed * np.cos(mob.heading), mob.speed * np.sin(mob.heading)], axis=-1) / self.speed_scale
         E, I = mob.x.shape
         K = p.n_rsus
-        base = np.concatenate([
-            task * act[..., None], pos * act[..., None], vel * act[..., None],
-            covered.astype(float), (d3 / p.rsu_radius) * act[..., None], (spec_eff / SPEC_EFF_SCALE) * act[..., None],
-            np.stack([queues.q_loc / p.W_ref, queues.energy / p.E_ref], axis=-1),
-            np.full((E, I, K), p.rsu_capacity / p.rsu_cpu), act[..., None],
-        ], axis=-1)
+        a = act[..., None]
+        base = {"task": task * a, "position": pos * a, "velocity": vel * a,
+                "covered": covered.astype(float), "distance": (d3 / p.rsu_radius) * a,
+                "spec_eff": (spec_eff / SPEC_EFF_SCALE) * a,
+                "queues": np.stack([queues.q_loc / p.W_ref, queues.energy / p.E_ref], axis=-1),
+                "rsu_capacity": np.broadcast_to(p.rsu_capacity / p.rsu_cpu, (E, I, K)), "active": a}
         true_dt = dt_part(p, mob, queues)
         self._history.append(true_dt)
         if self.enabled:
             seen = self._history[0]
-            if self.sync_error > 0:
-                seen = seen * (1.0 + self.sync_error * self._rng.standard_normal(seen.shape))
+            if self.sync_error > 0:  # one draw over the whole DT part, in layout order
+                sl = self.layout.slices()
+                noise = self._rng.standard_normal((E, I, self.layout.dt_slice.stop - self.layout.dt_slice.start))
+                off = self.layout.dt_slice.start
+                seen = {k: v * (1.0 + self.sync_error * noise[..., sl[k].start - off:sl[k].stop - off])
+                        for k, v in seen.items()}
         else:
-            seen = np.zeros_like(true_dt)
-        obs = np.concatenate([base, seen], axis=-1).astype(np.float32)
-        state = np.concatenate([base, true_dt], axis=-1).astype(np.float32).reshape(E, -1)
+            seen = {k: np.zeros_like(v) for k, v in true_dt.items()}
+        obs = self.layout.assemble({**base, **seen}).astype(np.float32)
+        state = self.layout.assemble({**base, **true_dt}).astype(np.float32).reshape(E, -1)
         return obs, state

@@ -8,6 +8,7 @@
     python scripts/run_cosim.py --sumocfg my/map.sumocfg    # RSUs placed where its traffic is, CVs inside coverage
     python scripts/run_cosim.py --net my.net.xml --rsus 5 --cvs 8
     python scripts/run_cosim.py --backend analytic --episodes 3 --policy nearest
+    python scripts/run_cosim.py --cvs 9 --config configs/transfer/rsu5.yaml   # the shipped policy, any fleet/layout
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main() -> int:
     add_common_args(ap, backend_default="sumo")
     ap.add_argument("--policy", default=None,
                     help="local | nearest | equal | random | dpp-opt | a checkpoint path "
-                         "(default: the shipped Ly-DTMPPO checkpoint)")
+                         "(default: the shipped set-structured Ly-DTMPPO checkpoint, any --cvs and RSU layout)")
     ap.add_argument("--episodes", type=int, default=1)
     ap.add_argument("--out", default="runs/cosim", help="output folder for slots.csv, summary.json, config.yaml")
     ap.add_argument("--gui", action="store_true", help="run sumo-gui and colour each CV by its decision")
