@@ -140,6 +140,8 @@ class ScenarioRangeConfig:
                         doc="RSU positions along the road, uniform in [lo, hi] (m, within scenario.road_length_m)")
     min_gap_m: float = _f(60.0, 0.0, 10_000.0, doc="least distance between two drawn RSUs, m")
     rsu_radius_m: Range = _f((130.0, 260.0), 1.0, 10_000.0, doc="RSU coverage radius, uniform in [lo, hi], m")
+    cover_road: bool = _f(True, doc="redraw a layout until its RSUs cover the whole road, as the paper's do "
+                                    "(false: gaps allowed, where CVs can only compute locally)")
     base_share: float = _f(0.0, 0.0, 1.0, doc="share of episode batches played on scenario.* itself")
     agents_per_batch: int = _f(0, 0, 1_000_000,
                                doc="episodes per batch = round(this / drawn CVs), so every batch has about as "

@@ -19,6 +19,9 @@ import numpy as np
 
 from .config import Config, ConfigError, RSUConfig, to_dict
 
+MAX_TRIES = 10_000  # layout redraws before cover_road gives up
+GAP_TOL_M = 5.0     # coverage gaps up to this long are ignored by cover_road
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -66,6 +69,9 @@ class ScenarioSampler:
         self.ranges = cfg.training.scenarios
         first = cfg.scenario.rsus[0]
         self.rsu_y, self.rsu_height = first.y, first.height  # drawn RSUs stand where the config's first one does
+        sc = cfg.scenario
+        self.road_length = sc.road_length_m
+        self.lateral = abs(first.y) + (sc.lanes_per_direction - 0.5) * sc.lane_width_m  # farthest lane's centre
         # A stream of its own (the config seed's 'scenarios' child), apart from the simulator's.
         ss = np.random.SeedSequence([cfg.seed if seed is None else seed, 0x5CE7])
         self.rng = np.random.default_rng(ss)
@@ -84,12 +90,26 @@ class ScenarioSampler:
         n_cvs = int(g.integers(r.n_cvs[0], r.n_cvs[1] + 1))
         K = int(g.integers(r.n_rsus[0], r.n_rsus[1] + 1))
         lo, hi = r.rsu_x_m
-        # Uniform over layouts with gaps >= min_gap: sorted uniforms on the shortened interval, then
-        # each one shifted by its rank times the gap.
-        x = np.sort(g.uniform(lo, hi - r.min_gap_m * (K - 1), K)) + r.min_gap_m * np.arange(K)
-        radius = g.uniform(r.rsu_radius_m[0], r.rsu_radius_m[1], K)
+        for _ in range(MAX_TRIES):
+            # Uniform over layouts with gaps >= min_gap: sorted uniforms on the shortened interval, then
+            # each one shifted by its rank times the gap.
+            x = np.sort(g.uniform(lo, hi - r.min_gap_m * (K - 1), K)) + r.min_gap_m * np.arange(K)
+            radius = g.uniform(r.rsu_radius_m[0], r.rsu_radius_m[1], K)
+            if not r.cover_road or self.covers_road(x, radius):
+                break
+        else:
+            raise ConfigError(f"training.scenarios: no layout of {K} RSUs drawn in {MAX_TRIES} tries covers the road "
+                              f"(widen rsu_radius_m or rsu_x_m, raise n_rsus, or set cover_road=false)")
         rsus = tuple(RSUConfig(float(xk), self.rsu_y, self.rsu_height, float(rk)) for xk, rk in zip(x, radius))
         return Scenario(n_cvs, rsus, seed=int(g.integers(0, 2**31 - 1)))
+
+    def covers_road(self, x: np.ndarray, radius: np.ndarray) -> bool:
+        """Whether every lane is within some RSU's radius along the whole road (sorted x), up to
+        GAP_TOL_M (the paper's own layout leaves 0.6 m at each end of the outer lanes)."""
+        reach = np.sqrt(np.maximum(radius**2 - self.lateral**2, 0.0))  # half-width covered on the farthest lane
+        left, right = x - reach, x + reach
+        return bool(left[0] <= GAP_TOL_M and right[-1] >= self.road_length - GAP_TOL_M
+                    and (np.maximum.accumulate(right)[:-1] + GAP_TOL_M >= left[1:]).all())
 
     def state_dict(self) -> dict[str, Any]:
         return self.rng.bit_generator.state
