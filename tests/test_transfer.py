@@ -131,6 +131,7 @@ def test_scenario_sampler_draws_within_ranges_reproducibly():
         x = np.array([r.x for r in s.rsus])
         assert x.min() >= 100 and x.max() <= 600 and (np.diff(x) >= 80 - 1e-9).all()
         assert all(130 <= r.radius <= 260 for r in s.rsus)
+        assert a.covers_road(x, np.array([r.radius for r in s.rsus]))  # cover_road: no stretch without an RSU
         assert a.episodes_per_batch(s) == round(60 / s.n_cvs)
     assert s.apply(cfg).n_rsus == len(s.rsus)
 
@@ -143,11 +144,13 @@ def test_scenario_sampler_draws_within_ranges_reproducibly():
      "6 RSUs 200 m apart do not fit"),
     (["training.arch=set", "training.scenarios.n_rsus=[4, 2]"], "lower bound 4 exceeds upper bound 2"),
     (["training.arch=deep"], "'deep' is not one of mlp, set"),
+    (["training.arch=set", "training.scenarios.enabled=true", "training.scenarios.n_rsus=[2, 2]",
+      "training.scenarios.rsu_radius_m=[50, 60]"], "no layout of 2 RSUs drawn in 10000 tries covers the road"),
 ])
 def test_bad_scenario_settings_fail_with_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):
         cfg = load_config(overrides=overrides)
-        ScenarioSampler(cfg)
+        ScenarioSampler(cfg).draw()
 
 
 # -- training across scenarios, and the policy file -------------------------------------------
