@@ -5,6 +5,11 @@
     python scripts/evaluate.py --checkpoint runs/A/policy.safetensors runs/B --episodes 50 --backend sumo
     python scripts/evaluate.py --checkpoint X --policies equal,nearest
     python scripts/evaluate.py --checkpoint X --policies equal,dpp-opt --slots 600 --episodes 2
+    python scripts/evaluate.py --checkpoint checkpoints/ly-dtmppo_set.safetensors --cvs 8 --config configs/transfer/rsu5.yaml
+
+A set-architecture checkpoint runs on any --cvs and RSU layout (--config); an
+MLP checkpoint only on the CV and RSU counts it was trained on (one-line error
+elsewhere).
 
 Every policy acts deterministically (a Gaussian actor's mean) on the same
 episodes: episode i is reset with seed --eval-seed + i (default 10000 + i),
