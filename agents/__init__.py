@@ -59,6 +59,8 @@ def make_trainer(algo: str, cfg: Config, **sim_kwargs: Any) -> "Trainer":
 
     from .common import seed_everything
     spec = get_algorithm(algo)
+    if cfg.training.arch == "set" and spec.module != "agents.mappo":  # the off-policy baselines are MLPs only
+        raise CosimError(f"training.arch=set is available for ly-dtmppo and ly-mappo, not {algo}")
     cfg = cfg.replace(**{"twin.enabled": spec.twin})
     seed_everything(cfg.seed)
     sim = BatchCoSim(cfg, n_envs=cfg.training.n_envs, seed=cfg.seed,
