@@ -136,6 +136,11 @@ def test_scenario_sampler_draws_within_ranges_reproducibly():
     assert s.apply(cfg).n_rsus == len(s.rsus)
 
 
+def test_set_arch_is_refused_where_it_does_not_exist():
+    with pytest.raises(CosimError, match="training.arch=set is available for ly-dtmppo and ly-mappo, not ly-maddpg"):
+        make_trainer("ly-maddpg", load_config(overrides=["training.arch=set"]))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["training.scenarios.enabled=true"], "needs training.arch=set"),
     (["training.arch=set", "training.scenarios.enabled=true", "training.scenarios.rsu_x_m=[100, 900]"],
@@ -147,11 +152,6 @@ def test_scenario_sampler_draws_within_ranges_reproducibly():
     (["training.arch=set", "training.scenarios.enabled=true", "training.scenarios.n_rsus=[2, 2]",
       "training.scenarios.rsu_radius_m=[50, 60]"], "no layout of 2 RSUs drawn in 10000 tries covers the road"),
 ])
-def test_set_arch_is_refused_where_it_does_not_exist():
-    with pytest.raises(CosimError, match="training.arch=set is available for ly-dtmppo and ly-mappo, not ly-maddpg"):
-        make_trainer("ly-maddpg", load_config(overrides=["training.arch=set"]))
-
-
 def test_bad_scenario_settings_fail_with_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):
         cfg = load_config(overrides=overrides)
