@@ -87,7 +87,7 @@ def main() -> int:
         except CosimError as exc:
             if args.policy is not None or policy_name == FALLBACK_POLICY:
                 raise
-            # The shipped checkpoint fits only the CV and RSU counts it was trained for.
+            # A default checkpoint that cannot drive this environment (e.g. an MLP on other CV or RSU counts).
             print(f"note: {exc}; using the {FALLBACK_POLICY} policy instead", file=sys.stderr)
             policy_name = FALLBACK_POLICY
             policy = make_policy(policy_name, sim.n_rsus, seed=cfg.seed, env=sim)

@@ -142,7 +142,8 @@ def test_run_cosim_on_a_generated_map_with_no_other_flag(small_grid: Path, tmp_p
                         "--out", str(tmp_path), "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "RSUs placed where the traffic is" in p.stderr
-    assert "using the equal policy instead" in p.stderr  # the shipped MLP knows 5 CVs only
+    # The shipped set-structured policy drives any fleet on any map: no fallback.
+    assert "using the equal policy instead" not in p.stderr and "ly-dtmppo_set" in p.stdout
     assert "of them covered by an RSU" in p.stdout
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert len(saved["scenario"]["rsus"]) == 3 and saved["scenario"]["rsus"][0]["x"] != 200.0  # not the paper's
