@@ -21,6 +21,7 @@ between iterations and never inside an episode.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import random
@@ -32,6 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from cosim.config import Config, CosimError, save_config, to_dict
 from cosim.env import ACTION_BOUND, BatchCoSim
@@ -137,19 +139,26 @@ class Iteration:
 class Trainer(ABC):
     """One learning algorithm driving a :class:`BatchCoSim`.
 
-    Subclasses set ``name`` and implement four methods; :func:`fit` does the rest.
-    ``iterate`` plays ``sim.n_envs`` whole episodes (``sim.reset()`` ... ``done``),
-    learning during or after them as the algorithm likes (PPO after, off-policy
-    methods with a replay buffer during), and returns their metrics via
-    :class:`cosim.runner.EpisodeSums`. ``state_dict`` is the *complete* learning state
-    (networks, optimisers, normalisers, replay buffers, counters) as nested
-    dicts/lists of tensors, numpy arrays and plain values; :func:`fit` adds the
-    random states and saves it atomically; it must not share memory with the live
-    networks (clone), since :func:`fit` keeps the last one to save on Ctrl-C.
+    Subclasses set ``name``, declare their learning state in ``STATE`` and implement
+    ``iterate`` and ``actor``; :func:`fit` does the rest. ``iterate`` plays
+    ``sim.n_envs`` whole episodes (``sim.reset()`` ... ``done``), learning during or
+    after them as the algorithm likes (PPO after, off-policy methods with a replay
+    buffer during), and returns their metrics via :class:`cosim.runner.EpisodeSums`.
+
+    ``STATE`` maps a checkpoint key to an attribute holding part of the *complete*
+    learning state: a network (``nn.Module``), a tensor or parameter, an optimiser,
+    an object with ``state_dict``/``load_state_dict`` (normalisers, replay buffers)
+    or an int counter. :meth:`state_dict` copies them all (it must not share memory
+    with the live networks, since :func:`fit` keeps the last one to save on Ctrl-C)
+    and :meth:`load_state_dict` puts them back; :func:`fit` adds the random states.
     ``actor(state)`` extracts the deployable policy from such a state.
+
+    ``settings`` is the algorithm's typed settings dataclass; :meth:`resolved_config`
+    is the config with those settings written out, as saved in the run's config.yaml.
     """
 
     name: str = "trainer"
+    STATE: dict[str, str] = {}
 
     def __init__(self, cfg: Config, sim: BatchCoSim):
         self.cfg = cfg
@@ -158,16 +167,53 @@ class Trainer(ABC):
     @abstractmethod
     def iterate(self, first_episode: int) -> Iteration: ...
 
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]: ...
+    def resolved_config(self) -> Config:
+        """The config with the algorithm's resolved settings (defaults included) in training.extra."""
+        return self.cfg
 
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def state_dict(self) -> dict[str, Any]:
+        # A part that is None (an optional helper this run does not use) is left out.
+        return {key: _copy_part(getattr(self, attr)) for key, attr in self.STATE.items()
+                if getattr(self, attr) is not None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [k for k, attr in self.STATE.items() if k not in state and getattr(self, attr) is not None]
+        if missing:
+            raise CosimError(f"checkpoint lacks the {self.name} state '{missing[0]}'")
+        for key, attr in self.STATE.items():
+            part = getattr(self, attr)
+            if part is None:
+                continue
+            if isinstance(part, int):
+                setattr(self, attr, int(state[key]))
+            else:
+                _load_part(part, state[key])
 
     @abstractmethod
     def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
         """The deployable actor of a ``state_dict()``: its spec and tensors (the AgentMLP's
         state dict under 'net.', 'obs_mean', 'obs_std' and, for Gaussian actors, 'log_std')."""
+
+
+def _copy_part(part: Any) -> Any:
+    """A copy of one declared part of a trainer's state (see Trainer.STATE)."""
+    if isinstance(part, nn.Module):
+        return {k: v.detach().clone() for k, v in part.state_dict().items()}
+    if isinstance(part, torch.Tensor):
+        return part.detach().clone()
+    if isinstance(part, torch.optim.Optimizer):
+        return copy.deepcopy(part.state_dict())
+    if isinstance(part, int):
+        return part
+    return part.state_dict()  # normalisers and replay buffers return copies
+
+
+def _load_part(part: Any, value: Any) -> None:
+    if isinstance(part, torch.Tensor):
+        with torch.no_grad():
+            part.copy_(value)
+    else:  # modules, optimisers, normalisers, replay buffers
+        part.load_state_dict(value)
 
 
 # ---------------------------------------------------------------------------
@@ -349,7 +395,7 @@ def fit(trainer: Trainer, run_dir: str | Path, episodes: int | None = None, resu
         done = int(state["episodes"])
         metrics = [record_from_row(dict(zip(RECORD_FIELDS, r))) for r in state["metrics"].tolist()]
     else:
-        save_config(cfg, run_dir / CONFIG_FILE)
+        save_config(trainer.resolved_config(), run_dir / CONFIG_FILE)  # every setting, defaults included
     _write_metrics_csv(run_dir / METRICS_FILE, metrics)  # a resumed run drops rows past its checkpoint
 
     def snapshot() -> dict[str, Any]:
@@ -357,12 +403,13 @@ def fit(trainer: Trainer, run_dir: str | Path, episodes: int | None = None, resu
         return {"trainer": trainer.state_dict(), "rng": capture_rng(sim), "episodes": done,
                 "metrics": table.reshape(-1, len(RECORD_FIELDS))}
 
-    meta = {"algo": algo, "config": to_dict(cfg)}
+    meta = {"algo": algo, "config": to_dict(trainer.resolved_config())}
 
     def save(snap: dict[str, Any]) -> None:
         save_state_file(ckpt_path, snap, meta)
         spec, tensors = trainer.actor(snap["trainer"])
-        save_policy(run_dir / POLICY_FILE, spec, tensors, algo=algo, cfg=cfg, episodes=snap["episodes"])
+        save_policy(run_dir / POLICY_FILE, spec, tensors, algo=algo, cfg=trainer.resolved_config(),
+                    episodes=snap["episodes"])
 
     tb = _TensorBoard(run_dir / "tb" if tensorboard else None, purge_step=done if resume else None)
     stop = min(total, stop_after) if stop_after is not None else total

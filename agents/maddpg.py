@@ -42,7 +42,7 @@ from cosim.config import Config
 from cosim.env import BatchCoSim
 
 from .nets import ActorSpec
-from .offpolicy import (DeterministicActorConfig, DeterministicActorTrainer, QCritic, clip_grad, clone_state, export_actor,
+from .offpolicy import (DeterministicActorConfig, DeterministicActorTrainer, QCritic, clip_grad, export_actor,
                         frozen, make_actor, soft_update)
 
 
@@ -55,9 +55,13 @@ class MADDPGTrainer(DeterministicActorTrainer):
     """Multi-agent DDPG: deterministic decentralised actors, centralised Q critics, replay."""
 
     name = "maddpg"
+    SECTION = "maddpg"
+    STATE = {**DeterministicActorTrainer.STATE, "actor": "actor_net", "actor_target": "actor_target",
+             "critic": "critic", "critic_target": "critic_target", "actor_opt": "actor_opt",
+             "critic_opt": "critic_opt"}
 
     def __init__(self, cfg: Config, sim: BatchCoSim):
-        super().__init__(cfg, sim, MADDPGConfig.from_config(cfg, "maddpg"))
+        super().__init__(cfg, sim, MADDPGConfig.from_config(cfg, self.SECTION))
         c, I, D, S, A = self.c, self.I, self.D, self.S, self.A
 
         # Networks and their targets.
@@ -102,22 +106,6 @@ class MADDPGTrainer(DeterministicActorTrainer):
                 "bound_penalty": bound.item()}
 
     # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"actor": clone_state(self.actor_net), "actor_target": clone_state(self.actor_target),
-                "critic": clone_state(self.critic), "critic_target": clone_state(self.critic_target),
-                "actor_opt": copy.deepcopy(self.actor_opt.state_dict()),
-                "critic_opt": copy.deepcopy(self.critic_opt.state_dict()),
-                **self._shared_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor_net.load_state_dict(state["actor"])
-        self.actor_target.load_state_dict(state["actor_target"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self._load_shared_state(state)
-
     def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
         spec = ActorSpec("deterministic", self.I, self.D, self.A, self.c.hidden, self.c.share_params, self.dt_slice)
         return export_actor(spec, state["actor"], state["obs_norm"] if self.c.obs_norm else None,

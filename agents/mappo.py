@@ -14,7 +14,6 @@ an entropy bonus and the critic's MSE (49).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, fields
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cosim.config import Config, ConfigError
+from cosim.config import Config, ConfigError, _f, load_settings, settings_dict, with_extra
 from cosim.env import BatchCoSim
 from cosim.runner import EpisodeSums
 from cosim.scenarios import ScenarioSampler
@@ -38,47 +37,48 @@ EXTRA_SECTION = "mappo"  # training.extra key with the settings below the paper'
 
 @dataclass(frozen=True)
 class MAPPOConfig:
-    """Everything the algorithm reads: ``cfg.training`` for the first block, then
-    ``training.extra["mappo"]`` (e.g. ``--set training.extra.mappo.obs_norm=true``) for the rest."""
+    """Everything the algorithm reads: ``cfg.training`` for the first block (defaults and ranges in
+    cosim/config.py and configs/default.yaml), then ``training.extra["mappo"]`` (e.g.
+    ``--set training.extra.mappo.obs_norm=true``) for the rest, typed and range-checked like the config."""
 
-    lr: float = 8e-5               # actor Adam step size (paper)
-    critic_lr: float = 5e-4        # critic Adam step size (see configs/default.yaml)
-    gamma: float = 0.99            # discount (paper)
-    gae_lambda: float = 0.95       # GAE trace decay (paper)
-    clip: float = 0.2              # PPO ratio clip epsilon (paper)
-    epochs: int = 10               # passes over each rollout (paper)
-    batch_size: int = 512          # agent-samples per minibatch (paper's "batch 512")
-    hidden: int = 128              # width of both hidden layers, actor and critic
-    entropy_coef: float = 0.0      # entropy bonus weight
-    value_coef: float = 0.5        # critic loss weight
-    max_grad_norm: float = 10.0    # gradient-norm clip, per network
-    log_std_init: float = -0.5     # initial log std of the Gaussian (a learned state-independent vector)
-    value_norm: bool = True        # critic learns normalised returns
-    orthogonal_init: bool = True   # orthogonal weights, gain sqrt(2), policy_head_gain on the policy head
-    adv_norm: bool = True          # standardise advantages per rollout
-    share_params: bool = True      # one actor for all agents (with agent one-hot) or one per agent
-    team_reward: bool = False      # learn from R(t) (shared) or from each agent's r_i (paper's Algorithm 1)
-    arch: str = "mlp"              # "mlp": the paper's networks; "set": RSU tokens, any CVs and RSUs (agents/entity.py)
+    lr: float                      # actor Adam step size (training.lr)
+    critic_lr: float               # critic Adam step size (training.critic_lr)
+    gamma: float                   # discount
+    gae_lambda: float              # GAE trace decay
+    clip: float                    # PPO ratio clip epsilon
+    epochs: int                    # passes over each rollout
+    batch_size: int                # agent-samples per minibatch (paper's "batch 512")
+    hidden: int                    # width of both hidden layers, actor and critic
+    entropy_coef: float            # entropy bonus weight
+    value_coef: float              # critic loss weight
+    max_grad_norm: float           # gradient-norm clip, per network
+    log_std_init: float            # initial log std of the Gaussian (a learned state-independent vector)
+    value_norm: bool               # critic learns normalised returns
+    orthogonal_init: bool          # orthogonal weights, gain sqrt(2), policy_head_gain on the policy head
+    adv_norm: bool                 # standardise advantages per rollout
+    share_params: bool             # one actor for all agents (with agent one-hot) or one per agent
+    team_reward: bool              # learn from R(t) (shared) or from each agent's r_i (paper's Algorithm 1)
+    arch: str                      # "mlp": the paper's networks; "set": RSU tokens, any CVs and RSUs (training.arch)
     # training.extra["mappo"]:
-    mask_actions: bool = True      # leave action entries the projection ignored out of the likelihood
-    obs_norm: bool = False         # running mean/std normalisation of observations and state
-    policy_head_gain: float = 0.01 # initial actions near 0
-    value_norm_beta: float = 0.99  # per-iteration decay of the return statistics (debiased EMA)
+    mask_actions: bool = _f(True, doc="leave action entries the projection ignored out of the likelihood")
+    obs_norm: bool = _f(False, doc="running mean/std normalisation of observations and state")
+    policy_head_gain: float = _f(0.01, 0.0, 10.0, doc="orthogonal gain of the policy head: initial actions near 0")
+    value_norm_beta: float = _f(0.99, 0.0, 0.9999,
+                                doc="per-iteration decay of the return statistics (debiased EMA)")
+
+    @classmethod
+    def inherited(cls, cfg: Config) -> dict[str, Any]:
+        """The first block's values, from cfg.training."""
+        return {f.name: getattr(cfg.training, f.name) for f in fields(cls) if hasattr(cfg.training, f.name)}
 
     @classmethod
     def from_config(cls, cfg: Config) -> "MAPPOConfig":
-        t = cfg.training
-        names = {f.name for f in fields(cls)}
-        values = {k: getattr(t, k) for k in names if hasattr(t, k)}
-        given = t.extra.get(EXTRA_SECTION) or {}
-        if not isinstance(given, dict):
-            raise ConfigError(f"training.extra.{EXTRA_SECTION} must be a mapping, got {type(given).__name__}")
-        own = sorted(names - set(vars(t)))
-        unknown = sorted(set(given) - set(own))
-        if unknown:
-            raise ConfigError(f"unknown training.extra.{EXTRA_SECTION} key '{unknown[0]}' (allowed: {', '.join(own)})")
-        values.update(given)
-        return cls(**values)
+        return load_settings(cls, cfg.training.extra.get(EXTRA_SECTION), f"training.extra.{EXTRA_SECTION}",
+                             inherited=cls.inherited(cfg))
+
+    def resolved(self, cfg: Config) -> Config:
+        """``cfg`` with every training.extra.mappo value written out (saved in the run's config.yaml)."""
+        return with_extra(cfg, {EXTRA_SECTION: settings_dict(self, self.inherited(cfg))})
 
 
 class ValueNorm:
@@ -162,6 +162,9 @@ class MAPPOTrainer(Trainer):
     """Multi-agent PPO with decentralised Gaussian actors and a centralised critic."""
 
     name = "mappo"
+    STATE = {"actor": "actor_net", "log_std": "log_std", "critic": "critic", "actor_opt": "actor_opt",
+             "critic_opt": "critic_opt", "obs_rms": "obs_rms", "state_rms": "state_rms", "value_norm": "value_norm",
+             "iterations": "iterations", "sampler": "sampler"}  # sampler: None unless training.scenarios
 
     def __init__(self, cfg: Config, sim: BatchCoSim):
         super().__init__(cfg, sim)
@@ -358,29 +361,8 @@ class MAPPOTrainer(Trainer):
         return out
 
     # -- state --------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        clone = lambda sd: {k: v.detach().clone() for k, v in sd.items()}  # noqa: E731
-        return {"actor": clone(self.actor_net.state_dict()), "log_std": self.log_std.detach().clone(),
-                "critic": clone(self.critic.state_dict()),
-                "actor_opt": copy.deepcopy(self.actor_opt.state_dict()),
-                "critic_opt": copy.deepcopy(self.critic_opt.state_dict()),
-                "obs_rms": self.obs_rms.state_dict(), "state_rms": self.state_rms.state_dict(),
-                "value_norm": self.value_norm.state_dict(), "iterations": self.iterations,
-                **({"sampler": copy.deepcopy(self.sampler.state_dict())} if self.sampler is not None else {})}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor_net.load_state_dict(state["actor"])
-        with torch.no_grad():
-            self.log_std.copy_(state["log_std"])
-        self.critic.load_state_dict(state["critic"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.obs_rms.load_state_dict(state["obs_rms"])
-        self.state_rms.load_state_dict(state["state_rms"])
-        self.value_norm.load_state_dict(state["value_norm"])
-        self.iterations = int(state["iterations"])
-        if self.sampler is not None:
-            self.sampler.load_state_dict(state["sampler"])
+    def resolved_config(self) -> Config:
+        return self.c.resolved(self.cfg)
 
     def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
         if self.c.arch == "set":

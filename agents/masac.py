@@ -38,11 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cosim.config import Config
+from cosim.config import Config, ConfigError, _f
 from cosim.env import ACTION_BOUND, BatchCoSim
 
 from .nets import ActorSpec
-from .offpolicy import (OffPolicyConfig, OffPolicyTrainer, QCritic, clip_grad, clone_state, export_actor,
+from .offpolicy import (OffPolicyConfig, OffPolicyTrainer, QCritic, clip_grad, export_actor,
                         frozen, make_actor, soft_update)
 
 
@@ -50,21 +50,32 @@ from .offpolicy import (OffPolicyConfig, OffPolicyTrainer, QCritic, clip_grad, c
 class MASACConfig(OffPolicyConfig):
     """OffPolicyConfig (shared settings, see agents/offpolicy.py) plus MASAC's own."""
 
-    alpha_init: float = 1e-3            # initial temperature (rewards are scaled by reward_scale: small)
-    alpha_lr: float = 3e-3              # Adam step size of log(alpha)
-    autotune: bool = True               # tune alpha (false: keep alpha_init)
-    target_entropy: float | None = None  # per agent, nats of the normalised action; None: -action_dim
-    log_std_min: float = -5.0           # bounds of log std(z), z the pre-tanh action in [-1, 1] units
-    log_std_max: float = 2.0
+    alpha_init: float = _f(1e-3, 1e-12, 1e6,
+                           doc="initial temperature (rewards are scaled by reward_scale: small)")
+    alpha_lr: float = _f(3e-3, 0.0, 1.0, doc="Adam step size of log(alpha)")
+    autotune: bool = _f(True, doc="tune alpha (false: keep alpha_init)")
+    target_entropy: float | None = _f(None, -1e4, 1e4,
+                                      doc="per agent, nats of the normalised action; null: -action_dim")
+    log_std_min: float = _f(-5.0, -20.0, 10.0, doc="lower bound of log std(z), z the pre-tanh action")
+    log_std_max: float = _f(2.0, -20.0, 10.0, doc="upper bound of log std(z)")
+
+    def check(self) -> None:
+        if self.log_std_min >= self.log_std_max:
+            raise ConfigError(f"training.extra.masac.log_std_min: {self.log_std_min:g} must be below "
+                              f"log_std_max = {self.log_std_max:g}")
 
 
 class MASACTrainer(OffPolicyTrainer):
     """Multi-agent SAC: squashed-Gaussian decentralised actors, twin centralised soft Q critics, replay."""
 
     name = "masac"
+    SECTION = "masac"
+    STATE = {**OffPolicyTrainer.STATE, "actor": "actor_net", "critics": "critics",
+             "critics_target": "critics_target", "log_alpha": "log_alpha", "actor_opt": "actor_opt",
+             "critic_opt": "critic_opt", "alpha_opt": "alpha_opt"}
 
     def __init__(self, cfg: Config, sim: BatchCoSim):
-        super().__init__(cfg, sim, MASACConfig.from_config(cfg, "masac"))
+        super().__init__(cfg, sim, MASACConfig.from_config(cfg, self.SECTION))
         c, I, D, S, A = self.c, self.I, self.D, self.S, self.A
 
         # Networks: one actor (mean and log-std of z), two critics and their targets, the temperature.
@@ -155,25 +166,6 @@ class MASACTrainer(OffPolicyTrainer):
                 "entropy": -logp.mean().item()}
 
     # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"actor": clone_state(self.actor_net), "critics": clone_state(self.critics),
-                "critics_target": clone_state(self.critics_target), "log_alpha": self.log_alpha.detach().clone(),
-                "actor_opt": copy.deepcopy(self.actor_opt.state_dict()),
-                "critic_opt": copy.deepcopy(self.critic_opt.state_dict()),
-                "alpha_opt": copy.deepcopy(self.alpha_opt.state_dict()),
-                **self._shared_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor_net.load_state_dict(state["actor"])
-        self.critics.load_state_dict(state["critics"])
-        self.critics_target.load_state_dict(state["critics_target"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.alpha_opt.load_state_dict(state["alpha_opt"])
-        self._load_shared_state(state)
-
     def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
         """The deterministic actor 10 tanh(mean(z)), from the mean's half of the head."""
         spec = ActorSpec("squashed", self.I, self.D, self.A, self.c.hidden, self.c.share_params, self.dt_slice)

@@ -32,11 +32,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cosim.config import Config
+from cosim.config import Config, _f
 from cosim.env import BatchCoSim
 
 from .nets import ActorSpec
-from .offpolicy import (DeterministicActorConfig, DeterministicActorTrainer, QCritic, clip_grad, clone_state, export_actor,
+from .offpolicy import (DeterministicActorConfig, DeterministicActorTrainer, QCritic, clip_grad, export_actor,
                         frozen, make_actor, soft_update)
 
 
@@ -44,18 +44,22 @@ from .offpolicy import (DeterministicActorConfig, DeterministicActorTrainer, QCr
 class MATD3Config(DeterministicActorConfig):
     """The shared off-policy and deterministic-actor settings (agents/offpolicy.py) plus TD3's own."""
 
-    policy_delay: int = 2           # critic updates per actor (and target) update
-    target_noise: float = 0.2       # std of the target policy smoothing noise, in units of the bound
-    noise_clip: float = 0.5         # the smoothing noise is clipped to +-noise_clip (units of the bound)
+    policy_delay: int = _f(2, 1, 1000, doc="critic updates per actor (and target) update")
+    target_noise: float = _f(0.2, 0.0, 10.0, doc="std of the target policy smoothing noise, in units of the bound")
+    noise_clip: float = _f(0.5, 0.0, 10.0, doc="the smoothing noise is clipped to +-noise_clip (units of the bound)")
 
 
 class MATD3Trainer(DeterministicActorTrainer):
     """Multi-agent TD3: deterministic decentralised actors, twin centralised Q critics, replay."""
 
     name = "matd3"
+    SECTION = "matd3"
+    STATE = {**DeterministicActorTrainer.STATE, "actor": "actor_net", "actor_target": "actor_target",
+             "critics": "critics", "critics_target": "critics_target", "actor_opt": "actor_opt",
+             "critic_opt": "critic_opt", "actor_updates": "actor_updates"}
 
     def __init__(self, cfg: Config, sim: BatchCoSim):
-        super().__init__(cfg, sim, MATD3Config.from_config(cfg, "matd3"))
+        super().__init__(cfg, sim, MATD3Config.from_config(cfg, self.SECTION))
         c, I, D, S, A = self.c, self.I, self.D, self.S, self.A
 
         # Networks and their targets: one actor, two critics.
@@ -116,23 +120,6 @@ class MATD3Trainer(DeterministicActorTrainer):
         return out
 
     # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"actor": clone_state(self.actor_net), "actor_target": clone_state(self.actor_target),
-                "critics": clone_state(self.critics), "critics_target": clone_state(self.critics_target),
-                "actor_opt": copy.deepcopy(self.actor_opt.state_dict()),
-                "critic_opt": copy.deepcopy(self.critic_opt.state_dict()),
-                "actor_updates": self.actor_updates, **self._shared_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor_net.load_state_dict(state["actor"])
-        self.actor_target.load_state_dict(state["actor_target"])
-        self.critics.load_state_dict(state["critics"])
-        self.critics_target.load_state_dict(state["critics_target"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self._load_shared_state(state)
-        self.actor_updates = int(state["actor_updates"])
-
     def actor(self, state: dict[str, Any]) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
         spec = ActorSpec("deterministic", self.I, self.D, self.A, self.c.hidden, self.c.share_params, self.dt_slice)
         return export_actor(spec, state["actor"], state["obs_norm"] if self.c.obs_norm else None,

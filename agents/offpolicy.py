@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cosim.config import Config, ConfigError
+from cosim.config import Config, ConfigError, _f, load_settings, settings_dict, with_extra
 from cosim.env import ACTION_BOUND
 from cosim.runner import EpisodeSums
 
@@ -76,78 +76,69 @@ EXTRA_SECTION = "offpolicy"  # training.extra key shared by the three off-policy
 
 @dataclass(frozen=True)
 class OffPolicyConfig:
-    """Settings every off-policy baseline reads. First block: ``cfg.training``; the rest: ``training.extra``."""
+    """Settings every off-policy baseline reads. First block: ``cfg.training`` (defaults and ranges in
+    cosim/config.py and configs/default.yaml); the rest: ``training.extra``, typed and range-checked."""
 
-    lr: float = 8e-5               # Adam step size (paper); the actors' unless actor_lr is set
-    critic_lr: float = 8e-5        # critic Adam step size (paper)
-    gamma: float = 0.99            # discount (paper)
-    batch_size: int = 512          # joint transitions (each with all I agents) per gradient update (paper: 512)
-    hidden: int = 128              # width of both hidden layers, actors and critics
-    max_grad_norm: float = 10.0    # global gradient-norm clip, per network (0: off)
-    orthogonal_init: bool = True   # orthogonal weights, gain sqrt(2); policy_head_gain on the actor head
-    share_params: bool = True      # one actor for all agents (with agent one-hot) or one per agent
-    team_reward: bool = True       # learn from R(t) (shared) or from each agent's r_i
+    lr: float                      # Adam step size (training.lr); the actors' unless actor_lr is set
+    critic_lr: float               # critic Adam step size (training.critic_lr)
+    gamma: float                   # discount
+    batch_size: int                # joint transitions (each with all I agents) per gradient update
+    hidden: int                    # width of both hidden layers, actors and critics
+    max_grad_norm: float           # global gradient-norm clip, per network (0: off)
+    orthogonal_init: bool          # orthogonal weights, gain sqrt(2); policy_head_gain on the actor head
+    share_params: bool             # one actor for all agents (with agent one-hot) or one per agent
+    team_reward: bool              # learn from R(t) (shared) or from each agent's r_i
     # training.extra["offpolicy"] (or extra["<algo>"]):
-    actor_lr: float | None = None  # the actors' Adam step size; None: lr
-    buffer_size: int = 100_000     # joint transitions kept (1800 episodes x 30 slots = 54,000 in all)
-    tau: float = 0.005             # target networks: theta' <- tau theta + (1 - tau) theta'
-    warmup_slots: int = 4_800      # env-slots (all envs) of uniform random actions first (default: <= 10% of training)
-    warmup_range: float = 0.3      # warm-up actions are uniform in [-warmup_range, warmup_range] x bound
-    updates_per_step: int = 2      # gradient updates per vector step (n_envs env-slots), once warm-up is over
-    reward_scale: float = 0.002    # critics learn reward_scale * reward (see the module docstring)
-    action_scale: float = 1.0      # raw action = clip(action_scale * actor head, -10, 10): the head acts in raw units
-    obs_norm: bool = True          # running mean/std normalisation of observations and state
-    policy_head_gain: float = 0.01 # orthogonal gain of the actor's head: initial actions near 0
+    actor_lr: float | None = _f(None, 1e-7, 1.0, doc="the actors' Adam step size; null: lr")
+    buffer_size: int = _f(100_000, 1, 100_000_000,
+                          doc="joint transitions kept (1800 episodes x 30 slots = 54,000 in all)")
+    tau: float = _f(0.005, 1e-6, 1.0, doc="target networks: theta' <- tau theta + (1 - tau) theta'")
+    warmup_slots: int = _f(4_800, 0, 1_000_000_000,
+                           doc="env-slots (all envs) of uniform random actions first (default: <= 10% of training)")
+    warmup_range: float = _f(0.3, 1e-6, 1.0,
+                             doc="warm-up actions are uniform in [-warmup_range, warmup_range] x bound")
+    updates_per_step: int = _f(2, 1, 1000,
+                               doc="gradient updates per vector step (n_envs env-slots), once warm-up is over")
+    reward_scale: float = _f(0.002, 1e-9, 1e6, doc="critics learn reward_scale * reward (see the module docstring)")
+    action_scale: float = _f(1.0, 1e-6, 1e3,
+                             doc="raw action = clip(action_scale * actor head, -10, 10): the head acts in raw units")
+    obs_norm: bool = _f(True, doc="running mean/std normalisation of observations and state")
+    policy_head_gain: float = _f(0.01, 0.0, 10.0, doc="orthogonal gain of the actor's head: initial actions near 0")
+
+    @classmethod
+    def inherited(cls, cfg: Config) -> dict[str, Any]:
+        """The first block's values, from cfg.training."""
+        return {f.name: getattr(cfg.training, f.name) for f in fields(cls) if hasattr(cfg.training, f.name)}
 
     @classmethod
     def from_config(cls, cfg: Config, section: str) -> "OffPolicyConfig":
         """``cfg.training`` fields, then ``training.extra["offpolicy"]``, then ``training.extra[section]``
         (those two hold only the keys below the first block; an unknown key fails)."""
         t = cfg.training
-        names = {f.name for f in fields(cls)}
-        values = {k: getattr(t, k) for k in names if hasattr(t, k)}
-        own = sorted(names - set(vars(t)))
-        explicit: set[str] = set()
-        for key in (EXTRA_SECTION, section):
-            given = t.extra.get(key) or {}
-            explicit |= set(given) if isinstance(given, dict) else set()
-            if not isinstance(given, dict):
-                raise ConfigError(f"training.extra.{key} must be a mapping, got {type(given).__name__}")
-            unknown = sorted(set(given) - set(own))
-            if unknown:
-                raise ConfigError(f"unknown training.extra.{key} key '{unknown[0]}' for {section} "
-                                  f"(allowed: {', '.join(own)})")
-            types = {f.name: str(f.type) for f in fields(cls)}
-            values.update({k: _coerce(f"training.extra.{key}.{k}", types[k], v) for k, v in given.items()})
-        c = cls(**values)
+        inherited = cls.inherited(cfg)
+        given: dict[str, Any] = {}
+        for key in (EXTRA_SECTION, section):  # each section checked on its own, so errors name it
+            load_settings(cls, t.extra.get(key), f"training.extra.{key}", inherited)
+            given.update(t.extra.get(key) or {})
+        c = load_settings(cls, given, f"training.extra.{section}", inherited)
         if c.actor_lr is None:
             c = replace(c, actor_lr=c.lr)
-        if "warmup_slots" not in explicit:
+        if "warmup_slots" not in given:
             # Short budgets (quick reproductions) still learn: the default warm-up is at most a tenth of training.
             c = replace(c, warmup_slots=min(c.warmup_slots, t.episodes * cfg.scenario.episode_slots // 10))
-        for name, ok in (("buffer_size", c.buffer_size >= c.batch_size), ("tau", 0 < c.tau <= 1),
-                         ("updates_per_step", c.updates_per_step >= 1), ("warmup_range", 0 < c.warmup_range <= 1),
-                         ("reward_scale", c.reward_scale > 0), ("action_scale", c.action_scale > 0)):
-            if not ok:
-                raise ConfigError(f"training.extra.{EXTRA_SECTION}.{name} = {getattr(c, name)} is out of range")
+        if c.buffer_size < c.batch_size:
+            raise ConfigError(f"training.extra.{section}.buffer_size: {c.buffer_size} is below "
+                              f"training.batch_size = {c.batch_size}")
+        c.check()
         return c
 
+    def check(self) -> None:
+        """Constraints between fields of a subclass (one ConfigError naming the key)."""
 
-def _coerce(key: str, tp: str, value: Any) -> Any:
-    """A training.extra value as its field's type (YAML reads 3e-5 as a string); one-line errors."""
-    if value is None and "None" in tp:
-        return None
-    base = tp.split("|")[0].strip()
-    try:
-        if isinstance(value, bool) != (base == "bool"):
-            raise ValueError
-        if base == "int":
-            if float(value) != int(float(value)):
-                raise ValueError
-            return int(float(value))
-        return float(value) if base == "float" else value
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: expected {base}, got {value!r}") from None
+    def resolved(self, cfg: Config, section: str) -> Config:
+        """``cfg`` with every setting of ``section`` written out (saved in the run's config.yaml); the
+        shared ``offpolicy`` section is folded into it."""
+        return with_extra(cfg, {section: settings_dict(self, self.inherited(cfg))}, drop=(EXTRA_SECTION,))
 
 
 # ---------------------------------------------------------------------------
@@ -339,15 +330,18 @@ def team_or_agent_reward(out: Any, team: bool) -> np.ndarray:
     return np.ascontiguousarray(r, dtype=np.float32)
 
 
-def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 
 class OffPolicyTrainer(Trainer):
     """What the three off-policy trainers share: sizes, normalisers, the replay buffer and the
     play-and-learn loop. Each subclass builds its networks and writes ``_explore`` (actions to
-    play, in units of the bound) and ``_update`` (one gradient step of its algorithm)."""
+    play, in units of the bound) and ``_update`` (one gradient step of its algorithm), and adds its
+    networks and optimisers to ``STATE``."""
+
+    SECTION = EXTRA_SECTION  # the subclass's own training.extra section ("maddpg", "matd3", "masac")
+    STATE = {"obs_norm": "obs_norm", "state_norm": "state_norm", "buffer": "buffer", "slots": "slots",
+             "updates": "updates"}
 
     def __init__(self, cfg: Config, sim: Any, c: OffPolicyConfig):
         super().__init__(cfg, sim)
@@ -374,16 +368,8 @@ class OffPolicyTrainer(Trainer):
         o2, s2 = self.obs_norm(b["next_obs"]), self.state_norm(b["next_state"])
         return o, s, a, self.c.reward_scale * b["reward"], o2, s2
 
-    def _shared_state(self) -> dict[str, Any]:
-        """The part of state_dict() every off-policy trainer has (copies)."""
-        return {"obs_norm": self.obs_norm.state_dict(), "state_norm": self.state_norm.state_dict(),
-                "buffer": self.buffer.state_dict(), "slots": self.slots, "updates": self.updates}
-
-    def _load_shared_state(self, state: dict[str, Any]) -> None:
-        self.obs_norm.load_state_dict(state["obs_norm"])
-        self.state_norm.load_state_dict(state["state_norm"])
-        self.buffer.load_state_dict(state["buffer"])
-        self.slots, self.updates = int(state["slots"]), int(state["updates"])
+    def resolved_config(self) -> Config:
+        return self.c.resolved(self.cfg, self.SECTION)
 
     def iterate(self, first_episode: int) -> Iteration:
         """``n_envs`` whole episodes of exploring actions, each vector step stored in the replay
@@ -416,8 +402,8 @@ class OffPolicyTrainer(Trainer):
 class DeterministicActorConfig(OffPolicyConfig):
     """OffPolicyConfig plus the settings of Ly-MADDPG's and Ly-MATD3's deterministic actors."""
 
-    exploration_noise: float = 0.1  # std of the Gaussian added to actions, in units of the bound
-    bound_coef: float = 1.0         # weight of the penalty on the actor's head beyond [-1, 1]
+    exploration_noise: float = _f(0.1, 0.0, 10.0, doc="std of the Gaussian added to actions, in units of the bound")
+    bound_coef: float = _f(1.0, 0.0, 1e6, doc="weight of the penalty on the actor's head beyond [-1, 1]")
 
 
 class DeterministicActorTrainer(OffPolicyTrainer):

@@ -361,6 +361,39 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def load_settings(cls: type, given: Any, where: str, inherited: Mapping[str, Any] | None = None) -> Any:
+    """An algorithm's typed, frozen settings ``cls`` from the mapping ``given`` (e.g. ``training.extra.mappo``).
+
+    ``where`` names the mapping in messages (``training.extra.mappo``). ``inherited`` holds the fields
+    taken from elsewhere (e.g. ``cfg.training``, already validated); ``given`` may set only the other
+    fields. Values go through the same conversion and range checks as the rest of the config, so an
+    unknown key, a wrong type, a non-finite number or an out-of-range value is one ConfigError naming it.
+    """
+    inherited = dict(inherited or {})
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {given!r}")
+    own = [f.name for f in dataclasses.fields(cls) if f.name not in inherited]
+    unknown = [k for k in given if k not in own]
+    if unknown:
+        raise ConfigError(f"unknown {where} key '{unknown[0]}' (allowed: {', '.join(own)})")
+    return _build(cls, {**inherited, **given}, where + ".")
+
+
+def settings_dict(settings: Any, inherited: Iterable[str] = ()) -> dict[str, Any]:
+    """The fields of a settings dataclass not taken from elsewhere, as plain YAML-able values."""
+    skip = set(inherited)
+    return {f.name: to_dict(getattr(settings, f.name)) for f in dataclasses.fields(settings) if f.name not in skip}
+
+
+def with_extra(cfg: "Config", sections: Mapping[str, Mapping[str, Any]], drop: Iterable[str] = ()) -> "Config":
+    """``cfg`` with ``training.extra`` sections replaced (resolved settings, saved with a run) and ``drop`` removed."""
+    extra = {k: v for k, v in cfg.training.extra.items() if k not in set(drop)}
+    extra.update({k: dict(v) for k, v in sections.items()})
+    return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, extra=extra))
+
+
 def from_dict(data: Mapping[str, Any]) -> Config:
     if not isinstance(data, Mapping):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")

@@ -69,37 +69,49 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import fused as F
 from . import model as M
-from .config import CosimError
+from .config import CosimError, _f, load_settings, to_dict
 from .policies import REFERENCE_POLICIES
 
 LOGIT_FLOOR = -50.0   # the projection clips raw actions to +-50 (model._LOGIT_CLIP)
 REFERENCES = ("local", "nearest", "equal")
 
-DEFAULTS: dict[str, Any] = {
-    "random_starts": 4,        # perturbed heuristic starts (besides 'equal' and the heuristic)
-    "sigma": 1.0,              # std of the perturbation, logit units
-    "reference_starts": ["equal"],  # reference decisions used as starts (all are final candidates anyway)
-    "iterations": 80,          # BFGS iterations at most
-    "line_steps": 12,          # step sizes tried per iteration: line_max * 2^-j, j = 0..line_steps-1
-    "line_max": 1.0,           # longest step, in units of the BFGS step
-    "max_step": 8.0,           # longest BFGS step, logit units
-    "fd_step": 1e-6,           # finite-difference step, logit units
-    "bound": 8.0,              # logits live in [-bound, bound]
-    "tol": 1e-10,              # relative decrease that counts as progress
-    "prune_after": 15,         # from this iteration on, drop starts ...
-    "prune_gap": 0.02,         # ... whose objective is this much (relative) behind the best
-    "probe_dirs": 32,          # final probe round: directions (each tried + and -, at 3 scales)
-    "history": 100_000,        # slots of diagnostics kept for summary() (oldest dropped first)
-    "line_search": "scan",     # scan: walk the step grid from the longest step, stop once values rise again
-    #                            after an improvement; grid: evaluate every step (numba path only; numpy: grid)
-    "fused": True,             # numba objective and BFGS (cosim/fused.py) when numba is installed
-}
+EXTRA_SECTION = "dpp_opt"  # training.extra key of the settings below
+
+
+@dataclass(frozen=True)
+class DppOptConfig:
+    """The per-slot optimiser's settings: ``training.extra.dpp_opt`` (or keyword arguments), typed and
+    range-checked like the config (cosim.config.load_settings)."""
+
+    random_starts: int = _f(4, 0, 1000, doc="perturbed heuristic starts (besides 'equal' and the heuristic)")
+    sigma: float = _f(1.0, 0.0, 100.0, doc="std of the perturbation, logit units")
+    reference_starts: tuple[str, ...] = _f(("equal",), choices=REFERENCES,
+                                           doc="reference decisions used as starts (all are final candidates)")
+    iterations: int = _f(80, 0, 100_000, doc="BFGS iterations at most")
+    line_steps: int = _f(12, 1, 60, doc="step sizes tried per iteration: line_max * 2^-j, j = 0..line_steps-1")
+    line_max: float = _f(1.0, 1e-6, 1e3, doc="longest step, in units of the BFGS step")
+    max_step: float = _f(8.0, 1e-6, 1e3, doc="longest BFGS step, logit units")
+    fd_step: float = _f(1e-6, 1e-12, 1.0, doc="finite-difference step, logit units")
+    bound: float = _f(8.0, 1e-3, -LOGIT_FLOOR, doc="logits live in [-bound, bound]")
+    tol: float = _f(1e-10, 0.0, 1.0, doc="relative decrease that counts as progress")
+    prune_after: int = _f(15, 0, 100_000, doc="from this iteration on, drop starts ...")
+    prune_gap: float = _f(0.02, 0.0, 1e6, doc="... whose objective is this much (relative) behind the best")
+    probe_dirs: int = _f(32, 0, 100_000, doc="final probe round: directions (each tried + and -, at 3 scales)")
+    history: int = _f(100_000, 1, 100_000_000, doc="slots of diagnostics kept for summary() (oldest dropped first)")
+    line_search: str = _f("scan", choices=("scan", "grid"),
+                          doc="scan: walk the step grid from the longest step, stop once values rise again after "
+                              "an improvement; grid: evaluate every step (numba path only; numpy: grid)")
+    fused: bool = _f(True, doc="numba objective and BFGS (cosim/fused.py) when numba is installed")
+
+
+DEFAULTS: dict[str, Any] = to_dict(DppOptConfig())
 
 
 # ---------------------------------------------------------------------------
@@ -405,20 +417,14 @@ class DppOptimizer:
     name = "dpp-opt"
 
     def __init__(self, env: Any = None, seed: int | None = None, **options: Any):
-        extra: dict[str, Any] = {}
         cfg = getattr(env, "cfg", None)
-        if cfg is not None:
-            extra = dict(cfg.training.extra.get("dpp_opt", {}) or {})
-        unknown = (set(extra) | set(options)) - set(DEFAULTS)
-        if unknown:
-            raise CosimError(f"unknown dpp_opt option(s): {', '.join(sorted(unknown))} "
-                             f"(choose from {', '.join(DEFAULTS)})")
-        self.options = {**DEFAULTS, **extra, **options}
-        if self.options["line_search"] not in ("scan", "grid"):
-            raise CosimError(f"dpp_opt.line_search: '{self.options['line_search']}' is not one of scan, grid")
-        bad = [r for r in self.options["reference_starts"] if r not in REFERENCES]
-        if bad:
-            raise CosimError(f"dpp_opt.reference_starts: unknown reference(s) {bad} (choose from {REFERENCES})")
+        extra = (cfg.training.extra.get(EXTRA_SECTION) if cfg is not None else None) or {}
+        load_settings(DppOptConfig, extra, f"training.extra.{EXTRA_SECTION}")  # errors name the section
+        where = f"training.extra.{EXTRA_SECTION}" if not options else "dpp-opt option"
+        if not isinstance(extra, dict):
+            extra = {}
+        self.settings: DppOptConfig = load_settings(DppOptConfig, {**extra, **options}, where)
+        self.options = to_dict(self.settings)  # the solver's plain view of the settings
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self._refs: list[Any] | None = None
