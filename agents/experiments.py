@@ -15,14 +15,13 @@ import itertools
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
-import yaml
 
-from cosim.config import ConfigError, CosimError, load_config, to_dict
+from cosim.config import ConfigError, CosimError, _f, load_config, load_settings, read_yaml, to_dict
 from cosim.resources import REPO_ROOT, config_dir
 
 EXPERIMENTS_DIR = config_dir() / "experiments"
@@ -32,31 +31,27 @@ EVAL_SEED_OFFSET = 100_000  # evaluation seeds never meet training seeds
 
 @dataclass(frozen=True)
 class Experiment:
-    """One figure's or table's worth of cells."""
+    """One figure's or table's worth of cells: an experiment file's settings, typed and checked by the
+    config's loader (cosim.config.load_settings), so an unknown key or a wrong type is one line."""
 
-    name: str
-    description: str
-    algos: tuple[str, ...]
-    sweep: dict[str, tuple[Any, ...]]  # config key -> values (the product is taken)
-    fixed: dict[str, Any]              # config overrides shared by every cell
-    figures: tuple[str, ...]
+    name: str = _f("", doc="the experiment's name (default: the file's stem)")
+    description: str = _f("")
+    algos: tuple[str, ...] = _f((), doc="algorithms and reference policies to run")
+    sweep: dict = _f({}, doc="config key -> list of values (the product is taken)")
+    fixed: dict = _f({}, doc="config overrides shared by every cell")
+    figures: tuple[str, ...] = _f((), doc="figures and tables the experiment feeds")
 
     @classmethod
     def load(cls, path: Path) -> "Experiment":
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
-            raise ConfigError(f"experiment file {path} is not valid YAML") from None
-        allowed = {"name", "description", "algos", "sweep", "fixed", "figures"}
-        unknown = set(data) - allowed
-        if unknown:
-            raise ConfigError(f"{path.name}: unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(sorted(allowed))})")
-        if not data.get("algos"):
-            raise ConfigError(f"{path.name}: 'algos' must list at least one algorithm")
-        sweep = {k: tuple(v if isinstance(v, list) else [v]) for k, v in (data.get("sweep") or {}).items()}
-        return cls(name=data.get("name", path.stem), description=data.get("description", ""),
-                   algos=tuple(data["algos"]), sweep=sweep, fixed=dict(data.get("fixed") or {}),
-                   figures=tuple(data.get("figures") or ()))
+        where = f"experiment file {path}"
+        exp = load_settings(cls, read_yaml(path, "experiment file"), where)
+        if not exp.algos:
+            raise ConfigError(f"{where}: 'algos' must list at least one algorithm")
+        for k, v in exp.sweep.items():
+            if not isinstance(k, str) or (isinstance(v, list) and not v):
+                raise ConfigError(f"{where}: sweep.{k} must be a config key with at least one value")
+        sweep = {k: tuple(v if isinstance(v, list) else [v]) for k, v in exp.sweep.items()}
+        return replace(exp, name=exp.name or path.stem, sweep=sweep)
 
 
 @dataclass(frozen=True)

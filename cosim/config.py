@@ -408,6 +408,109 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     return cfg
 
 
+# ---------------------------------------------------------------------------
+# Reading YAML safely: every file the tools read (configs, experiment files, saved runs) and --set values
+
+MAX_YAML_BYTES = 1_000_000    # a config is a few KB; anything near this is not one
+MAX_YAML_DEPTH = 32           # nesting levels (the config has 3)
+MAX_YAML_NODES = 100_000      # values after expanding aliases: a small file must not expand to gigabytes
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys, deep nesting and alias bombs, in one line naming the file."""
+
+    where = "YAML"
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"{self.where}: nested deeper than {MAX_YAML_DEPTH} levels (line {mark.line + 1})")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if dup:
+                raise ConfigError(f"{self.where}: duplicate key '{key}' (line {key_node.start_mark.line + 1}); "
+                                  f"each key may appear once")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """Values a YAML node stands for once every alias is expanded (memoised: aliases share nodes)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    n = 1
+    if isinstance(node, yaml.SequenceNode):
+        n += sum(_expanded_size(v, memo) for v in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[id(node)] = min(n, 10 * MAX_YAML_NODES)
+    return memo[id(node)]
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> Python values, safely; any problem is one ConfigError naming ``where``."""
+    if "\x00" in text:
+        raise ConfigError(f"{where} is a binary file, not YAML text")
+    loader = _SafeLoader(text)
+    loader.where = where
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: expands to more than {MAX_YAML_NODES:,} values (YAML aliases); "
+                              f"write the values out instead")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1}: {exc.problem})" if mark is not None else ""
+        raise ConfigError(f"{where} is not valid YAML{line}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file holding a mapping; missing, unreadable, binary, non-UTF-8, oversized or hostile
+    files are one ConfigError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {p}")
+    try:
+        if p.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{what} {p} is {p.stat().st_size:,} bytes; a config is at most "
+                              f"{MAX_YAML_BYTES:,}")
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    if b"\x00" in raw:
+        raise ConfigError(f"{what} {p} is a binary file, not YAML text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {p} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    data = parse_yaml(text, f"{what} {p}") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {p} must hold a mapping of sections")
+    return data
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``["lyapunov.V=10", "twin.enabled=false"]`` -> nested dict; values parsed as YAML."""
     flat: dict[str, Any] = {}
@@ -416,25 +519,12 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             raise ConfigError(f"override '{item}' is not of the form section.key=value")
         key, raw = item.split("=", 1)
         try:
-            flat[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+            flat[key.strip()] = parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
+        except ConfigError:
+            if any(c in raw for c in "[]{}&*"):  # a value meant as YAML structure must parse
+                raise
             flat[key.strip()] = raw
     return _nest(flat)
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"config file {p} is not valid YAML{where}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of sections")
-    return data
 
 
 def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = (),
