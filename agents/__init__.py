@@ -83,17 +83,20 @@ def train(algo: str | None, cfg: Config | None = None, out: str | Path | None = 
     With ``resume=DIR`` the algorithm and config come from DIR (``algo`` and ``cfg`` must then
     be None or agree); ``episodes`` may raise the budget of a finished run.
     """
-    from .common import CHECKPOINT_FILE, CONFIG_FILE, fit, load_state_file, run_name
+    from cosim.outputs import OutputDir
+
+    from .common import CHECKPOINT_FILE, CONFIG_FILE, fit, read_checkpoint_meta, run_name
 
     if resume is not None:
         run_dir = Path(resume)
         ckpt = run_dir / CHECKPOINT_FILE
         if not ckpt.is_file():
             raise CosimError(f"nothing to resume: {ckpt} not found")
-        _, meta = load_state_file(ckpt)
+        meta = read_checkpoint_meta(ckpt)
         if algo is not None and algo != meta["algo"]:
             raise CosimError(f"{run_dir} was trained with {meta['algo']}, not {algo}")
         algo = meta["algo"]
+        get_algorithm(algo)
         cfg = load_config([run_dir / CONFIG_FILE])
     else:
         if algo is None:
@@ -101,12 +104,17 @@ def train(algo: str | None, cfg: Config | None = None, out: str | Path | None = 
         get_algorithm(algo)
         cfg = cfg if cfg is not None else load_config()
         run_dir = Path(out) if out is not None else Path(runs_root) / run_name(cfg, algo)
-    trainer = make_trainer(algo, cfg, **sim_kwargs)
-    try:
-        return fit(trainer, run_dir, episodes=episodes, resume=resume is not None, progress=progress,
-                   tensorboard=tensorboard, stop_after=stop_after, algo=algo, log=log)
-    finally:
-        trainer.sim.close()
+        if (run_dir / CHECKPOINT_FILE).is_file():
+            raise CosimError(f"{run_dir} already holds a run ({CHECKPOINT_FILE}); continue it with --resume "
+                             f"{run_dir} or choose another --out")
+    # Written in place (not staged): the periodic checkpoints must survive a crash for --resume.
+    with OutputDir(run_dir, staged=False, what="--resume" if resume is not None else "--out"):
+        trainer = make_trainer(algo, cfg, **sim_kwargs)
+        try:
+            return fit(trainer, run_dir, episodes=episodes, resume=resume is not None, progress=progress,
+                       tensorboard=tensorboard, stop_after=stop_after, algo=algo, log=log)
+        finally:
+            trainer.sim.close()
 
 
 # ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import torch
 
 from cosim.config import Config, CosimError, to_dict
 from cosim.env import ACTION_BOUND
+from cosim.outputs import temp_path
 from cosim.twin import ObsLayout
 
 from .entity import PER_CV, PER_RSU, SetActor, expand_log_std
@@ -41,7 +42,7 @@ OBS_CLIP = 10.0  # normalised observations are clipped to this, in training and 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temp file in the same folder, then os.replace: a reader never sees half a file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)  # removed by the next run into this folder if a SIGKILL leaves it
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
@@ -82,16 +83,25 @@ def read_policy_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.
     try:
         with safe_open(str(p), framework="pt") as f:
             header = f.metadata() or {}
+            try:
+                meta = json.loads(header["dtcosim"])
+            except (KeyError, json.JSONDecodeError):
+                raise CosimError(f"{p} is a safetensors file without dtcosim policy metadata") from None
+            if not isinstance(meta, dict):
+                raise CosimError(f"{p}: its dtcosim header is {type(meta).__name__}, not an object")
+            if meta.get("format") != FORMAT:
+                raise CosimError(f"{p} has policy format {meta.get('format')!r}, this code reads {FORMAT!r}")
+            # Every size is checked against the tensors in the file before anything is allocated.
+            validate_policy_header(p, meta, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CosimError(f"{p} is not a policy checkpoint ({str(exc).splitlines()[0][:80]})") from None
-    try:
-        meta = json.loads(header["dtcosim"])
-    except (KeyError, json.JSONDecodeError):
-        raise CosimError(f"{p} is a safetensors file without dtcosim policy metadata") from None
-    if meta.get("format") != FORMAT:
-        raise CosimError(f"{p} has policy format {meta.get('format')!r}, this code reads {FORMAT!r}")
+        raise CosimError(f"{p} is not a policy checkpoint ({(str(exc).splitlines() or [''])[0][:80]})") from None
     validate_header(meta, tensors, str(p))
+    for k, v in tensors.items():
+        if not torch.isfinite(v).all():
+            raise CosimError(f"{p}: tensor {k} holds NaN or infinite values; the policy cannot be used")
+    if "obs_std" in tensors and not (tensors["obs_std"] > 0).all():
+        raise CosimError(f"{p}: obs_std has zero or negative entries (observations are divided by it)")
     return meta, tensors
 
 
@@ -125,6 +135,62 @@ def validate_header(meta: dict[str, Any], tensors: dict[str, torch.Tensor], wher
     for key in ("obs_mean", "obs_std") if arch == "mlp" else ():
         if key not in tensors or tuple(tensors[key].shape) != (a["obs_dim"],):
             raise CosimError(f"{where}: policy file needs a {key} tensor of {a['obs_dim']} entries")
+
+
+_KINDS = ("gaussian", "deterministic", "squashed")
+MAX_POLICY_SIZE = 1 << 16  # a bound on every size in a header (agents, observation, action, hidden width)
+
+
+def validate_policy_header(p: Path, meta: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+    """One CosimError unless the header's fields have the right types and sensible values and
+    the tensors in the file have exactly the shapes the header implies."""
+    def field(d: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
+        v = d.get(key)
+        if kind is int:
+            ok = isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_POLICY_SIZE
+        else:
+            ok = isinstance(v, kind)
+        if not ok:
+            what = f"an integer in [1, {MAX_POLICY_SIZE}]" if kind is int else kind.__name__
+            raise CosimError(f"{p}: header field {where}{key} is {v!r}, expected {what}")
+        return v
+
+    for key in ("n_cvs", "n_rsus", "obs_dim", "action_dim", "hidden"):
+        field(meta, key, int)
+    field(meta, "algo", str)
+    a = field(meta, "actor", dict)
+    kind = field(a, "kind", str, "actor.")
+    if kind not in _KINDS:
+        raise CosimError(f"{p}: actor.kind {kind!r} is not one of {', '.join(_KINDS)}")
+    I, D, A, H = (field(a, k, int, "actor.") for k in ("n_agents", "obs_dim", "action_dim", "hidden"))
+    shared = field(a, "share_params", bool, "actor.")
+    if (I, D, A, H) != (meta["n_cvs"], meta["obs_dim"], meta["action_dim"], meta["hidden"]):
+        raise CosimError(f"{p}: the header's sizes disagree with its actor's")
+    if a.get("arch", "mlp") == "set":  # one network for any sizes; its width still must match the tensors
+        want_ctx = (H, H)
+        if shapes.get("net.rsu_ctx.weight") != want_ctx:
+            raise CosimError(f"{p}: tensor net.rsu_ctx.weight has shape {list(shapes.get('net.rsu_ctx.weight', []))}, "
+                             f"the header implies {list(want_ctx)}")
+        return  # the rest of a set policy: validate_header, once its (small) tensors are read
+    dt = a.get("dt_slice")
+    if dt is not None and not (isinstance(dt, list) and len(dt) == 2 and all(isinstance(x, int) for x in dt)
+                               and 0 <= dt[0] < dt[1] <= D):
+        raise CosimError(f"{p}: actor.dt_slice {dt!r} is not [start, stop] within the {D} observation entries")
+    g, d0 = (1, D + I) if shared else (I, D)
+    want = {"net.layers.0.weight": (g, d0, H), "net.layers.0.bias": (g, H),
+            "net.layers.1.weight": (g, H, H), "net.layers.1.bias": (g, H),
+            "net.layers.2.weight": (g, H, A), "net.layers.2.bias": (g, A),
+            "obs_mean": (D,), "obs_std": (D,)}
+    if "log_std" in shapes:
+        want["log_std"] = (I, A)
+    for k, shape in want.items():
+        if k not in shapes:
+            raise CosimError(f"{p}: tensor {k} is missing")
+        if shapes[k] != shape:
+            raise CosimError(f"{p}: tensor {k} has shape {list(shapes[k])}, the header implies {list(shape)}")
+    extra = sorted(set(shapes) - set(want))
+    if extra:
+        raise CosimError(f"{p}: unexpected tensor {extra[0]}")
 
 
 class TrainedPolicy:

@@ -267,12 +267,38 @@ def save_state_file(path: Path, state: dict[str, Any], meta: dict[str, Any] | No
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=header))
 
 
+def _damaged(path: Path, why: str) -> CosimError:
+    return CosimError(f"{path} is damaged or not a training checkpoint ({why}); train anew, or resume from a copy")
+
+
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    """The JSON metadata of a training checkpoint (algo, config), without reading its tensors."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        meta = json.loads(header.get("meta", "null"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _damaged(path, " ".join(str(exc).split())[:100]) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("algo"), str) or "state" not in header:
+        raise _damaged(path, "no dtcosim training metadata")
+    return meta
+
+
 def load_state_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        header = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return unflatten_state(json.loads(header["state"]), tensors), json.loads(header.get("meta", "{}"))
+    """(state, meta) of a checkpoint; a truncated, random or foreign file is one CosimError."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        state = unflatten_state(json.loads(header["state"]), tensors)
+        meta = json.loads(header.get("meta", "{}"))
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _damaged(path, " ".join(str(exc).split())[:100] or type(exc).__name__) from None
+    if not isinstance(state, dict) or not isinstance(meta, dict):
+        raise _damaged(path, "its header is not a dtcosim state")
+    return state, meta
 
 
 # ---------------------------------------------------------------------------
@@ -390,17 +416,26 @@ def fit(trainer: Trainer, run_dir: str | Path, episodes: int | None = None, resu
         state, meta = load_state_file(ckpt_path)
         if meta.get("algo") != algo:
             raise CosimError(f"checkpoint in {run_dir} is {meta.get('algo')}, not {algo}")
-        trainer.load_state_dict(state["trainer"])
-        restore_rng(sim, state["rng"])
-        done = int(state["episodes"])
-        metrics = [record_from_row(dict(zip(RECORD_FIELDS, r))) for r in state["metrics"].tolist()]
+        try:
+            trainer.load_state_dict(state["trainer"])
+            restore_rng(sim, state["rng"])
+            done = int(state["episodes"])
+            metrics = [record_from_row(dict(zip(RECORD_FIELDS, r))) for r in state["metrics"].tolist()]
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
+            raise _damaged(ckpt_path, f"its state does not fit this run: {' '.join(str(exc).split())[:100]}") from None
+        # The budget of the run, raised by an earlier --resume --episodes N, persists in the checkpoint.
+        budget = int(state.get("budget", cfg.training.episodes))
+        if episodes is None:
+            total = budget
+        elif episodes < done:
+            raise CosimError(f"--episodes {episodes} is below the {done} episodes {run_dir} has done already")
     else:
         save_config(trainer.resolved_config(), run_dir / CONFIG_FILE)  # every setting, defaults included
     _write_metrics_csv(run_dir / METRICS_FILE, metrics)  # a resumed run drops rows past its checkpoint
 
     def snapshot() -> dict[str, Any]:
         table = np.array([[getattr(m, k) for k in RECORD_FIELDS] for m in metrics], dtype=np.float64)
-        return {"trainer": trainer.state_dict(), "rng": capture_rng(sim), "episodes": done,
+        return {"trainer": trainer.state_dict(), "rng": capture_rng(sim), "episodes": done, "budget": total,
                 "metrics": table.reshape(-1, len(RECORD_FIELDS))}
 
     meta = {"algo": algo, "config": to_dict(trainer.resolved_config())}

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from .backends import BACKENDS
-from .config import Config, CosimError, load_config, save_config
+from .config import Config, CosimError, load_config, save_config, settings_dict, with_extra
 
 
 def add_common_args(ap: argparse.ArgumentParser, backend_default: str | None = None) -> None:
@@ -22,6 +23,13 @@ def add_common_args(ap: argparse.ArgumentParser, backend_default: str | None = N
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: the config seed)")
     ap.add_argument("--traces", default=None, metavar="DIR",
                     help="replay SUMO traces recorded by scripts/record_traces.py (backend trace)")
+    add_debug_arg(ap)
+
+
+def add_debug_arg(ap: argparse.ArgumentParser) -> None:
+    """``--debug``: show the full traceback of an error (run_main reads it from the command line)."""
+    ap.add_argument("--debug", action="store_true",
+                    help="on an error, show the full Python traceback instead of one line")
 
 
 def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> Config:
@@ -40,20 +48,41 @@ def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None =
     return cfg.replace(**changes) if changes else cfg
 
 
-def save_run_config(cfg: Config, out_dir: str | Path) -> Path:
+def save_run_config(cfg: Config, out_dir: str | Path, *policies: Any) -> Path:
+    """config.yaml in ``out_dir``, with the resolved settings (defaults included) of every policy that has
+    them (``policy.settings``, a dataclass read from ``training.extra[policy.SETTINGS_SECTION]``)."""
+    sections = {p.SETTINGS_SECTION: settings_dict(p.settings) for p in policies
+                if getattr(p, "SETTINGS_SECTION", None) and getattr(p, "settings", None) is not None}
     path = Path(out_dir) / "config.yaml"
-    save_config(cfg, path)
+    save_config(with_extra(cfg, sections) if sections else cfg, path)
     return path
 
 
+def _oserror_line(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run a script's main: CosimError -> one line on stderr and exit 2; Ctrl-C -> exit 130."""
+    """Run a script's main: an error caused by the user's input or environment (CosimError, an
+    OSError such as a missing or unreadable file or a full disk, MemoryError) -> one line on
+    stderr and exit 2; Ctrl-C -> exit 130. ``--debug`` on the command line shows the traceback."""
+    debug = "--debug" in sys.argv[1:]
     try:
         code = main()
-    except CosimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (CosimError, OSError, MemoryError) as exc:
+        if debug:
+            traceback.print_exc()
+        if isinstance(exc, CosimError):
+            print(f"error: {exc}", file=sys.stderr)
+        elif isinstance(exc, MemoryError):
+            print("error: out of memory (reduce training.n_envs, episodes or the scenario size)", file=sys.stderr)
+        else:
+            print(f"error: {_oserror_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)

@@ -405,7 +405,46 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     if cfg.compute.twin_reserve_hz >= cfg.compute.rsu_cpu_hz:
         raise ConfigError(f"compute.twin_reserve_hz: {cfg.compute.twin_reserve_hz:g} leaves no RSU capacity "
                           f"(must be below compute.rsu_cpu_hz = {cfg.compute.rsu_cpu_hz:g})")
+    _check_references(cfg)
+    _check_sumo(cfg.sumo)
     return cfg
+
+
+# Costs and drifts are divided by one average local task's delay, energy and work (model.ModelParams);
+# a parameter that makes one of them zero or non-finite would make every result inf or NaN.
+_REFERENCE_KEYS = {"T_ref": "tasks.size_bits, tasks.intensity_cycles_per_bit and compute.cv_cpu_hz",
+                   "E_ref": "compute.kappa_cv, tasks.size_bits, tasks.intensity_cycles_per_bit and compute.cv_cpu_hz",
+                   "W_ref": "tasks.size_bits and tasks.intensity_cycles_per_bit"}
+
+
+def _check_references(cfg: Config) -> None:
+    from .model import ModelParams  # late: model imports this module
+    p = ModelParams.from_config(cfg)
+    for name, keys in _REFERENCE_KEYS.items():
+        v = getattr(p, name)
+        if name == "E_ref" and cfg.compute.kappa_cv == 0:
+            raise ConfigError("compute.kappa_cv: 0 makes the energy reference E_ref zero: costs are normalised by "
+                              "it, so every result would be inf or NaN; use a value above 0")
+        if not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"{keys} give the reference {name} = {v:g}: costs are normalised by it, so every "
+                              f"result would be inf or NaN (e.g. compute.kappa_cv must be above 0)")
+
+
+# SUMO options that make it wait for a TraCI client: libsumo would block forever.
+_WAITING_SUMO_OPTIONS = ("--remote-port", "--num-clients")
+
+
+def _check_sumo(s: SumoConfig) -> None:
+    if s.net is not None and s.sumocfg is not None:
+        raise ConfigError(f"sumo.net ({s.net}) and sumo.sumocfg ({s.sumocfg}) are both set: give one map, "
+                          f"a .sumocfg or a .net.xml (with routes)")
+    if s.routes is not None and s.net is None:
+        raise ConfigError(f"sumo.routes ({s.routes}) needs sumo.net: routes belong to a network "
+                          f"(a .sumocfg names its own routes)")
+    for arg in s.extra_args:
+        if arg.split("=", 1)[0] in _WAITING_SUMO_OPTIONS:
+            raise ConfigError(f"sumo.extra_args: {arg.split('=', 1)[0]} makes SUMO wait for a TraCI client and "
+                              f"would hang the run; the co-simulation connects to SUMO itself")
 
 
 # ---------------------------------------------------------------------------

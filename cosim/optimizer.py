@@ -415,6 +415,7 @@ class DppOptimizer:
     """
 
     name = "dpp-opt"
+    SETTINGS_SECTION = EXTRA_SECTION  # run_cosim saves self.settings there in the run's config.yaml
 
     def __init__(self, env: Any = None, seed: int | None = None, **options: Any):
         cfg = getattr(env, "cfg", None)

@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import model as M
+from .config import CosimError
 from .env import BatchCoSim, StepOutput
 from .stats import ci95
 
@@ -60,6 +61,7 @@ class EpisodeSums:
 
     def add(self, out: StepOutput) -> None:
         r, s = out.result, self.sums
+        check_finite(out)
         act = r.active
         s["reward"] += r.reward
         s["cost"] += r.system_cost
@@ -87,6 +89,23 @@ class EpisodeSums:
         return [EpisodeRecord(episode=first_episode + e, seed=seed, deadline_misses=int(s["misses"][e]),
                               tasks=int(s["tasks"][e]), **{k: float(v[e]) for k, v in cols.items()})
                 for e in range(self.sim.n_envs if n is None else n)]
+
+
+# What a slot reports, in the order a blow-up propagates; the first non-finite one is named.
+_CHECKED = (("delay", "task delay"), ("energy", "task energy"), ("system_cost", "system cost"),
+            ("reward", "reward R(t)"))
+
+
+def check_finite(out: StepOutput) -> None:
+    """Stop with one line naming the quantity when a slot's result is inf or NaN: summaries and
+    training would otherwise carry it on silently (a parameter outside what the model can handle)."""
+    r = out.result
+    for attr, label in _CHECKED:
+        v = np.asarray(getattr(r, attr))
+        if not np.isfinite(v).all():
+            bad = v[~np.isfinite(v)].flat[0]
+            raise CosimError(f"the {label} of a slot is {bad} (not finite): the parameters drive the model "
+                             f"beyond what it can compute; check the config values in use")
 
 
 def _div(a: float, b: float) -> float:
@@ -186,6 +205,10 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
         bar.close()
         if fh is not None:
             fh.close()
+    if totals["tasks"] == 0 and episodes > 0:
+        raise CosimError(f"no vehicle became a CV in {episodes} episode(s) of {sim.episode_slots} slots, so there "
+                         f"is nothing to offload or report: on a SUMO map check sumo.cv_vtype, the routes "
+                         f"(vehicles must depart within the episode) and sumo.warmup_s")
     costs = np.array([s.cost for s in result.episodes])
     result.summary = {
         "mean_cost": _div(totals["cost"], totals["slots"]),
@@ -234,4 +257,20 @@ def write_summary(path: str | Path, summary: dict[str, Any], episodes: list[Epis
     data = dict(summary)
     if episodes is not None:
         data["per_episode"] = [asdict(s) for s in episodes]
-    Path(path).write_text(json.dumps(data, indent=2))
+    Path(path).write_text(strict_json(data))
+
+
+def strict_json(data: Any) -> str:
+    """JSON that every parser reads: a NaN or infinity (which json.dumps would write as the
+    non-standard NaN/Infinity) is a CosimError naming the key."""
+    def find(x: Any, where: str) -> None:
+        if isinstance(x, float) and not math.isfinite(x):
+            raise CosimError(f"{where} is {x}: refusing to write it to a summary")
+        if isinstance(x, dict):
+            for k, v in x.items():
+                find(v, f"{where}.{k}" if where else str(k))
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                find(v, f"{where}[{i}]")
+    find(data, "")
+    return json.dumps(data, indent=2, allow_nan=False)

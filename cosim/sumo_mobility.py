@@ -65,6 +65,7 @@ import dataclasses
 import itertools
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -90,6 +91,7 @@ from sumo_net import generate_road as road
 from .config import Config, ConfigError, CosimError, RSUConfig, ScenarioConfig, with_rsus
 from .gui import LabelMetrics, layout_labels
 from .mobility import BatchMobility, MobilityState, draw_road_start, stack_states
+from .outputs import remove_stale_temp_dirs
 from .palette import pale, rsu_hue
 
 
@@ -103,6 +105,9 @@ _GUI_FRAME_PX = (10, 215)             # sumo-gui's window minus its view (menus,
 _labels = itertools.count()
 # libsumo runs one simulation per process: the _Sumo that holds it, if any.
 _libsumo_holder: "_Sumo | None" = None
+
+
+_TMP_PREFIX = "cosim-sumo-"  # temp folders: cosim-sumo-<pid>-<random>
 
 
 def _binary(name: str) -> str:
@@ -154,6 +159,10 @@ def _net_info(path: str, mtime: float) -> _NetInfo:
         net = sumolib.net.readNet(path)
     except xml.sax.SAXException as exc:
         raise CosimError(f"network {path} does not parse: {exc}") from None
+    except (KeyError, ValueError, IndexError, AttributeError, TypeError) as exc:
+        # sumolib trusts the file: an edge naming a missing node, a bad number or shape ends up here.
+        raise CosimError(f"network {path} is not a valid SUMO network ({type(exc).__name__}: "
+                         f"{_one_line(exc)[:80]}); rebuild it with netconvert") from None
     roads: dict[frozenset[str], tuple[float, tuple[tuple[float, float], ...]]] = {}
     for edge in net.getEdges():
         if edge.getFunction() or not edge.allows("passenger"):  # '' is a normal road
@@ -179,6 +188,10 @@ def _sumocfg_inputs(path: Path) -> dict[str, list[Path]]:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
         raise CosimError(f"sumo.sumocfg: {path} is not valid XML ({exc})") from None
+    for option in ("remote-port", "num-clients"):
+        if root.find(f".//{option}") is not None:  # SUMO would wait for a client; libsumo never returns
+            raise CosimError(f"sumo.sumocfg: {path} sets {option}, which makes SUMO wait for a TraCI client and "
+                             f"would hang the run; remove it (the co-simulation connects to SUMO itself)")
     inputs: dict[str, list[Path]] = {}
     for key in ("net-file", "route-files", "additional-files"):
         element = root.find(f".//{key}")
@@ -588,9 +601,28 @@ class _Sumo:
                 time.sleep(0.005)
 
     def failure(self, exc: BaseException) -> str:
-        """What SUMO said about why it failed (over TraCI, its error output), as one line."""
-        said = _error_line(self.log.read_text()) if self.proc is not None and self.log.is_file() else ""
-        return said or _one_line(exc)
+        """Why SUMO failed, as one line: killed by a signal, its error message, or its exit status.
+        (Not merely its last line of output: sumo-gui prints unrelated warnings there.)"""
+        if self.proc is None:
+            return _one_line(exc)
+        try:
+            code = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
+        binary = "sumo-gui" if self.gui else "sumo"
+        if code is not None and code < 0:
+            try:
+                sig = signal.Signals(-code).name
+            except ValueError:
+                sig = f"signal {-code}"
+            return f"{binary} died (killed by {sig})"
+        text = self.log.read_text(errors="replace") if self.log.is_file() else ""
+        said = _error_line(text) if "Error:" in text else ""
+        if said:
+            return said
+        if code is not None:
+            return f"{binary} exited with status {code}" + (" (it was closed)" if self.gui and code == 0 else "")
+        return _one_line(exc)
 
     def close(self) -> None:
         """Stop SUMO; harmless when it is stopped already or died."""
@@ -659,7 +691,9 @@ class SumoMobility:
             if not gui:
                 raise ConfigError("record_dir needs gui=True: the screenshots come from sumo-gui")
             self.record_dir.mkdir(parents=True, exist_ok=True)
-        self._tmp = tempfile.TemporaryDirectory(prefix="cosim-sumo-")
+        # The pid in the name lets a later start remove the folders of runs killed with SIGKILL.
+        remove_stale_temp_dirs(tempfile.gettempdir(), _TMP_PREFIX)
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
         workdir = Path(self._tmp.name)
         try:
             self._map = _resolve_map(cfg, workdir)
@@ -1034,6 +1068,40 @@ class SumoMobility:
         self._begin(sumo_seed, start)
 
 
+SUMO_MEMORY_MB = 50   # resident memory of one SUMO on the paper's road, measured (more on bigger maps)
+SUMO_OPEN_FILES = 4   # a TraCI socket, its log file and SUMO's pipes, per simulation
+_RESERVED_FILES = 64  # what Python, torch and the outputs keep open
+
+
+def _available_memory_mb() -> float | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_sumo_capacity(n_envs: int) -> None:
+    """Refuse an ``n_envs`` whose SUMO processes would not fit this machine's memory or open-file limit."""
+    mem = _available_memory_mb()
+    if mem is not None and n_envs * SUMO_MEMORY_MB > mem:
+        raise ConfigError(f"training.n_envs = {n_envs} would start {n_envs} SUMO processes, about "
+                          f"{n_envs * SUMO_MEMORY_MB:,} MB at {SUMO_MEMORY_MB} MB each, but {mem:,.0f} MB of memory is "
+                          f"available: use at most {max(1, int(mem // SUMO_MEMORY_MB))}")
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return
+    if soft != resource.RLIM_INFINITY and n_envs * SUMO_OPEN_FILES + _RESERVED_FILES > soft:
+        raise ConfigError(f"training.n_envs = {n_envs} SUMO processes need about "
+                          f"{n_envs * SUMO_OPEN_FILES + _RESERVED_FILES} open files, over this process's limit of "
+                          f"{soft} (ulimit -n): use at most {max(1, (soft - _RESERVED_FILES) // SUMO_OPEN_FILES)}")
+
+
 class SumoBatchMobility(BatchMobility):
     """``n_envs`` SUMO simulations side by side, with (E, I) arrays like AnalyticMobility's batch methods.
 
@@ -1052,6 +1120,7 @@ class SumoBatchMobility(BatchMobility):
             raise ConfigError(f"n_envs: {n_envs}; at least 1 environment is needed")
         if (gui or record_dir is not None) and n_envs != 1:
             raise ConfigError(f"the SUMO GUI shows one simulation, not n_envs = {n_envs}")
+        check_sumo_capacity(n_envs)
         if n_envs > 1:  # libsumo runs one simulation per process
             cfg = cfg.replace(**{"sumo.use_libsumo": False})
         self.cfg = cfg

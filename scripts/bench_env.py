@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cosim import fused as F  # noqa: E402
-from cosim.cli import run_main  # noqa: E402
+from cosim.cli import add_debug_arg, run_main  # noqa: E402
 from cosim.config import load_config  # noqa: E402
 from cosim.env import BatchCoSim, make_batch_env, make_env  # noqa: E402
 from cosim.runner import format_table  # noqa: E402
@@ -135,6 +135,7 @@ def main() -> int:
     ap.add_argument("--only", choices=("env", "optimiser", "training"), help="run one part")
     ap.add_argument("--opt-episodes", type=int, default=10, help="episodes of each optimiser run")
     ap.add_argument("--train-episodes", type=int, default=160, help="episodes of each training run")
+    add_debug_arg(ap)
     args = ap.parse_args()
     if args.opt_episodes < 1 or args.train_episodes < 16:
         ap.error("--opt-episodes must be >= 1 and --train-episodes >= 16 (one iteration)")

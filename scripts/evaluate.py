@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,11 +33,36 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents import make_policy, policy_names  # noqa: E402
-from agents.checkpoint import load_policy, read_policy_file  # noqa: E402
+from agents.checkpoint import POLICY_FILE, load_policy, read_policy_file  # noqa: E402
 from cosim.cli import add_common_args, config_from_args, run_main, save_run_config  # noqa: E402
 from cosim.config import CosimError  # noqa: E402
 from cosim.evaluation import (EVAL_SEED, comparison_table, evaluate_long_horizon, evaluate_policies,  # noqa: E402
                               long_horizon_table)
+from cosim.outputs import OutputDir  # noqa: E402
+from cosim.runner import strict_json  # noqa: E402
+
+
+def checkpoint_labels(paths: list[str], algos: list[str]) -> list[str]:
+    """One unambiguous row label per checkpoint: its algorithm, and where several share one, the
+    shortest tail of its path that tells them apart (the run folder for runs/*/policy.safetensors)."""
+    def tail(path: str, n: int) -> str:
+        p = Path(path)
+        parts = (p.parent.parts if p.name == POLICY_FILE else p.with_suffix("").parts) or (str(p),)
+        return "/".join(parts[-n:])
+
+    labels = list(algos)
+    for algo in set(algos):
+        idx = [i for i, a in enumerate(algos) if a == algo]
+        if len(idx) < 2:
+            continue
+        for n in range(1, 1 + max(len(Path(paths[i]).parts) for i in idx)):
+            names = [tail(paths[i], n) for i in idx]
+            if len(set(names)) == len(names):
+                break
+        for k, (i, name) in enumerate(zip(idx, names)):
+            dup = names[:k].count(name)  # the same file given twice
+            labels[i] = f"{algo}:{name}" + (f"#{dup + 1}" if dup else "")
+    return labels
 
 
 def main() -> int:
@@ -75,41 +99,44 @@ def main() -> int:
         raise CosimError("nothing to evaluate: give --checkpoint PATH and/or --policies")
 
     policies: dict[str, object] = {}
-    for path in args.checkpoint:
-        meta, _ = read_policy_file(path)  # a missing or foreign file fails here, before any episode runs
-        label = meta["algo"]
-        if label in policies:
-            label = f"{label}:{Path(path).stem if Path(path).is_file() else Path(path).name}"
+    checkpoints: dict[str, str] = {}  # label -> the path it was read from
+    metas = [read_policy_file(path)[0] for path in args.checkpoint]  # a bad file fails here, before any episode
+    for path, label in zip(args.checkpoint, checkpoint_labels(args.checkpoint, [m["algo"] for m in metas])):
+        checkpoints[label] = str(path)
         policies[label] = lambda sim, path=path, label=label: load_policy(path, env=sim, name=label)
     for n in names:
+        if n in policies:
+            raise CosimError(f"--policies {n} has the same name as a checkpoint's row; leave it out")
         policies[n] = lambda sim, n=n: make_policy(n, sim.n_rsus, seed=args.eval_seed, env=sim)
 
-    out = Path(args.out) if args.out else Path("runs") / f"eval__{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    save_run_config(cfg, out)
-    long = None
-    if args.slots is not None:
-        cfg = cfg.replace(**{"scenario.episode_slots": args.slots})
-        save_run_config(cfg, out)
-        summaries, long = evaluate_long_horizon(cfg, policies, args.episodes, args.slots, seed=args.eval_seed,
-                                                progress=not args.quiet)
-    else:
-        summaries = evaluate_policies(cfg, policies, args.episodes, seed=args.eval_seed, progress=not args.quiet)
-    for path, label in zip(args.checkpoint, policies):
-        summaries[label]["checkpoint"] = str(path)
-    print(f"{args.episodes} episodes per policy on {cfg.backend}, {cfg.scenario.n_cvs} CVs, {cfg.n_rsus} RSUs, "
-          f"seeds {args.eval_seed}..{args.eval_seed + args.episodes - 1}")
-    print(comparison_table(summaries))
-    for name, s in summaries.items():
-        if "diagnostics_text" in s:
-            print(s["diagnostics_text"])
-    if long is not None:
-        print(f"\nlong horizon: {args.slots} slots per episode, last half = slots {args.slots // 2}..{args.slots}")
-        print(long_horizon_table(long))
-        for name, lh in long.items():
-            summaries[name]["long_horizon"] = dataclasses.asdict(lh)
-    (out / "summary.json").write_text(json.dumps(summaries, indent=2))
-    print(f"wrote {out / 'summary.json'}, {out / 'config.yaml'}")
+    final = Path(args.out) if args.out else Path("runs") / f"eval__{time.strftime('%Y%m%d-%H%M%S')}"
+    with OutputDir(final) as staged:  # locked; files land in --out only when the evaluation completes
+        out = staged.path
+        long = None
+        if args.slots is not None:
+            cfg = cfg.replace(**{"scenario.episode_slots": args.slots})
+            save_run_config(cfg, out)
+            summaries, long = evaluate_long_horizon(cfg, policies, args.episodes, args.slots, seed=args.eval_seed,
+                                                    progress=not args.quiet)
+        else:
+            save_run_config(cfg, out)
+            summaries = evaluate_policies(cfg, policies, args.episodes, seed=args.eval_seed,
+                                          progress=not args.quiet)
+        for label, path in checkpoints.items():
+            summaries[label]["checkpoint"] = path
+        print(f"{args.episodes} episodes per policy on {cfg.backend}, {cfg.scenario.n_cvs} CVs, {cfg.n_rsus} RSUs, "
+              f"seeds {args.eval_seed}..{args.eval_seed + args.episodes - 1}")
+        print(comparison_table(summaries))
+        for name, s in summaries.items():
+            if "diagnostics_text" in s:
+                print(s["diagnostics_text"])
+        if long is not None:
+            print(f"\nlong horizon: {args.slots} slots per episode, last half = slots {args.slots // 2}..{args.slots}")
+            print(long_horizon_table(long))
+            for name, lh in long.items():
+                summaries[name]["long_horizon"] = dataclasses.asdict(lh)
+        (out / "summary.json").write_text(strict_json(summaries))
+    print(f"wrote {final / 'summary.json'}, {final / 'config.yaml'}")
     return 0
 
 

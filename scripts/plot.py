@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents.figures import make_all  # noqa: E402
-from cosim.cli import run_main  # noqa: E402
+from cosim.cli import add_debug_arg, run_main  # noqa: E402
 from cosim.config import CosimError  # noqa: E402
 
 
@@ -22,6 +22,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default=None, help="the folder reproduce.py wrote")
     ap.add_argument("--out", default=None, help="where figures and results.md go (default: the results folder)")
+    add_debug_arg(ap)
     args = ap.parse_args()
     if args.results is None:
         found = [p for p in (Path("results/quick"), Path("results/full")) if (p / "cells").is_dir()]

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agents.experiments import (EXPERIMENTS_DIR, PRESETS, Budget, grid, load_experiments, run_grid,  # noqa: E402
                                 validate, write_manifest)
 from cosim.backends import BACKENDS  # noqa: E402
-from cosim.cli import run_main  # noqa: E402
+from cosim.cli import add_debug_arg, run_main  # noqa: E402
 from cosim.config import CosimError  # noqa: E402
 
 
@@ -41,12 +41,15 @@ def main() -> int:
     ap.add_argument("--ray", metavar="ADDRESS", default=None, help="run on Ray: a cluster address, or 'local'")
     ap.add_argument("--out", default=None, help="results folder (default: results/<preset>)")
     ap.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    add_debug_arg(ap)
     args = ap.parse_args()
     preset = args.preset or ("quick" if args.quick else "full")
     b = PRESETS[preset]
-    budget = Budget(args.episodes or b.episodes, b.eval_episodes, args.seeds or b.seeds)
-    if budget.episodes < 1 or budget.seeds < 1:
-        raise CosimError("--episodes and --seeds must be at least 1")
+    for flag, value in (("--episodes", args.episodes), ("--seeds", args.seeds), ("--workers", args.workers)):
+        if value is not None and value < 1:  # 0 is refused, not replaced by the preset's value
+            raise CosimError(f"{flag} must be at least 1, got {value}")
+    budget = Budget(b.episodes if args.episodes is None else args.episodes, b.eval_episodes,
+                    b.seeds if args.seeds is None else args.seeds)
     experiments = load_experiments(args.experiments, Path(args.experiments_dir) if args.experiments_dir
                                    else EXPERIMENTS_DIR)
     cells = grid(experiments, budget, args.backend)

@@ -24,9 +24,10 @@ from tqdm import tqdm  # noqa: E402
 
 from agents import FALLBACK_POLICY, default_policy, make_policy  # noqa: E402
 from cosim.cli import add_common_args, config_from_args, run_main, save_run_config  # noqa: E402
-from cosim.config import CosimError  # noqa: E402
+from cosim.config import Config, CosimError  # noqa: E402
 from cosim.env import BatchCoSim, StepOutput  # noqa: E402
 from cosim.gui import SlotDecisions, decision_colors, decision_label, short_label, slot_line  # noqa: E402
+from cosim.outputs import OutputDir  # noqa: E402
 from cosim.runner import episode_table, run_episodes, write_summary  # noqa: E402
 from sumo_net.generate_road import WINDOW_SIZE  # noqa: E402
 
@@ -72,16 +73,24 @@ def main() -> int:
         cfg = cfg.replace(**{"sumo.extra_args": [*cfg.sumo.extra_args, "--delay", str(args.delay)]})
     policy_name = args.policy or default_policy()
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(args.out)
     record = Path(args.record) if args.record else None
     if record is not None:
         record.mkdir(parents=True, exist_ok=True)
         # A new recording replaces an old one in DIR (only the files it writes itself).
         for old in [*record.glob("slot_*.png"), *record.glob("dash_*.png"), record / "cosim.gif"]:
             old.unlink(missing_ok=True)
+    with OutputDir(final) as staged:  # locked; the files land in --out only when the run completes
+        animation = _run(args, cfg, policy_name, staged.path, record, show_dashboard)
+    print(f"wrote {final / 'slots.csv'}, {final / 'summary.json'}, {final / 'config.yaml'}"
+          + (f", {record}/{'slot_*.png, ' if args.gui else ''}dash_*.png, {animation}" if record else ""))
+    return 0
+
+
+def _run(args: argparse.Namespace, cfg: Config, policy_name: str, out: Path, record: Path | None,
+         show_dashboard: bool) -> Path | None:
+    """The co-simulation itself, writing into ``out``; returns the --record animation's path."""
     with BatchCoSim(cfg, n_envs=1, seed=cfg.seed, **({"gui": True} if args.gui else {})) as sim:
-        save_run_config(sim.cfg, out)  # with the RSUs where they were placed
         try:
             policy = make_policy(policy_name, sim.n_rsus, seed=cfg.seed, env=sim)
         except CosimError as exc:
@@ -91,6 +100,8 @@ def main() -> int:
             print(f"note: {exc}; using the {FALLBACK_POLICY} policy instead", file=sys.stderr)
             policy_name = FALLBACK_POLICY
             policy = make_policy(policy_name, sim.n_rsus, seed=cfg.seed, env=sim)
+        # With the RSUs where they were placed and the policy's resolved settings (dpp-opt's).
+        save_run_config(sim.cfg, out, policy)
         show_slots = args.slots or args.gui
         dashboard = None
         if show_dashboard or record is not None:  # off in a plain headless run: it costs ~0.2 s a slot
@@ -146,9 +157,7 @@ def main() -> int:
     if getattr(sim.mobility, "map_summary", None) is not None:  # other maps: size, traffic, RSU coverage
         s["map"] = dataclasses.asdict(sim.mobility.map_summary)
     write_summary(out / "summary.json", s, result.episodes)
-    print(f"wrote {out / 'slots.csv'}, {out / 'summary.json'}, {out / 'config.yaml'}"
-          + (f", {record}/{'slot_*.png, ' if args.gui else ''}dash_*.png, {animation}" if record else ""))
-    return 0
+    return animation
 
 
 if __name__ == "__main__":

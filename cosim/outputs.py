@@ -1,0 +1,217 @@
+"""Output folders that are never mixed, half-written or shared by two runs at once.
+
+Every script that writes a folder of results (``--out``) goes through :class:`OutputDir`:
+
+* the folder is checked first: ``--out`` that is a file, lies under a file or sits in a
+  folder the user may not write is one line naming the path;
+* a lock file beside it (``.NAME.lock``, an ``flock``, so the kernel releases it even when the
+  holder is killed with SIGKILL) makes a second run into the same ``--out`` refuse at once;
+* with ``staged=True`` (run_cosim, evaluate) the run writes into a temporary folder beside
+  ``--out`` (``.NAME.tmp-PID``) and its files are moved into ``--out`` only when the run is
+  complete, so a failed or interrupted run leaves the previous results untouched and never an
+  old summary.json beside a new config.yaml or a half-written slots.csv;
+* temporary folders that a killed run left beside ``--out`` are removed by the next run into it;
+* any OSError while writing (disk full, file too large, permissions) is one line naming the folder.
+
+Training writes into its run folder directly (``staged=False``): its periodic checkpoints must
+survive a crash for ``--resume``; a fresh run refuses a folder that already holds another run.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import shutil
+from pathlib import Path
+from types import TracebackType
+
+from .config import CosimError
+
+LOCK_SUFFIX = ".lock"
+STAGING_TAG = ".tmp-"
+
+
+_TEMP_FILE = re.compile(r"^\..+\.tmp\d+$")  # .NAME.tmpPID, see temp_path()
+
+
+def temp_path(path: Path) -> Path:
+    """Where an atomic write of ``path`` goes first (same folder, so os.replace is atomic)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(root: str | Path, prefix: str) -> list[Path]:
+    """Remove ``root/PREFIX<pid>-*`` folders whose process is gone (left behind by a SIGKILL)."""
+    stale = []
+    for p in Path(root).glob(prefix + "*"):
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if p.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            stale.append(p)
+    return stale
+
+
+class OutputError(CosimError):
+    """An output folder cannot be used (not a folder, read-only, locked by another run, disk full)."""
+
+
+def check_writable_dir(path: str | Path, what: str = "--out") -> Path:
+    """``path`` as a folder this process can create and write into; one OutputError naming it otherwise."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{what} {p} is a file, not a folder")
+    parent = p
+    while not parent.exists():  # the nearest existing ancestor must be a writable folder
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"{what} {p} lies under the file {parent}, not a folder")
+    probe = p if p.is_dir() else parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {p}: the folder {probe} is read-only for this user")
+    return p
+
+
+def _oserror_line(exc: OSError, where: Path) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = "the disk is full"
+    elif exc.errno == errno.EFBIG:
+        reason = "file too large for this file system or limit"
+    name = f" ({exc.filename})" if exc.filename else ""
+    return f"cannot write the outputs in {where}{name}: {reason}"
+
+
+class OutputDir:
+    """Context manager around one run's output folder; ``.path`` is where to write.
+
+        with OutputDir(args.out, staged=True) as out:
+            write(out.path / "summary.json")     # lands in args.out when the block completes
+    """
+
+    def __init__(self, final: str | Path, staged: bool = True, what: str = "--out"):
+        self.final = check_writable_dir(final, what)
+        self.staged = staged
+        self.what = what
+        name = self.final.resolve().name or "out"
+        self.lock_path = self.final.resolve().parent / f".{name}{LOCK_SUFFIX}"
+        self.staging = self.final.resolve().parent / f".{name}{STAGING_TAG}{os.getpid()}"
+        self.path = self.staging if staged else self.final
+        self._fd: int | None = None
+
+    # -- locking -----------------------------------------------------------------------------
+    def _lock(self) -> None:
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                    os.close(fd)
+                    raise OutputError(f"another run (pid {holder}) is writing to {self.final}; wait for it to "
+                                      f"finish or choose another {self.what}") from None
+                try:  # the holder may have removed the file between our open and flock: retry on a new one
+                    if os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino:
+                        break
+                except FileNotFoundError:
+                    pass
+                os.close(fd)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._fd = fd
+        except OSError as exc:
+            raise OutputError(_oserror_line(exc, self.final)) from None
+
+    def _unlock(self) -> None:
+        if self._fd is not None:
+            try:
+                self.lock_path.unlink()
+            except OSError:
+                pass
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+    def remove_stale(self) -> list[Path]:
+        """What killed runs left behind (we hold the lock, so none of it is live): staging folders
+        beside the output and half-written temp files (``atomic_write``'s) inside it."""
+        parent, prefix = self.staging.parent, self.staging.name.rsplit(STAGING_TAG, 1)[0] + STAGING_TAG
+        stale = [p for p in parent.glob(prefix + "*") if p != self.staging and p.is_dir()]
+        if self.final.is_dir():
+            stale += [p for p in self.final.glob(".*.tmp*") if _TEMP_FILE.match(p.name) and p.is_file()]
+        for p in stale:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        return stale
+
+    # -- the run -----------------------------------------------------------------------------
+    def __enter__(self) -> "OutputDir":
+        self._lock()
+        try:
+            self.remove_stale()
+            if self.staged:
+                shutil.rmtree(self.staging, ignore_errors=True)
+                self.staging.mkdir(parents=True)
+            else:
+                self.final.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._unlock()
+            raise OutputError(_oserror_line(exc, self.final)) from None
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    def commit(self) -> None:
+        """Move the staged files into the output folder (replacing same-named ones of an earlier run)."""
+        if not self.staged or not self.staging.exists():
+            return
+        if not self.final.exists():
+            os.rename(self.staging, self.final)
+            return
+        for entry in sorted(self.staging.iterdir()):
+            dest = self.final / entry.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            os.replace(entry, dest)
+        self.staging.rmdir()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        try:
+            if exc_type is None:
+                try:
+                    self.commit()
+                except OSError as err:
+                    raise OutputError(_oserror_line(err, self.final)) from None
+        finally:
+            if self.staged:
+                shutil.rmtree(self.staging, ignore_errors=True)
+            self._unlock()
+        if isinstance(exc, OSError) and self._is_output_error(exc):
+            raise OutputError(_oserror_line(exc, self.final)) from None
+        return False
+
+    def _is_output_error(self, exc: OSError) -> bool:
+        """Whether an OSError raised inside the block came from writing the outputs."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+            return True
+        if not exc.filename:
+            return False
+        f = Path(os.fsdecode(exc.filename)).resolve()
+        return any(f == root or root in f.parents for root in (self.staging, self.final.resolve()))
