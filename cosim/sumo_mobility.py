@@ -156,13 +156,17 @@ class _NetInfo:
 def _net_info(path: str, mtime: float) -> _NetInfo:
     """Parsed once per file version (``mtime`` is part of the cache key only)."""
     try:
-        net = sumolib.net.readNet(path)
+        return _read_net_info(path)
     except xml.sax.SAXException as exc:
         raise CosimError(f"network {path} does not parse: {exc}") from None
     except (KeyError, ValueError, IndexError, AttributeError, TypeError) as exc:
         # sumolib trusts the file: an edge naming a missing node, a bad number or shape ends up here.
         raise CosimError(f"network {path} is not a valid SUMO network ({type(exc).__name__}: "
                          f"{_one_line(exc)[:80]}); rebuild it with netconvert") from None
+
+
+def _read_net_info(path: str) -> _NetInfo:
+    net = sumolib.net.readNet(path)
     roads: dict[frozenset[str], tuple[float, tuple[tuple[float, float], ...]]] = {}
     for edge in net.getEdges():
         if edge.getFunction() or not edge.allows("passenger"):  # '' is a normal road
