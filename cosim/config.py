@@ -405,9 +405,18 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     if cfg.compute.twin_reserve_hz >= cfg.compute.rsu_cpu_hz:
         raise ConfigError(f"compute.twin_reserve_hz: {cfg.compute.twin_reserve_hz:g} leaves no RSU capacity "
                           f"(must be below compute.rsu_cpu_hz = {cfg.compute.rsu_cpu_hz:g})")
+    unknown = [k for k in cfg.training.extra if k not in EXTRA_SECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown config key 'training.extra.{unknown[0]}' (allowed in training.extra: "
+                          f"{', '.join(EXTRA_SECTIONS)})")
     _check_references(cfg)
     _check_sumo(cfg.sumo)
     return cfg
+
+
+# training.extra sections: each is read into a settings dataclass by its algorithm (load_settings);
+# listed here so that a misspelt section fails at once instead of being ignored.
+EXTRA_SECTIONS = ("mappo", "offpolicy", "maddpg", "matd3", "masac", "dpp_opt")
 
 
 # Costs and drifts are divided by one average local task's delay, energy and work (model.ModelParams);

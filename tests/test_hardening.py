@@ -103,13 +103,14 @@ def test_unreadable_config_is_one_line(tmp_path):
     ("matd3", "policy_delay", "0", "training.extra.matd3.policy_delay: 0 is out of range"),
     ("masac", "log_std_min", "3", "training.extra.masac.log_std_min: 3 must be below log_std_max"),
     ("maddpg", "alpha_init", "1", "unknown training.extra.maddpg key 'alpha_init'"),
+    ("mapo", "obs_norm", "true", "unknown config key 'training.extra.mapo' (allowed in training.extra: mappo,"),
 ])
 def test_algorithm_settings_are_typed_and_range_checked(section, key, value, message):
     from agents import make_trainer
-    algo = {"mappo": "ly-dtmppo", "offpolicy": "ly-maddpg"}.get(section, f"ly-{section}")
-    cfg = load_config(overrides=[f"training.extra.{section}.{key}={value}", "training.n_envs=1",
-                                 "scenario.n_cvs=2"])
+    algo = {"mappo": "ly-dtmppo", "mapo": "ly-dtmppo", "offpolicy": "ly-maddpg"}.get(section, f"ly-{section}")
     with pytest.raises(ConfigError, match=re.escape(message)):
+        cfg = load_config(overrides=[f"training.extra.{section}.{key}={value}", "training.n_envs=1",
+                                     "scenario.n_cvs=2"])
         make_trainer(algo, cfg)
 
 
