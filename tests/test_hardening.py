@@ -445,7 +445,7 @@ def test_parameters_that_make_results_non_finite_are_refused(tmp_path):
 
 def test_a_non_finite_slot_stops_the_run_naming_the_quantity(monkeypatch):
     from cosim.env import BatchCoSim
-    from cosim.policies import make_policy
+    from cosim.policies import make_reference_policy
     from cosim.runner import run_episodes, strict_json
     sim = BatchCoSim(load_config(), n_envs=1, seed=0)
     step = sim.step
@@ -456,7 +456,7 @@ def test_a_non_finite_slot_stops_the_run_naming_the_quantity(monkeypatch):
         return out
     monkeypatch.setattr(sim, "step", blow_up)
     with pytest.raises(CosimError, match="the task energy of a slot is inf"):
-        run_episodes(sim, make_policy("equal", sim.n_rsus), 1, progress=False)
+        run_episodes(sim, make_reference_policy("equal", sim.n_rsus), 1, progress=False)
     with pytest.raises(CosimError, match=r"mean_cost is nan: refusing"):
         strict_json({"mean_cost": float("nan")})
     assert json.loads(strict_json({"a": [1.0, {"b": 2}]})) == {"a": [1.0, {"b": 2}]}
