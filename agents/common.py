@@ -455,6 +455,10 @@ def fit(trainer: Trainer, run_dir: str | Path, episodes: int | None = None, resu
     try:
         while done < stop:
             it = trainer.iterate(done)
+            if done == 0 and not any(r.tasks for r in it.episodes):  # nothing to learn from, ever
+                raise CosimError(f"no vehicle became a CV in the first {len(it.episodes)} training episodes: on a "
+                                 f"SUMO map check sumo.cv_vtype, the routes (vehicles must depart within the "
+                                 f"episode) and sumo.warmup_s")
             rows = it.episodes[: total - done]  # the last iteration may overshoot the budget
             metrics.extend(rows)
             prev, done = done, done + len(rows)

@@ -386,6 +386,12 @@ def test_sumo_map_faults(tmp_path):
                  "--policy", "equal", "--quiet", "--out", str(tmp_path / "o"), timeout=120),
              "no vehicle became a CV in 1 episode(s)")
     assert not (tmp_path / "o").exists()
+    from agents import train
+    cfg = load_config().replace(**{"backend": "sumo", "sumo.net": str(road / "road.net.xml"),
+                                   "sumo.routes": str(tmp_path / "late.rou.xml"), "training.n_envs": 1,
+                                   "scenario.n_cvs": 2, "scenario.episode_slots": 5})
+    with pytest.raises(CosimError, match="no vehicle became a CV in the first 1 training episodes"):
+        train("ly-dtmppo", cfg, out=tmp_path / "t", progress=False, tensorboard=False)
 
 
 @pytest.mark.sumo
