@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from cosim.config import ConfigError, CosimError, _f, load_config, load_settings, read_yaml, to_dict
+from cosim.config import ConfigError, CosimError, _f, load_config, load_settings, read_json, read_yaml, to_dict
 from cosim.resources import REPO_ROOT, config_dir
 
 EXPERIMENTS_DIR = config_dir() / "experiments"
@@ -159,7 +159,7 @@ def run_cell(cell: Cell, root: str | Path) -> dict[str, Any]:
     run_dir = Path(root) / "cells" / cell.key
     done = run_dir / DONE_FILE
     if done.is_file():
-        return json.loads(done.read_text())
+        return read_json(done, "cell record")
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per worker
     from agents import make_policy, train
     from agents.checkpoint import load_policy
@@ -220,7 +220,7 @@ def run_grid(cells: list[Cell], root: str | Path, workers: int = 2, ray_address:
     for c in cells:
         done = root / "cells" / c.key / DONE_FILE
         if done.is_file():
-            report.records.append(json.loads(done.read_text()))
+            report.records.append(read_json(done, "cell record"))
             report.skipped += 1
         else:
             todo.append(c)

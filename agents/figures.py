@@ -15,7 +15,6 @@ the paper does (shorter for short runs). Table III's definitions:
 from __future__ import annotations
 
 import csv
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from cosim.config import read_json
 from cosim.stats import ci95, smooth
 
 from .experiments import DONE_FILE
@@ -69,7 +69,7 @@ class Run:
 def load_runs(root: Path) -> list[Run]:
     runs = []
     for done in sorted((root / "cells").glob(f"*/{DONE_FILE}")):
-        rec = json.loads(done.read_text())
+        rec = read_json(done, "cell record")
         d = done.parent
         metrics = read_csv_columns(d / "metrics.csv") if (d / "metrics.csv").is_file() else {}
         runs.append(Run(rec, metrics))
@@ -170,7 +170,7 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
         raise FileNotFoundError(f"no finished runs under {root / 'cells'}: run scripts/reproduce.py first")
     figures: list[Path] = []
     md: list[str] = ["# Reproduction results", ""]
-    manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").is_file() else {}
+    manifest = read_json(root / "manifest.json", "manifest") if (root / "manifest.json").is_file() else {}
     if manifest:
         b = manifest["budget"]
         md += [f"Preset `{manifest['preset']}` on the {manifest['backend']} backend: {b['episodes']} training "

@@ -10,6 +10,7 @@ type or value raises :class:`ConfigError` with a one-line message.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -177,7 +178,8 @@ class TrainingConfig:
                    doc="MAPPO actor/critic: the paper's MLP on the flat vector (fixed CVs and RSUs) or the "
                        "set-structured one on RSU tokens (any CVs and RSUs)")
     scenarios: ScenarioRangeConfig = field(default_factory=ScenarioRangeConfig)
-    extra: dict = _f({}, doc="algorithm-specific settings, free-form")
+    extra: dict = _f({}, doc="algorithm settings, one section per algorithm (EXTRA_SECTIONS), "
+                                     "each read by load_settings into its own dataclass")
 
 
 @dataclass(frozen=True)
@@ -557,6 +559,20 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {p} must hold a mapping of sections")
     return data
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """A JSON file the tools wrote earlier (done.json, manifest.json); a damaged one is one ConfigError."""
+    p = Path(path)
+    try:
+        if p.stat().st_size > 100 * MAX_YAML_BYTES:
+            raise ConfigError(f"{what} {p} is {p.stat().st_size:,} bytes, too large to be one")
+        return json.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ConfigError(f"{what} {p} is damaged ({' '.join(str(exc).split())[:80]}); delete it to "
+                          f"redo what it records") from None
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

@@ -349,6 +349,14 @@ def test_extended_budget_persists_and_cannot_shrink(tmp_path):
         _train_tiny(out)
 
 
+def test_damaged_reproduction_record_is_one_line(tmp_path):
+    cell = tmp_path / "results" / "cells" / "equal__analytic__seed=0"
+    cell.mkdir(parents=True)
+    (cell / "done.json").write_text('{"cell": {"algo": "eq')  # a disk that filled mid-write
+    one_line(run("scripts/plot.py", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "figs")),
+             f"cell record {cell / 'done.json'} is damaged")
+
+
 # ---------------------------------------------------------------------------
 # SUMO maps
 
@@ -382,8 +390,9 @@ def test_sumo_map_faults(tmp_path):
     # Vehicles that depart after the episode: no CV is ever active.
     (tmp_path / "late.rou.xml").write_text('<routes><vType id="car" vClass="passenger"/><vehicle id="late" '
                                            'type="car" depart="5000"><route edges="eastbound"/></vehicle></routes>')
-    one_line(run("scripts/run_cosim.py", "--net", str(road / "road.net.xml"), "--routes", str(tmp_path / "late.rou.xml"),
-                 "--policy", "equal", "--quiet", "--out", str(tmp_path / "o"), timeout=120),
+    one_line(run("scripts/run_cosim.py", "--net", str(road / "road.net.xml"), "--routes",
+                 str(tmp_path / "late.rou.xml"), "--policy", "equal", "--quiet", "--out", str(tmp_path / "o"),
+                 timeout=120),
              "no vehicle became a CV in 1 episode(s)")
     assert not (tmp_path / "o").exists()
     from agents import train
