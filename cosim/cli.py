@@ -48,11 +48,14 @@ def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None =
     return cfg.replace(**changes) if changes else cfg
 
 
-def save_run_config(cfg: Config, out_dir: str | Path, *policies: Any) -> Path:
+def save_run_config(cfg: Config, out_dir: str | Path, *policies: Any,
+                    settings: dict[str, Any] | None = None) -> Path:
     """config.yaml in ``out_dir``, with the resolved settings (defaults included) of every policy that has
-    them (``policy.settings``, a dataclass read from ``training.extra[policy.SETTINGS_SECTION]``)."""
+    them (``policy.settings``, a dataclass read from ``training.extra[policy.SETTINGS_SECTION]``) and of
+    ``settings`` (training.extra section -> settings dataclass)."""
     sections = {p.SETTINGS_SECTION: settings_dict(p.settings) for p in policies
                 if getattr(p, "SETTINGS_SECTION", None) and getattr(p, "settings", None) is not None}
+    sections.update({k: settings_dict(v) for k, v in (settings or {}).items()})
     path = Path(out_dir) / "config.yaml"
     save_config(with_extra(cfg, sections) if sections else cfg, path)
     return path

@@ -110,6 +110,10 @@ class DppOptConfig:
                               "an improvement; grid: evaluate every step (numba path only; numpy: grid)")
     fused: bool = _f(True, doc="numba objective and BFGS (cosim/fused.py) when numba is installed")
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> "DppOptConfig":
+        return load_settings(cls, cfg.training.extra.get(EXTRA_SECTION), f"training.extra.{EXTRA_SECTION}")
+
 
 DEFAULTS: dict[str, Any] = to_dict(DppOptConfig())
 
@@ -419,12 +423,9 @@ class DppOptimizer:
 
     def __init__(self, env: Any = None, seed: int | None = None, **options: Any):
         cfg = getattr(env, "cfg", None)
-        extra = (cfg.training.extra.get(EXTRA_SECTION) if cfg is not None else None) or {}
-        load_settings(DppOptConfig, extra, f"training.extra.{EXTRA_SECTION}")  # errors name the section
-        where = f"training.extra.{EXTRA_SECTION}" if not options else "dpp-opt option"
-        if not isinstance(extra, dict):
-            extra = {}
-        self.settings: DppOptConfig = load_settings(DppOptConfig, {**extra, **options}, where)
+        base = DppOptConfig.from_config(cfg) if cfg is not None else DppOptConfig()
+        self.settings: DppOptConfig = (load_settings(DppOptConfig, {**to_dict(base), **options}, "dpp-opt option")
+                                       if options else base)
         self.options = to_dict(self.settings)  # the solver's plain view of the settings
         self.seed = seed
         self.rng = np.random.default_rng(seed)

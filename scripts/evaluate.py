@@ -112,14 +112,18 @@ def main() -> int:
     final = Path(args.out) if args.out else Path("runs") / f"eval__{time.strftime('%Y%m%d-%H%M%S')}"
     with OutputDir(final) as staged:  # locked; files land in --out only when the evaluation completes
         out = staged.path
+        settings = {}
+        if "dpp-opt" in names:  # the optimiser's resolved settings, as run_cosim saves them
+            from cosim.optimizer import EXTRA_SECTION, DppOptConfig
+            settings[EXTRA_SECTION] = DppOptConfig.from_config(cfg)
         long = None
         if args.slots is not None:
             cfg = cfg.replace(**{"scenario.episode_slots": args.slots})
-            save_run_config(cfg, out)
+            save_run_config(cfg, out, settings=settings)
             summaries, long = evaluate_long_horizon(cfg, policies, args.episodes, args.slots, seed=args.eval_seed,
                                                     progress=not args.quiet)
         else:
-            save_run_config(cfg, out)
+            save_run_config(cfg, out, settings=settings)
             summaries = evaluate_policies(cfg, policies, args.episodes, seed=args.eval_seed,
                                           progress=not args.quiet)
         for label, path in checkpoints.items():

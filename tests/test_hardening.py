@@ -154,6 +154,16 @@ def test_runs_save_every_resolved_setting(tmp_path, algo, section):
     assert again.training.extra == {section: saved[section]}
 
 
+def test_run_cosim_saves_the_optimisers_resolved_settings(tmp_path):
+    from cosim.optimizer import DppOptConfig
+    p = run("scripts/run_cosim.py", "--backend", "analytic", "--policy", "dpp-opt", "--quiet", "--set",
+            "scenario.episode_slots=2", "--set", "training.extra.dpp_opt.iterations=5", "--out", str(tmp_path / "o"))
+    assert p.returncode == 0, p.stderr
+    saved = read_yaml(tmp_path / "o" / "config.yaml")["training"]["extra"]["dpp_opt"]
+    assert saved["iterations"] == 5 and saved["probe_dirs"] == DppOptConfig().probe_dirs
+    assert sorted(saved) == sorted(f.name for f in __import__("dataclasses").fields(DppOptConfig))
+
+
 # ---------------------------------------------------------------------------
 # Output folders
 
