@@ -3,6 +3,7 @@ a hang, a blow-up, mixed output folders or a silently wrong number (issue 9). On
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -128,8 +129,6 @@ def test_settings_loader_converts_like_the_config():
 
 @pytest.mark.parametrize("algo, section", [("ly-dtmppo", "mappo"), ("ly-matd3", "matd3")])
 def test_runs_save_every_resolved_setting(tmp_path, algo, section):
-    import dataclasses
-
     from agents import train
     extra = {"offpolicy": {"tau": 0.01, "buffer_size": 600}} if section == "matd3" else {"mappo": {"obs_norm": True}}
     cfg = load_config().replace(**{"scenario.n_cvs": 2, "training.n_envs": 2, "training.episodes": 2,
@@ -161,7 +160,7 @@ def test_run_cosim_saves_the_optimisers_resolved_settings(tmp_path):
     assert p.returncode == 0, p.stderr
     saved = read_yaml(tmp_path / "o" / "config.yaml")["training"]["extra"]["dpp_opt"]
     assert saved["iterations"] == 5 and saved["probe_dirs"] == DppOptConfig().probe_dirs
-    assert sorted(saved) == sorted(f.name for f in __import__("dataclasses").fields(DppOptConfig))
+    assert sorted(saved) == sorted(f.name for f in dataclasses.fields(DppOptConfig))
 
 
 # ---------------------------------------------------------------------------
