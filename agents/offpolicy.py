@@ -330,9 +330,6 @@ def team_or_agent_reward(out: Any, team: bool) -> np.ndarray:
     return np.ascontiguousarray(r, dtype=np.float32)
 
 
-
-
-
 class OffPolicyTrainer(Trainer):
     """What the three off-policy trainers share: sizes, normalisers, the replay buffer and the
     play-and-learn loop. Each subclass builds its networks and writes ``_explore`` (actions to
