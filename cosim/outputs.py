@@ -105,9 +105,14 @@ class OutputDir:
         self.final = check_writable_dir(final, what)
         self.staged = staged
         self.what = what
-        name = self.final.resolve().name or "out"
-        self.lock_path = self.final.resolve().parent / f".{name}{LOCK_SUFFIX}"
-        self.staging = self.final.resolve().parent / f".{name}{STAGING_TAG}{os.getpid()}"
+        final = self.final.resolve()
+        name = final.name or "out"
+        # Beside the folder; inside it when only the folder itself is writable (e.g. --out . in a home folder).
+        base = final.parent
+        if final.is_dir() and not os.access(base, os.W_OK | os.X_OK):
+            base = final
+        self.lock_path = base / f".{name}{LOCK_SUFFIX}"
+        self.staging = base / f".{name}{STAGING_TAG}{os.getpid()}"
         self.path = self.staging if staged else self.final
         self._fd: int | None = None
 
