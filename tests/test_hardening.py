@@ -227,6 +227,26 @@ def test_staged_outputs_replace_a_run_whole_or_not_at_all(tmp_path):
     assert (out / "summary.json").read_text() == "new" and not list(tmp_path.glob(".run.lock"))
 
 
+def test_a_killed_run_releases_its_lock_and_its_leftovers_go(tmp_path):
+    from cosim.outputs import OutputDir
+    out = tmp_path / "run"
+    code = ("import sys, time\nfrom cosim.outputs import OutputDir\nod = OutputDir(sys.argv[1]).__enter__()\n"
+            "(od.path / 'slots.csv').write_text('half')\nprint('ready', flush=True)\ntime.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        with pytest.raises(CosimError, match=f"another run \\(pid {p.pid}\\) is writing to"):
+            OutputDir(out).__enter__()
+    finally:
+        p.kill()
+        p.wait()
+    assert (tmp_path / f".run.tmp-{p.pid}").is_dir()  # SIGKILL: no cleanup ran
+    with OutputDir(out) as od:  # the kernel released the lock; the leftovers go
+        (od.path / "summary.json").write_text("{}")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["run"] and not (out / "slots.csv").exists()
+
+
 @pytest.mark.parametrize("script, args", [
     ("scripts/run_cosim.py", ["--backend", "analytic"]),
     ("scripts/evaluate.py", ["--policies", "equal"]),
