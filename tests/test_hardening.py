@@ -163,6 +163,29 @@ def test_run_cosim_saves_the_optimisers_resolved_settings(tmp_path):
     assert sorted(saved) == sorted(f.name for f in dataclasses.fields(DppOptConfig))
 
 
+@pytest.mark.parametrize("algo", ["ly-dtmppo", "ly-maddpg", "ly-matd3", "ly-masac"])
+def test_every_trainer_declares_all_of_its_learning_state(algo):
+    """Trainer.STATE is the one list resume relies on: every network, parameter, optimiser and
+    stateful helper a trainer holds must be in it, and its state must round-trip."""
+    from torch import nn
+    from torch.optim import Optimizer
+
+    from agents import make_trainer
+    cfg = load_config().replace(**{"scenario.n_cvs": 2, "training.n_envs": 1, "training.batch_size": 64,
+                                   "training.extra": {} if algo == "ly-dtmppo" else {"offpolicy": {"buffer_size": 64}}})
+    trainer = make_trainer(algo, cfg)
+    try:
+        stateful = {k for k, v in vars(trainer).items()
+                    if isinstance(v, (nn.Module, nn.Parameter, Optimizer)) or hasattr(v, "load_state_dict")}
+        assert stateful <= set(trainer.STATE.values()), stateful - set(trainer.STATE.values())
+        state = trainer.state_dict()
+        trainer.load_state_dict(state)
+        with pytest.raises(CosimError, match="checkpoint lacks the"):
+            trainer.load_state_dict({k: v for k, v in state.items() if k != "actor_opt"})
+    finally:
+        trainer.sim.close()
+
+
 # ---------------------------------------------------------------------------
 # Output folders
 
