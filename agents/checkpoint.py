@@ -85,7 +85,7 @@ def read_policy_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.
             header = f.metadata() or {}
             try:
                 meta = json.loads(header["dtcosim"])
-            except (KeyError, json.JSONDecodeError):
+            except (KeyError, json.JSONDecodeError, RecursionError):
                 raise CosimError(f"{p} is a safetensors file without dtcosim policy metadata") from None
             if not isinstance(meta, dict):
                 raise CosimError(f"{p}: its dtcosim header is {type(meta).__name__}, not an object")

@@ -278,7 +278,7 @@ def read_checkpoint_meta(path: Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
         meta = json.loads(header.get("meta", "null"))
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, RecursionError) as exc:
         raise _damaged(path, " ".join(str(exc).split())[:100]) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("algo"), str) or "state" not in header:
         raise _damaged(path, "no dtcosim training metadata")
@@ -294,7 +294,7 @@ def load_state_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         state = unflatten_state(json.loads(header["state"]), tensors)
         meta = json.loads(header.get("meta", "{}"))
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise _damaged(path, " ".join(str(exc).split())[:100] or type(exc).__name__) from None
     if not isinstance(state, dict) or not isinstance(meta, dict):
         raise _damaged(path, "its header is not a dtcosim state")
