@@ -179,7 +179,7 @@ class TrainingConfig:
                        "set-structured one on RSU tokens (any CVs and RSUs)")
     scenarios: ScenarioRangeConfig = field(default_factory=ScenarioRangeConfig)
     extra: dict = _f({}, doc="algorithm settings, one section per algorithm (EXTRA_SECTIONS), "
-                                     "each read by load_settings into its own dataclass")
+                             "each read by load_settings into its own dataclass")
 
 
 @dataclass(frozen=True)
