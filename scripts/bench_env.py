@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cosim import fused as F  # noqa: E402
 from cosim.cli import add_debug_arg, run_main  # noqa: E402
-from cosim.config import load_config  # noqa: E402
+from cosim.config import CosimError, load_config  # noqa: E402
 from cosim.env import BatchCoSim, make_batch_env, make_env  # noqa: E402
 from cosim.runner import format_table  # noqa: E402
 
@@ -139,6 +139,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.opt_episodes < 1 or args.train_episodes < 16:
         ap.error("--opt-episodes must be >= 1 and --train-episodes >= 16 (one iteration)")
+    if not 0 < args.seconds < 3600:  # also refuses nan
+        raise CosimError(f"--seconds must be above 0 and below 3600, got {args.seconds}")
     cfg = load_config()
     print(f"numba kernels: {'yes' if F.AVAILABLE else 'no (pip install dtcosim[fast])'}")
     if args.only in (None, "env"):
