@@ -85,6 +85,8 @@ def main() -> int:
         ap.error("--episodes must be at least 1")
     if args.slots is not None and args.slots < 2:
         ap.error("--slots must be at least 2")
+    if not 0 <= args.eval_seed <= 2**32 - 1 - args.episodes:  # episode i is reset with seed eval_seed + i
+        raise CosimError(f"--eval-seed must be in [0, {2**32 - 1 - args.episodes}], got {args.eval_seed}")
 
     cfg = config_from_args(args, defaults={"trace.part": "eval"})  # traces: the held-out episodes
     if cfg.backend == "sumo":  # other SUMO maps: config.yaml records where the RSUs went

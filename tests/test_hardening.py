@@ -532,6 +532,11 @@ def test_a_non_finite_slot_stops_the_run_naming_the_quantity(monkeypatch):
 # ---------------------------------------------------------------------------
 # Command line: exit codes, --debug, reproduce's zero budgets
 
+def test_negative_evaluation_seed_is_refused(tmp_path):
+    one_line(run("scripts/evaluate.py", "--policies", "equal", "--eval-seed", "-5", "--out", str(tmp_path / "e")),
+             "--eval-seed must be in [0, ")
+
+
 @pytest.mark.parametrize("flag", ["--episodes", "--seeds", "--workers"])
 def test_reproduce_refuses_zero(flag):
     one_line(run("scripts/reproduce.py", flag, "0", "--dry-run"), f"{flag} must be at least 1, got 0")
