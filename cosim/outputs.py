@@ -9,7 +9,8 @@ Every script that writes a folder of results (``--out``) goes through :class:`Ou
 * with ``staged=True`` (run_cosim, evaluate) the run writes into a temporary folder beside
   ``--out`` (``.NAME.tmp-PID``) and its files are moved into ``--out`` only when the run is
   complete, so a failed or interrupted run leaves the previous results untouched and never an
-  old summary.json beside a new config.yaml or a half-written slots.csv;
+  old summary.json beside a new config.yaml or a half-written slots.csv (an earlier run's
+  config.yaml, summary.json or slots.csv that the new run does not write is removed with it);
 * temporary folders that a killed run left beside ``--out`` are removed by the next run into it;
 * any OSError while writing (disk full, file too large, permissions) is one line naming the folder.
 
@@ -101,6 +102,10 @@ class OutputDir:
             write(out.path / "summary.json")     # lands in args.out when the block completes
     """
 
+    # What the tools write into a results folder: on commit, an earlier run's copy of one of these that
+    # this run did not write is removed too, so no old slots.csv stays beside a new config.yaml.
+    RUN_FILES = ("config.yaml", "summary.json", "slots.csv")
+
     def __init__(self, final: str | Path, staged: bool = True, what: str = "--out"):
         self.final = check_writable_dir(final, what)
         self.staged = staged
@@ -189,6 +194,11 @@ class OutputDir:
         if not self.final.exists():
             os.rename(self.staging, self.final)
             return
+        written = {entry.name for entry in self.staging.iterdir()}
+        for name in self.RUN_FILES:
+            old = self.final / name
+            if name not in written and old.is_file():
+                old.unlink()
         for entry in sorted(self.staging.iterdir()):
             dest = self.final / entry.name
             if dest.is_dir() and not dest.is_symlink():

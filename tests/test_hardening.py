@@ -234,20 +234,26 @@ def test_staged_outputs_replace_a_run_whole_or_not_at_all(tmp_path):
     with OutputDir(out) as od:
         (od.path / "summary.json").write_text("old")
         (od.path / "config.yaml").write_text("old")
+        (od.path / "slots.csv").write_text("old")
         assert not out.exists()  # nothing in place before the run completes
     with pytest.raises(RuntimeError):
         with OutputDir(out) as od:
             (od.path / "config.yaml").write_text("new")
             raise RuntimeError("the run fails")
-    assert {f.name: f.read_text() for f in out.iterdir()} == {"summary.json": "old", "config.yaml": "old"}
+    assert {f.name: f.read_text() for f in out.iterdir()} == {"summary.json": "old", "config.yaml": "old",
+                                                              "slots.csv": "old"}
     # A run killed with SIGKILL leaves its staging folder and a temp file behind; the next run removes them.
     stale = tmp_path / ".run.tmp-999999"
     stale.mkdir()
     (out / ".checkpoint.safetensors.tmp999999").write_text("half")
-    with OutputDir(out) as od:
+    (out / "notes.txt").write_text("mine")
+    with OutputDir(out) as od:  # e.g. evaluate.py into run_cosim's folder: summary.json and config.yaml
         (od.path / "summary.json").write_text("new")
+        (od.path / "config.yaml").write_text("new")
     assert not stale.exists() and not (out / ".checkpoint.safetensors.tmp999999").exists()
-    assert (out / "summary.json").read_text() == "new" and not list(tmp_path.glob(".run.lock"))
+    assert {f.name: f.read_text() for f in out.iterdir()} == {"summary.json": "new", "config.yaml": "new",
+                                                              "notes.txt": "mine"}  # no old slots.csv
+    assert not list(tmp_path.glob(".run.lock"))
 
 
 def test_a_killed_run_releases_its_lock_and_its_leftovers_go(tmp_path):
