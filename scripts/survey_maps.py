@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sumo  # noqa: E402
 
 from agents import default_policy, make_policy  # noqa: E402
-from cosim.cli import run_main  # noqa: E402
+from cosim.cli import add_debug_arg, run_main  # noqa: E402
 from cosim.config import CosimError, load_config  # noqa: E402
 from cosim.env import BatchCoSim  # noqa: E402
 from cosim.runner import run_episodes  # noqa: E402
@@ -108,6 +108,7 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=2, help="episodes per policy (default 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/survey", help="folder for table.md, survey.json and the nets")
+    add_debug_arg(ap)
     args = ap.parse_args()
     names = args.maps.split(",") if args.maps else list(GAME_MAPS) + list(GENERATED)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]

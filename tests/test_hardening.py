@@ -29,11 +29,13 @@ def run(*args, timeout=300, **kw):
 
 
 def one_line(p, message):
-    """Exit code 2, ``message`` on stderr, no traceback, one line (libsumo's pyarrow notice aside)."""
+    """Exit code 2, ``message`` in the one error line, which ends stderr, and no traceback
+    (informational lines before it, e.g. a SUMO map's summary, may precede it)."""
     lines = [ln for ln in p.stderr.strip().splitlines() if "pyarrow" not in ln]
     assert p.returncode == 2, p.stderr
-    assert message in p.stderr and "Traceback" not in p.stderr, p.stderr
-    assert len(lines) == 1, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and message in errors[0], p.stderr
 
 
 # ---------------------------------------------------------------------------
