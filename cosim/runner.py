@@ -261,16 +261,17 @@ def write_summary(path: str | Path, summary: dict[str, Any], episodes: list[Epis
 
 
 def strict_json(data: Any) -> str:
-    """JSON that every parser reads: a NaN or infinity (which json.dumps would write as the
-    non-standard NaN/Infinity) is a CosimError naming the key."""
-    def find(x: Any, where: str) -> None:
+    """JSON that every parser reads (json.dumps would write the non-standard NaN/Infinity): a NaN,
+    a statistic with nothing to average (e.g. a spread over no offloaded parts), becomes null; an
+    infinity, a result that blew up, is a CosimError naming the key."""
+    def clean(x: Any, where: str) -> Any:
         if isinstance(x, float) and not math.isfinite(x):
+            if math.isnan(x):
+                return None
             raise CosimError(f"{where} is {x}: refusing to write it to a summary")
         if isinstance(x, dict):
-            for k, v in x.items():
-                find(v, f"{where}.{k}" if where else str(k))
-        elif isinstance(x, (list, tuple)):
-            for i, v in enumerate(x):
-                find(v, f"{where}[{i}]")
-    find(data, "")
-    return json.dumps(data, indent=2, allow_nan=False)
+            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(x)]
+        return x
+    return json.dumps(clean(data, ""), indent=2, allow_nan=False)

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))
 
-from cosim.cli import run_main  # noqa: E402
+from cosim.cli import add_debug_arg, run_main  # noqa: E402
 from cosim.config import CosimError  # noqa: E402
 from cosim.stats import ci95  # noqa: E402
 
@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=20, help="evaluation episodes per run (default 20)")
     ap.add_argument("--out", default="runs/compare_peers", help="output folder (default runs/compare_peers)")
     ap.add_argument("--cell", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)  # one child run
+    add_debug_arg(ap)
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents import make_policy  # noqa: E402
 from agents.checkpoint import load_policy, read_policy_file  # noqa: E402
-from cosim.cli import run_main  # noqa: E402
+from cosim.cli import add_debug_arg, run_main  # noqa: E402
 from cosim.config import CosimError, load_config  # noqa: E402
 from cosim.evaluation import EVAL_SEED, evaluate_long_horizon, long_horizon_table  # noqa: E402
 from cosim.resources import config_dir  # noqa: E402
@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--slots", type=int, default=60)
     ap.add_argument("--out", default="docs/scenarios/queues.png")
     ap.add_argument("--replot", action="store_true", help="only redraw the figure from the JSON beside --out")
+    add_debug_arg(ap)
     args = ap.parse_args()
     if args.replot:
         src = Path(args.out).with_suffix(".json")

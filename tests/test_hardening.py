@@ -532,9 +532,10 @@ def test_a_non_finite_slot_stops_the_run_naming_the_quantity(monkeypatch):
     monkeypatch.setattr(sim, "step", blow_up)
     with pytest.raises(CosimError, match="the task energy of a slot is inf"):
         run_episodes(sim, make_reference_policy("equal", sim.n_rsus), 1, progress=False)
-    with pytest.raises(CosimError, match=r"mean_cost is nan: refusing"):
-        strict_json({"mean_cost": float("nan")})
-    assert json.loads(strict_json({"a": [1.0, {"b": 2}]})) == {"a": [1.0, {"b": 2}]}
+    with pytest.raises(CosimError, match=r"x.mean_cost is inf: refusing"):
+        strict_json({"x": {"mean_cost": float("inf")}})
+    text = strict_json({"a": [1.0, {"b": 2, "spread": float("nan")}]})  # nothing to average: null
+    assert "NaN" not in text and json.loads(text) == {"a": [1.0, {"b": 2, "spread": None}]}
 
 
 # ---------------------------------------------------------------------------
