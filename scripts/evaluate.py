@@ -1,150 +1,16 @@
 #!/usr/bin/env python
 """Evaluate trained checkpoints beside the reference policies, on the same unseen episodes.
 
-    python scripts/evaluate.py --checkpoint checkpoints/ly-dtmppo_default.safetensors
-    python scripts/evaluate.py --checkpoint runs/A/policy.safetensors runs/B --episodes 50 --backend sumo
-    python scripts/evaluate.py --checkpoint X --policies equal,nearest
-    python scripts/evaluate.py --checkpoint X --policies equal,dpp-opt --slots 600 --episodes 2
-    python scripts/evaluate.py --checkpoint checkpoints/ly-dtmppo_set.safetensors --cvs 8 --config configs/transfer/rsu5.yaml
-
-A set-architecture checkpoint runs on any --cvs and RSU layout (--config); an
-MLP checkpoint only on the CV and RSU counts it was trained on (one-line error
-elsewhere).
-
-Every policy acts deterministically (a Gaussian actor's mean) on the same
-episodes: episode i is reset with seed --eval-seed + i (default 10000 + i),
-which training never uses (it draws from the stream of the config seed).
-Writes summary.json (run_cosim's summary keys, per policy) and config.yaml to
---out, and prints mean cost with its 95% CI, reward, delay, energy, InstrT share
-and deadline misses for every policy. --slots N runs N-slot episodes and adds the
-long-horizon table: time-average energy per CV over the last half against the
-budget, the energy queue Y at the end and its growth per slot over the last
-half, and the cost over the last half and over the whole episode.
+Same as ``dtcosim evaluate``; the code is in dtcosim/commands/evaluate.py.
 """
 
-from __future__ import annotations
-
-import argparse
-import dataclasses
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents import make_policy, policy_names  # noqa: E402
-from agents.checkpoint import POLICY_FILE, load_policy, read_policy_file  # noqa: E402
-from cosim.cli import add_common_args, config_from_args, run_main, save_run_config  # noqa: E402
-from cosim.config import CosimError  # noqa: E402
-from cosim.evaluation import (EVAL_SEED, comparison_table, evaluate_long_horizon, evaluate_policies,  # noqa: E402
-                              long_horizon_table)
-from cosim.outputs import OutputDir  # noqa: E402
-from cosim.runner import strict_json  # noqa: E402
-
-
-def checkpoint_labels(paths: list[str], algos: list[str]) -> list[str]:
-    """One unambiguous row label per checkpoint: its algorithm, and where several share one, the
-    shortest tail of its path that tells them apart (the run folder for runs/*/policy.safetensors)."""
-    def tail(path: str, n: int) -> str:
-        p = Path(path)
-        parts = (p.parent.parts if p.name == POLICY_FILE else p.with_suffix("").parts) or (str(p),)
-        return "/".join(parts[-n:])
-
-    labels = list(algos)
-    for algo in set(algos):
-        idx = [i for i, a in enumerate(algos) if a == algo]
-        if len(idx) < 2:
-            continue
-        for n in range(1, 1 + max(len(Path(paths[i]).parts) for i in idx)):
-            names = [tail(paths[i], n) for i in idx]
-            if len(set(names)) == len(names):
-                break
-        for k, (i, name) in enumerate(zip(idx, names)):
-            dup = names[:k].count(name)  # the same file given twice
-            labels[i] = f"{algo}:{name}" + (f"#{dup + 1}" if dup else "")
-    return labels
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", action="extend", nargs="+", default=[], metavar="PATH",
-                    help="policy .safetensors file or run folder (repeatable, or several at once)")
-    add_common_args(ap, backend_default="analytic")
-    ap.add_argument("--episodes", type=int, default=20, help="evaluation episodes per policy (default 20)")
-    ap.add_argument("--eval-seed", type=int, default=EVAL_SEED, help=f"episode i uses seed EVAL_SEED + i "
-                                                                     f"(default {EVAL_SEED})")
-    ap.add_argument("--policies", default=None,
-                    help="comma-separated reference/registered policies to include, '' for none "
-                         f"(default: {','.join(policy_names())})")
-    ap.add_argument("--slots", type=int, default=None,
-                    help="episode length override (e.g. 600) with the long-horizon table (default: the config's)")
-    ap.add_argument("--out", default=None, help="output folder (default runs/eval__<time>)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = ap.parse_args()
-    if args.episodes < 1:
-        ap.error("--episodes must be at least 1")
-    if args.slots is not None and args.slots < 2:
-        ap.error("--slots must be at least 2")
-    if not 0 <= args.eval_seed <= 2**32 - 1 - args.episodes:  # episode i is reset with seed eval_seed + i
-        raise CosimError(f"--eval-seed must be in [0, {2**32 - 1 - args.episodes}], got {args.eval_seed}")
-
-    cfg = config_from_args(args, defaults={"trace.part": "eval"})  # traces: the held-out episodes
-    if cfg.backend == "sumo":  # other SUMO maps: config.yaml records where the RSUs went
-        from cosim.sumo_mobility import placed_config
-        cfg = placed_config(cfg)
-    names = policy_names() if args.policies is None else [p.strip() for p in args.policies.split(",") if p.strip()]
-    known = policy_names()
-    for n in names:
-        if n not in known:
-            raise CosimError(f"unknown policy '{n}' in --policies (choose {', '.join(known)})")
-    if not names and not args.checkpoint:
-        raise CosimError("nothing to evaluate: give --checkpoint PATH and/or --policies")
-
-    policies: dict[str, object] = {}
-    checkpoints: dict[str, str] = {}  # label -> the path it was read from
-    metas = [read_policy_file(path)[0] for path in args.checkpoint]  # a bad file fails here, before any episode
-    for path, label in zip(args.checkpoint, checkpoint_labels(args.checkpoint, [m["algo"] for m in metas])):
-        checkpoints[label] = str(path)
-        policies[label] = lambda sim, path=path, label=label: load_policy(path, env=sim, name=label)
-    for n in names:
-        if n in policies:
-            raise CosimError(f"--policies {n} has the same name as a checkpoint's row; leave it out")
-        policies[n] = lambda sim, n=n: make_policy(n, sim.n_rsus, seed=args.eval_seed, env=sim)
-
-    final = Path(args.out) if args.out else Path("runs") / f"eval__{time.strftime('%Y%m%d-%H%M%S')}"
-    with OutputDir(final) as staged:  # locked; files land in --out only when the evaluation completes
-        out = staged.path
-        settings = {}
-        if "dpp-opt" in names:  # the optimiser's resolved settings, as run_cosim saves them
-            from cosim.optimizer import EXTRA_SECTION, DppOptConfig
-            settings[EXTRA_SECTION] = DppOptConfig.from_config(cfg)
-        long = None
-        if args.slots is not None:
-            cfg = cfg.replace(**{"scenario.episode_slots": args.slots})
-            save_run_config(cfg, out, settings=settings)
-            summaries, long = evaluate_long_horizon(cfg, policies, args.episodes, args.slots, seed=args.eval_seed,
-                                                    progress=not args.quiet)
-        else:
-            save_run_config(cfg, out, settings=settings)
-            summaries = evaluate_policies(cfg, policies, args.episodes, seed=args.eval_seed,
-                                          progress=not args.quiet)
-        for label, path in checkpoints.items():
-            summaries[label]["checkpoint"] = path
-        print(f"{args.episodes} episodes per policy on {cfg.backend}, {cfg.scenario.n_cvs} CVs, {cfg.n_rsus} RSUs, "
-              f"seeds {args.eval_seed}..{args.eval_seed + args.episodes - 1}")
-        print(comparison_table(summaries))
-        for name, s in summaries.items():
-            if "diagnostics_text" in s:
-                print(s["diagnostics_text"])
-        if long is not None:
-            print(f"\nlong horizon: {args.slots} slots per episode, last half = slots {args.slots // 2}..{args.slots}")
-            print(long_horizon_table(long))
-            for name, lh in long.items():
-                summaries[name]["long_horizon"] = dataclasses.asdict(lh)
-        (out / "summary.json").write_text(strict_json(summaries))
-    print(f"wrote {final / 'summary.json'}, {final / 'config.yaml'}")
-    return 0
-
+from cosim.cli import run_main  # noqa: E402
+from dtcosim.commands.evaluate import main  # noqa: E402
 
 if __name__ == "__main__":
     run_main(main)

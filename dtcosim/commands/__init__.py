@@ -1,0 +1,1 @@
+"""One module per dtcosim subcommand, each with main(argv, prog) -> exit code."""

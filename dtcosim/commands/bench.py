@@ -1,0 +1,254 @@
+"""Speed: environments, the per-slot optimiser and training, with ratios measured in this one run.
+
+    dtcosim bench                 # analytic: envs (PettingZoo, batch 1-256), optimiser, training
+    dtcosim bench --sumo          # also the SUMO-backed env (libsumo and TraCI), 5 and 50 CVs
+    dtcosim bench --trace         # also the batch env replaying recorded SUMO traces (256 envs)
+    dtcosim bench --only env      # one part: env | optimiser | training
+
+Times are CPU time of this process (time.process_time), so other work on the machine
+disturbs them less than wall time; every ratio compares two measurements of this run.
+Rows marked "numpy" use the readable reference path (BatchCoSim.fused = False); the others
+use cosim/fused.py's numba kernels when numba is installed (their compilation is cached on
+disk and warmed up before timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+
+from cosim import fused as F
+from cosim.cli import add_debug_arg
+from cosim.config import CosimError, load_config
+from cosim.env import BatchCoSim, make_batch_env, make_env
+from cosim.runner import format_table
+
+clock = time.process_time
+
+
+class numpy_path:
+    """Within the block, every BatchCoSim uses the numpy reference (cosim.model), not the fused kernels."""
+
+    def __enter__(self) -> None:
+        self.saved, BatchCoSim.fused = BatchCoSim.fused, False
+
+    def __exit__(self, *exc) -> None:
+        BatchCoSim.fused = self.saved
+
+
+def bench_parallel_env(cfg, backend: str, seconds: float) -> tuple[float, int]:
+    """Slots/s of the PettingZoo env stepping dict actions, as a user of the API would."""
+    env = make_env(cfg, backend=backend, seed=0)
+    rng = np.random.default_rng(0)
+    actions = {a: rng.uniform(-10, 10, env.action_space(a).shape).astype(np.float32) for a in env.possible_agents}
+    env.reset(seed=0)
+    env.step(actions)  # warm-up (kernels loaded from numba's cache)
+    slots, t0 = 0, clock()
+    try:
+        while clock() - t0 < seconds:
+            if not env.agents:
+                env.reset()
+            env.step(actions)
+            slots += 1
+    finally:
+        elapsed = clock() - t0
+        env.close()
+    return slots / elapsed, len(env.possible_agents)
+
+
+def bench_batch_env(cfg, backend: str, n_envs: int, seconds: float) -> tuple[float, int]:
+    """Environment-slots/s of the batch env (E slots per step)."""
+    sim = make_batch_env(cfg, n_envs=n_envs, backend=backend, seed=0)
+    raw = np.random.default_rng(0).uniform(-10, 10, (n_envs, sim.n_cvs, sim.action_dim))
+    sim.reset(0)
+    sim.step(raw)  # warm-up
+    steps, t0 = 0, clock()
+    try:
+        while clock() - t0 < seconds:
+            if sim.step(raw).done:
+                sim.reset()
+            steps += 1
+    finally:
+        elapsed = clock() - t0
+        sim.close()
+    return steps * n_envs / elapsed, sim.n_cvs
+
+
+def bench_kernels(cfg, n_envs: int, seconds: float) -> tuple[float, int]:
+    """Environment-slots/s of the fused kernels alone on one slot's inputs (no draws, no mobility,
+    no Python around them): the bound a batch step can approach."""
+    sim = make_batch_env(cfg, n_envs=n_envs, backend="analytic", seed=0)
+    raw = np.random.default_rng(0).uniform(-10, 10, (n_envs, sim.n_cvs, sim.action_dim))
+    sim.reset(0)
+    p, pv, q, tk = sim.params, sim._fused_pv, sim.queues, sim.tasks
+    steps, t0 = 0, clock()
+    while clock() - t0 < seconds:
+        F.project_and_slot(p, pv, q, tk, sim.cv_cpu, sim.spec_eff, raw, sim.covered, sim.mob.active)
+        F.channel_and_observation(sim)
+        steps += 1
+    elapsed = clock() - t0
+    sim.close()
+    return steps * n_envs / elapsed, sim.n_cvs
+
+
+def bench_policy(cfg, policy: str, episodes: int, **options) -> tuple[float, float, object]:
+    """Seconds per slot and mean cost of ``episodes`` episodes of a policy (run_episodes, one env)."""
+    from cosim.optimizer import DppOptimizer
+    from cosim.policies import make_reference_policy
+    from cosim.runner import run_episodes
+    sim = make_batch_env(cfg, n_envs=1, backend="analytic", seed=0)
+    pol = DppOptimizer(sim, seed=0, **options) if policy == "dpp-opt" else make_reference_policy(policy, sim.n_rsus, seed=0)
+    run_episodes(sim, pol, 1, seed=99, progress=False)  # warm-up (another seed)
+    if hasattr(pol, "history"):
+        pol.history.clear()
+    t0 = clock()
+    res = run_episodes(sim, pol, episodes, seed=0, progress=False)
+    elapsed = clock() - t0
+    sim.close()
+    return elapsed / (episodes * cfg.scenario.episode_slots), res.summary["mean_cost"], pol
+
+
+def bench_training(cfg, algo: str, episodes: int) -> float:
+    """Training slots/s (rollout and update) of ``episodes`` episodes, no logs."""
+    from agents import train
+    with tempfile.TemporaryDirectory() as d:
+        t0 = clock()
+        train(algo, cfg, out=d, episodes=episodes, progress=False, tensorboard=False, log=lambda m: None)
+        elapsed = clock() - t0
+    return episodes * cfg.scenario.episode_slots / elapsed
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=2.0, help="CPU time per environment measurement")
+    ap.add_argument("--sumo", action="store_true", help="also measure the SUMO backend")
+    ap.add_argument("--trace", action="store_true",
+                    help="also the trace backend at 256 envs (on 16 road episodes recorded first)")
+    ap.add_argument("--only", choices=("env", "optimiser", "training"), help="run one part")
+    ap.add_argument("--opt-episodes", type=int, default=10, help="episodes of each optimiser run")
+    ap.add_argument("--train-episodes", type=int, default=160, help="episodes of each training run")
+    add_debug_arg(ap)
+    args = ap.parse_args(argv)
+    if args.opt_episodes < 1 or args.train_episodes < 16:
+        ap.error("--opt-episodes must be >= 1 and --train-episodes >= 16 (one iteration)")
+    if not 0 < args.seconds < 3600:  # also refuses nan
+        raise CosimError(f"--seconds must be above 0 and below 3600, got {args.seconds}")
+    cfg = load_config()
+    print(f"numba kernels: {'yes' if F.AVAILABLE else 'no (pip install dtcosim[fast])'}")
+    if args.only in (None, "env"):
+        bench_envs(cfg, args)
+    if args.only in (None, "optimiser"):
+        bench_optimiser(cfg, args.opt_episodes)
+    if args.only in (None, "training"):
+        bench_train(cfg, args.train_episodes)
+    return 0
+
+
+def bench_envs(cfg, args) -> None:
+    rows = []
+
+    def add(name: str, backend: str, n_envs: int, cvs: int, slots_s: float, n_agents: int) -> None:
+        rows.append({"env": name, "backend": backend, "envs": n_envs, "cvs": cvs,
+                     "slots_s": slots_s, "agent_slots_s": slots_s * n_agents})
+
+    base, n = bench_parallel_env(cfg, "analytic", args.seconds)
+    add("PettingZoo", "analytic", 1, cfg.scenario.n_cvs, base, n)
+    for e in (1, 16, 256):
+        add("batch", "analytic", e, cfg.scenario.n_cvs, *bench_batch_env(cfg, "analytic", e, args.seconds))
+    with numpy_path():
+        for e in (1, 256):
+            add("batch (numpy)", "analytic", e, cfg.scenario.n_cvs,
+                *bench_batch_env(cfg, "analytic", e, args.seconds))
+    if args.trace:
+        from cosim.trace_mobility import record_episodes, write_meta, write_traces
+        with tempfile.TemporaryDirectory(prefix="cosim-bench-traces-") as d:
+            write_traces(d, record_episodes(cfg, cfg.scenario.n_cvs, range(16)))
+            write_meta(d, cfg, cfg.scenario.n_cvs, cfg.scenario.rsus, "the paper's road")
+            c = cfg.replace(**{"trace.dir": d, "trace.part": "all"})
+            add("batch", "trace", 256, cfg.scenario.n_cvs, *bench_batch_env(c, "trace", 256, args.seconds))
+    if F.AVAILABLE:
+        add("fused kernels only", "analytic", 256, cfg.scenario.n_cvs, *bench_kernels(cfg, 256, args.seconds))
+    if args.sumo:
+        for cvs in (5, 50):
+            c = cfg.replace(**{"scenario.n_cvs": cvs})
+            if cvs != cfg.scenario.n_cvs:
+                add("PettingZoo", "analytic", 1, cvs, *bench_parallel_env(c, "analytic", args.seconds))
+            for lib in (True, False):
+                c2 = c.replace(**{"sumo.use_libsumo": lib})
+                name = "PettingZoo (libsumo)" if lib else "PettingZoo (TraCI)"
+                add(name, "sumo", 1, cvs, *bench_parallel_env(c2, "sumo", args.seconds))
+    ref: dict[int, float] = {}
+    for r in rows:  # each CV count's first analytic PettingZoo row is its reference
+        if r["env"] == "PettingZoo" and r["backend"] == "analytic":
+            ref.setdefault(r["cvs"], r["agent_slots_s"])
+    for r in rows:
+        r["ratio"] = r["agent_slots_s"] / ref[r["cvs"]]
+    print(format_table(rows, [("env", "env", "{}"), ("backend", "backend", "{}"), ("envs", "envs", "{:d}"),
+                              ("cvs", "CVs", "{:d}"), ("slots_s", "slots/s", "{:,.0f}"),
+                              ("agent_slots_s", "agent-slots/s", "{:,.0f}"),
+                              ("ratio", "x PettingZoo analytic (same CVs)", "{:.2f}")]))
+    if args.trace:
+        speed = {r["backend"]: r["slots_s"] for r in rows if r["env"] == "batch" and r["envs"] == 256}
+        print(f"trace backend at 256 envs: {speed['trace'] / speed['analytic']:.2f}x the analytic batch env's slots/s")
+    by = {(r["env"], r["envs"]): r["slots_s"] for r in rows if r["backend"] == "analytic"}
+    print(f"batch env at 256 envs: {by['batch', 256] / by['batch (numpy)', 256]:.2f}x the numpy reference, "
+          f"{by['batch', 1] / by['batch (numpy)', 1]:.2f}x at 1 env", end="")
+    if ("fused kernels only", 256) in by:
+        print(f"; the fused kernels alone are {by['fused kernels only', 256] / by['batch', 256]:.2f}x "
+              f"the batch step (draws, mobility and Python around them)")
+    else:
+        print()
+
+
+def bench_optimiser(cfg, episodes: int) -> None:
+    """dpp-opt against the equal split, fused and numpy, on the same seeds."""
+    rows = []
+    t_eq, c_eq, _ = bench_policy(cfg, "equal", episodes)
+    rows.append({"policy": "equal split", "path": "fused" if F.AVAILABLE else "numpy", "episodes": episodes,
+                 "ms": t_eq * 1e3, "cost": c_eq, "evals": float("nan")})
+    runs = [("fused", {})] if F.AVAILABLE else []
+    runs.append(("numpy", {"fused": False}))
+    costs = {}
+    for path, opts in runs:
+        if path == "numpy":
+            with numpy_path():
+                t, c, pol = bench_policy(cfg, "dpp-opt", episodes, **opts)
+        else:
+            t, c, pol = bench_policy(cfg, "dpp-opt", episodes, **opts)
+        s = pol.summary()
+        costs[path] = c
+        rows.append({"policy": "dpp-opt", "path": path, "episodes": episodes, "ms": t * 1e3, "cost": c,
+                     "evals": s["mean_evals"], "gap": s["median_start_gap"]})
+    for r in rows:
+        r["ratio"] = r["ms"] / (t_eq * 1e3)
+        r.setdefault("gap", float("nan"))
+    print()
+    print(format_table(rows, [("policy", "policy", "{}"), ("path", "path", "{}"), ("episodes", "episodes", "{:d}"),
+                              ("ms", "ms/slot", "{:.2f}"), ("ratio", "x equal split's time", "{:.1f}"),
+                              ("evals", "evaluations/slot", "{:,.0f}"), ("gap", "median start gap", "{:.2e}"),
+                              ("cost", "mean cost", "{:.5f}")]))
+    if len(costs) == 2:
+        print(f"dpp-opt fused vs numpy: {rows[2]['ms'] / rows[1]['ms']:.1f}x the time per slot, "
+              f"cost {costs['fused'] / costs['numpy'] - 1:+.3%}")
+
+
+def bench_train(cfg, episodes: int) -> None:
+    """Ly-DTMPPO training (rollout and PPO update) on the fused and the numpy environment."""
+    rows = []
+    bench_training(cfg, "ly-dtmppo", 16)  # warm-up: imports (torch, agents) and first-call costs
+    if F.AVAILABLE:
+        rows.append({"path": "fused", "slots_s": bench_training(cfg, "ly-dtmppo", episodes)})
+    with numpy_path():
+        rows.append({"path": "numpy", "slots_s": bench_training(cfg, "ly-dtmppo", episodes)})
+    for r in rows:
+        r["ratio"] = r["slots_s"] / rows[-1]["slots_s"]
+        r["episodes"] = episodes
+        r["budget_s"] = 1800 * cfg.scenario.episode_slots / r["slots_s"]
+    print()
+    print(format_table(rows, [("path", "ly-dtmppo training, env path", "{}"), ("episodes", "episodes", "{:d}"),
+                              ("slots_s", "slots/s", "{:,.0f}"), ("ratio", "x numpy env", "{:.2f}"),
+                              ("budget_s", "paper's budget (1800 episodes), CPU s", "{:.0f}")]))
+

@@ -1,0 +1,74 @@
+"""Run the paper's experiment grid (Sec. VII) from configs/experiments/*.yaml.
+
+    dtcosim reproduce --quick                # the whole grid in about 15 min on 2 cores
+    dtcosim reproduce                        # the paper's budget (1800 episodes per run)
+    dtcosim reproduce --quick --backend sumo # on SUMO mobility
+    dtcosim reproduce --ray local            # on a (local or remote) Ray cluster
+    dtcosim plot                             # then the figures and results.md
+
+Every run is a cell (algorithm x setting x seed); a finished cell is never redone,
+so an interrupted grid continues where it stopped when run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from agents.experiments import (EXPERIMENTS_DIR, PRESETS, Budget, grid, load_experiments, run_grid,
+                                validate, write_manifest)
+from cosim.backends import BACKENDS
+from cosim.cli import add_debug_arg
+from cosim.config import CosimError
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="the quick preset (short training, fewer eval episodes)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help="full (default), quick or tiny")
+    ap.add_argument("--experiments", nargs="*", default=None, help="only these experiments (default: all)")
+    ap.add_argument("--experiments-dir", default=None, help="folder of experiment YAML files (default: configs/experiments)")
+    ap.add_argument("--algos", nargs="*", default=None, help="only these algorithms/policies (default: all)")
+    ap.add_argument("--backend", choices=tuple(BACKENDS), default="analytic")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: the preset's, 3)")
+    ap.add_argument("--episodes", type=int, default=None, help="training episodes per run (default: the preset's)")
+    ap.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    ap.add_argument("--ray", metavar="ADDRESS", default=None, help="run on Ray: a cluster address, or 'local'")
+    ap.add_argument("--out", default=None, help="results folder (default: results/<preset>)")
+    ap.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    add_debug_arg(ap)
+    args = ap.parse_args(argv)
+    preset = args.preset or ("quick" if args.quick else "full")
+    b = PRESETS[preset]
+    for flag, value in (("--episodes", args.episodes), ("--seeds", args.seeds), ("--workers", args.workers)):
+        if value is not None and value < 1:  # 0 is refused, not replaced by the preset's value
+            raise CosimError(f"{flag} must be at least 1, got {value}")
+    budget = Budget(b.episodes if args.episodes is None else args.episodes, b.eval_episodes,
+                    b.seeds if args.seeds is None else args.seeds)
+    experiments = load_experiments(args.experiments, Path(args.experiments_dir) if args.experiments_dir
+                                   else EXPERIMENTS_DIR)
+    cells = grid(experiments, budget, args.backend)
+    if args.algos:
+        cells = [c for c in cells if c.algo in args.algos]
+    validate(cells)
+    root = Path(args.out or f"results/{preset}" + ("-sumo" if args.backend == "sumo" else ""))
+    if args.dry_run:
+        for c in cells:
+            print(c.key)
+        print(f"{len(cells)} cells")
+        return 0
+    root.mkdir(parents=True, exist_ok=True)
+    write_manifest(root, experiments, budget, args.backend, preset)
+    print(f"{len(cells)} runs ({', '.join(e.name for e in experiments)}), {budget.episodes} training episodes each, "
+          f"{budget.seeds} seed(s), into {root}")
+    t0 = time.time()
+    report = run_grid(cells, root, workers=args.workers, ray_address=args.ray)
+    print(f"done in {time.time() - t0:.0f} s: {len(report.records) - report.skipped} new, "
+          f"{report.skipped} already done, {len(report.failed)} failed")
+    for key, err in report.failed:
+        print(f"  failed {key}: {err}", file=sys.stderr)
+    print(f"next: dtcosim plot --results {root}")
+    return 1 if report.failed else 0
+
