@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -112,11 +112,13 @@ def load_experiments(names: Iterable[str] | None = None, directory: Path = EXPER
     return exps
 
 
-def cells_of(exp: Experiment, budget: Budget, backend: str) -> list[Cell]:
+def cells_of(exp: Experiment, budget: Budget, backend: str, base: Mapping[str, Any] | None = None) -> list[Cell]:
+    """The experiment's cells; ``base`` (dotted keys, e.g. from --config/--set) lies under its own overrides."""
     keys = sorted(exp.sweep)
     out = []
     for values in itertools.product(*(exp.sweep[k] for k in keys)):
-        overrides = dict(exp.fixed)
+        overrides = dict(base or {})
+        overrides.update(exp.fixed)
         overrides.update(zip(keys, values))
         for algo, seed in itertools.product(exp.algos, range(budget.seeds)):
             out.append(Cell(algo, seed, tuple(sorted(overrides.items())), budget.episodes,
@@ -124,11 +126,12 @@ def cells_of(exp: Experiment, budget: Budget, backend: str) -> list[Cell]:
     return out
 
 
-def grid(experiments: list[Experiment], budget: Budget, backend: str) -> list[Cell]:
+def grid(experiments: list[Experiment], budget: Budget, backend: str,
+         base: Mapping[str, Any] | None = None) -> list[Cell]:
     """The union of every experiment's cells, each once, in a stable order."""
     seen: dict[str, Cell] = {}
     for exp in experiments:
-        for c in cells_of(exp, budget, backend):
+        for c in cells_of(exp, budget, backend, base):
             seen.setdefault(c.key, c)
     return list(seen.values())
 

@@ -12,11 +12,43 @@ from .backends import BACKENDS
 from .config import Config, CosimError, load_config, save_config, settings_dict, with_extra
 
 
-def add_common_args(ap: argparse.ArgumentParser, backend_default: str | None = None) -> None:
+def add_config_args(ap: argparse.ArgumentParser) -> None:
+    """--config and --set, which every command that builds a config takes."""
     ap.add_argument("--config", action="append", default=[], metavar="YAML",
                     help="YAML file merged over configs/default.yaml (repeatable)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                     help="override one config value, e.g. --set lyapunov.V=10 (repeatable)")
+
+
+class _ListAction(argparse.Action):
+    """Values separated by spaces or commas, the flag repeatable: ``--x a b``, ``--x a,b``, ``--x a --x b``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = [v for raw in values for v in str(raw).split(",") if v.strip()]
+        if self.type_ is not None:
+            try:
+                items = [self.type_(v.strip()) for v in items]
+            except ValueError:
+                parser.error(f"{option_string}: expected {self.type_.__name__} values, got {' '.join(values)}")
+        else:
+            items = [v.strip() for v in items]
+        seen = f"_{self.dest}_given"  # the first use replaces the default, later ones extend it
+        before = getattr(namespace, self.dest, None) if getattr(namespace, seen, False) else None
+        setattr(namespace, seen, True)
+        setattr(namespace, self.dest, [*(before or []), *items])
+
+
+def add_list_arg(ap: argparse.ArgumentParser, flag: str, help: str, metavar: str = "NAME", type: Any = None,
+                 **kwargs: Any) -> None:
+    """A list option, the one syntax of every command: values separated by spaces or commas, the flag
+    repeatable; the flag with no value is the empty list."""
+    action = ap.add_argument(flag, action=_ListAction, nargs="*", metavar=metavar, help=help, **kwargs)
+    action.type_ = type
+
+
+def add_common_args(ap: argparse.ArgumentParser, backend_default: str | None = None) -> None:
+    """--config, --set and the scenario flags --backend, --cvs, --seed."""
+    add_config_args(ap)
     ap.add_argument("--backend", choices=tuple(BACKENDS), default=None,
                     help=f"mobility backend (default: {backend_default or 'the config backend'})")
     ap.add_argument("--cvs", type=int, default=None, help="number of client vehicles (agents)")

@@ -591,6 +591,24 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return _nest(flat)
 
 
+def flat_overrides(files: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """``--config`` files and ``--set`` values as one flat dict of dotted keys (``training.extra`` kept whole)."""
+    data: dict[str, Any] = {}
+    for f in files:
+        data = deep_merge(data, read_yaml(f))
+    data = deep_merge(data, parse_overrides(overrides))
+    flat: dict[str, Any] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, Mapping) and k != "extra" and v:
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[prefix + k] = v
+    walk(data, "")
+    return flat
+
+
 def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = (),
                 defaults: Mapping[str, Any] | None = None) -> Config:
     """configs/default.yaml, then ``defaults`` (a script's own), then each file, then overrides."""

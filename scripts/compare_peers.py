@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))
 
-from cosim.cli import add_debug_arg, run_main  # noqa: E402
+from cosim.cli import add_debug_arg, add_list_arg, run_main  # noqa: E402
 from cosim.config import CosimError  # noqa: E402
 from cosim.stats import ci95  # noqa: E402
 
@@ -112,14 +112,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slots", type=int, default=18000, help="training budget per run in slots (default 18000)")
     ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per method (default 3)")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    add_list_arg(ap, "--methods", default=None, help=f"a subset of {', '.join(METHODS)} (default: all)")
     ap.add_argument("--cvs", type=int, default=5, help="number of CVs (default 5)")
     ap.add_argument("--episodes", type=int, default=20, help="evaluation episodes per run (default 20)")
     ap.add_argument("--out", default="runs/compare_peers", help="output folder (default runs/compare_peers)")
     ap.add_argument("--cell", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)  # one child run
     add_debug_arg(ap)
     args = ap.parse_args()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(METHODS) if args.methods is None else args.methods
     for m in methods:
         if m not in METHODS:
             raise CosimError(f"unknown method '{m}' in --methods (choose {', '.join(METHODS)})")

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents import make_policy  # noqa: E402
 from agents.checkpoint import load_policy, read_policy_file  # noqa: E402
-from cosim.cli import add_debug_arg, run_main  # noqa: E402
+from cosim.cli import add_debug_arg, add_list_arg, run_main  # noqa: E402
 from cosim.config import CosimError, load_config  # noqa: E402
 from cosim.evaluation import EVAL_SEED, evaluate_long_horizon, long_horizon_table  # noqa: E402
 from cosim.resources import config_dir  # noqa: E402
@@ -37,7 +37,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default="default,congested,heavy-sensing",
                     help="comma-separated: default and/or preset names in configs/scenarios/")
-    ap.add_argument("--policies", default="equal,nearest,local,dpp-opt", help="reference policies and dpp-opt")
+    add_list_arg(ap, "--policies", default=["equal", "nearest", "local", "dpp-opt"],
+                 help="reference policies and dpp-opt (default: equal nearest local dpp-opt)")
     ap.add_argument("--checkpoint", action="extend", nargs="+", default=None, metavar="PATH",
                     help=f"policies to add where their size fits (default {DEFAULT_CHECKPOINT})")
     ap.add_argument("--episodes", type=int, default=3)
@@ -73,7 +74,7 @@ def main() -> int:
                 print(f"{sc}: {path} is for {meta.get('n_cvs')} CVs x {meta.get('n_rsus')} RSUs, skipped")
                 continue
             policies[meta["algo"]] = lambda sim, path=path: load_policy(path, env=sim)
-        for n in [p.strip() for p in args.policies.split(",") if p.strip()]:
+        for n in args.policies:
             policies[n] = lambda sim, n=n: make_policy(n, sim.n_rsus, seed=EVAL_SEED, env=sim)
         summaries, long = evaluate_long_horizon(cfg, policies, args.episodes, args.slots)
         print(f"\n== {sc}: {cfg.scenario.n_cvs} CVs, {args.episodes} episodes x {args.slots} slots")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sumo  # noqa: E402
 
 from agents import default_policy, make_policy  # noqa: E402
-from cosim.cli import add_debug_arg, run_main  # noqa: E402
+from cosim.cli import add_list_arg, add_debug_arg, run_main  # noqa: E402
 from cosim.config import CosimError, load_config  # noqa: E402
 from cosim.env import BatchCoSim  # noqa: E402
 from cosim.runner import run_episodes  # noqa: E402
@@ -99,23 +99,19 @@ def table(rows: list[dict[str, Any]], policies: list[str]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--maps", default=None,
-                    help=f"comma-separated (default: all of {', '.join(GAME_MAPS + tuple(GENERATED))})")
-    ap.add_argument("--cvs", default="3,5,8", help="comma-separated CV counts (default 3,5,8)")
+    add_list_arg(ap, "--maps", default=None, help=f"maps (default: all of {', '.join(GAME_MAPS + tuple(GENERATED))})")
+    add_list_arg(ap, "--cvs", type=int, metavar="N", default=None, help="CV counts (default 3 5 8)")
     ap.add_argument("--rsus", type=int, default=None, help="place this many RSUs (default: as configured, 3)")
-    ap.add_argument("--policies", default="shipped,equal,local,nearest",
-                    help="comma-separated: shipped, reference policy names, or checkpoint paths")
+    add_list_arg(ap, "--policies", default=None,
+                 help="shipped, reference policy names, or checkpoint paths (default: shipped equal local nearest)")
     ap.add_argument("--episodes", type=int, default=2, help="episodes per policy (default 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/survey", help="folder for table.md, survey.json and the nets")
     add_debug_arg(ap)
     args = ap.parse_args()
-    names = args.maps.split(",") if args.maps else list(GAME_MAPS) + list(GENERATED)
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    try:
-        counts = [int(c) for c in args.cvs.split(",")]
-    except ValueError:
-        raise CosimError(f"--cvs: expected comma-separated integers, got {args.cvs!r}") from None
+    names = args.maps if args.maps else list(GAME_MAPS) + list(GENERATED)
+    policies = args.policies if args.policies is not None else ["shipped", "equal", "local", "nearest"]
+    counts = args.cvs or [3, 5, 8]
     out = Path(args.out)
     rows = []
     for name in names:

@@ -57,7 +57,7 @@ def test_evaluate_compares_checkpoint_and_references(trained, tmp_path):
     out, _ = trained
     ev = tmp_path / "eval"
     p = run("scripts/evaluate.py", "--checkpoint", str(out / "policy.safetensors"), "--episodes", "2",
-            "--policies", "equal,local", "--cvs", "2", "--out", str(ev), "--quiet")
+            "--policies", "equal", "local", "--cvs", "2", "--out", str(ev), "--quiet")
     assert p.returncode == 0, p.stderr
     assert "ly-dtmppo" in p.stdout and "equal" in p.stdout and "±" in p.stdout and "misses" in p.stdout
     summary = json.loads((ev / "summary.json").read_text())

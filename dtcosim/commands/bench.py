@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from cosim import fused as F
-from cosim.cli import add_debug_arg
+from cosim.cli import add_config_args, add_debug_arg
 from cosim.config import CosimError, load_config
 from cosim.env import BatchCoSim, make_batch_env, make_env
 from cosim.runner import format_table
@@ -130,13 +130,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--only", choices=("env", "optimiser", "training"), help="run one part")
     ap.add_argument("--opt-episodes", type=int, default=10, help="episodes of each optimiser run")
     ap.add_argument("--train-episodes", type=int, default=160, help="episodes of each training run")
+    add_config_args(ap)
     add_debug_arg(ap)
     args = ap.parse_args(argv)
     if args.opt_episodes < 1 or args.train_episodes < 16:
         ap.error("--opt-episodes must be >= 1 and --train-episodes >= 16 (one iteration)")
     if not 0 < args.seconds < 3600:  # also refuses nan
         raise CosimError(f"--seconds must be above 0 and below 3600, got {args.seconds}")
-    cfg = load_config()
+    cfg = load_config(args.config, args.overrides)
     print(f"numba kernels: {'yes' if F.AVAILABLE else 'no (pip install dtcosim[fast])'}")
     if args.only in (None, "env"):
         bench_envs(cfg, args)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from agents import make_policy, policy_names
 from agents.checkpoint import POLICY_FILE, load_policy, read_policy_file
-from cosim.cli import add_common_args, config_from_args, save_run_config
+from cosim.cli import add_common_args, add_list_arg, config_from_args, save_run_config
 from cosim.config import CosimError
 from cosim.evaluation import (EVAL_SEED, comparison_table, evaluate_long_horizon, evaluate_policies,
                               long_horizon_table)
@@ -63,15 +63,14 @@ def checkpoint_labels(paths: list[str], algos: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", action="extend", nargs="+", default=[], metavar="PATH",
-                    help="policy .safetensors file or run folder (repeatable, or several at once)")
+    add_list_arg(ap, "--checkpoint", metavar="PATH", default=[],
+                 help="policy .safetensors files or run folders")
     add_common_args(ap, backend_default="analytic")
     ap.add_argument("--episodes", type=int, default=20, help="evaluation episodes per policy (default 20)")
     ap.add_argument("--eval-seed", type=int, default=EVAL_SEED, help=f"episode i uses seed EVAL_SEED + i "
                                                                      f"(default {EVAL_SEED})")
-    ap.add_argument("--policies", default=None,
-                    help="comma-separated reference/registered policies to include, '' for none "
-                         f"(default: {','.join(policy_names())})")
+    add_list_arg(ap, "--policies", help="reference policies to include, none after the flag for none "
+                                        f"(default: {' '.join(policy_names())})", default=None)
     ap.add_argument("--slots", type=int, default=None,
                     help="episode length override (e.g. 600) with the long-horizon table (default: the config's)")
     ap.add_argument("--out", default=None, help="output folder (default runs/eval__<time>)")
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if cfg.backend == "sumo":  # other SUMO maps: config.yaml records where the RSUs went
         from cosim.sumo_mobility import placed_config
         cfg = placed_config(cfg)
-    names = policy_names() if args.policies is None else [p.strip() for p in args.policies.split(",") if p.strip()]
+    names = policy_names() if args.policies is None else args.policies
     known = policy_names()
     for n in names:
         if n not in known:

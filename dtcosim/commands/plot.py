@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.results is None:
         found = [p for p in (Path("results/quick"), Path("results/full")) if (p / "cells").is_dir()]
         if not found:
-            raise CosimError("no results found: run dtcosim reproduce --quick first")
+            raise CosimError("no results found: run dtcosim reproduce --preset quick first")
         args.results = found[0]
     root = Path(args.results)
     if not (root / "cells").is_dir():

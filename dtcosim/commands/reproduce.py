@@ -1,9 +1,10 @@
 """Run the paper's experiment grid (Sec. VII) from configs/experiments/*.yaml.
 
-    dtcosim reproduce --quick                # the whole grid in about 15 min on 2 cores
-    dtcosim reproduce                        # the paper's budget (1800 episodes per run)
-    dtcosim reproduce --quick --backend sumo # on SUMO mobility
-    dtcosim reproduce --ray local            # on a (local or remote) Ray cluster
+    dtcosim reproduce --preset quick              # the whole grid in about 15 min on 2 cores
+    dtcosim reproduce                             # the paper's budget (1800 episodes per run)
+    dtcosim reproduce --preset quick --backend sumo   # on SUMO mobility
+    dtcosim reproduce --ray local                 # on a (local or remote) Ray cluster
+    dtcosim reproduce --set lyapunov.alpha=0.8    # every cell on a changed base config
     dtcosim plot                             # then the figures and results.md
 
 Every run is a cell (algorithm x setting x seed); a finished cell is never redone,
@@ -20,17 +21,18 @@ from pathlib import Path
 from agents.experiments import (EXPERIMENTS_DIR, PRESETS, Budget, grid, load_experiments, run_grid,
                                 validate, write_manifest)
 from cosim.backends import BACKENDS
-from cosim.cli import add_debug_arg
-from cosim.config import CosimError
+from cosim.cli import add_config_args, add_debug_arg, add_list_arg
+from cosim.config import CosimError, flat_overrides
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the quick preset (short training, fewer eval episodes)")
-    ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help="full (default), quick or tiny")
-    ap.add_argument("--experiments", nargs="*", default=None, help="only these experiments (default: all)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                    help="full (the paper's budget, default), quick (short training, fewer eval episodes) or tiny")
+    add_config_args(ap)
+    add_list_arg(ap, "--experiments", help="only these experiments (default: all)")
     ap.add_argument("--experiments-dir", default=None, help="folder of experiment YAML files (default: configs/experiments)")
-    ap.add_argument("--algos", nargs="*", default=None, help="only these algorithms/policies (default: all)")
+    add_list_arg(ap, "--algos", help="only these algorithms/policies (default: all)")
     ap.add_argument("--backend", choices=tuple(BACKENDS), default="analytic")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: the preset's, 3)")
     ap.add_argument("--episodes", type=int, default=None, help="training episodes per run (default: the preset's)")
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     add_debug_arg(ap)
     args = ap.parse_args(argv)
-    preset = args.preset or ("quick" if args.quick else "full")
+    preset = args.preset
     b = PRESETS[preset]
     for flag, value in (("--episodes", args.episodes), ("--seeds", args.seeds), ("--workers", args.workers)):
         if value is not None and value < 1:  # 0 is refused, not replaced by the preset's value
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                     b.seeds if args.seeds is None else args.seeds)
     experiments = load_experiments(args.experiments, Path(args.experiments_dir) if args.experiments_dir
                                    else EXPERIMENTS_DIR)
-    cells = grid(experiments, budget, args.backend)
+    cells = grid(experiments, budget, args.backend, base=flat_overrides(args.config, args.overrides))
     if args.algos:
         cells = [c for c in cells if c.algo in args.algos]
     validate(cells)

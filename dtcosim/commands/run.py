@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--routes", default=None, help="route file for --net")
     ap.add_argument("--rsus", type=int, default=None, metavar="K",
                     help="other maps: place K RSUs where the traffic is (sumo.n_rsus)")
-    ap.add_argument("--slots", action="store_true", help="print one line per slot (on by default with --gui)")
+    ap.add_argument("--print-slots", action="store_true", help="print one line per slot (on by default with --gui)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.episodes < 1:
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     sumo_map = {k: v for k, v in (("sumo.sumocfg", args.sumocfg), ("sumo.net", args.net),
                                   ("sumo.routes", args.routes), ("sumo.n_rsus", args.rsus)) if v is not None}
     if args.gui or sumo_map:
+        needs = "--gui" if args.gui else "--sumocfg/--net/--routes"
+        if args.backend not in (None, "sumo"):
+            raise CosimError(f"{needs} needs the SUMO backend, not --backend {args.backend}")
         args.backend = "sumo"
     cfg = config_from_args(args, defaults={"backend": "sumo"})
     if sumo_map:
@@ -99,7 +102,7 @@ def _run(args: argparse.Namespace, cfg: Config, policy_name: str, out: Path, rec
             policy = make_policy(policy_name, sim.n_rsus, seed=cfg.seed, env=sim)
         # With the RSUs where they were placed and the policy's resolved settings (dpp-opt's).
         save_run_config(sim.cfg, out, policy)
-        show_slots = args.slots or args.gui
+        show_slots = args.print_slots or args.gui
         dashboard = None
         if show_dashboard or record is not None:  # off in a plain headless run: it costs ~0.2 s a slot
             from cosim.dashboard import Dashboard
