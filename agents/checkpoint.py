@@ -151,14 +151,17 @@ def validate_policy_header(p: Path, meta: dict[str, Any], shapes: dict[str, tupl
         else:
             ok = isinstance(v, kind)
         if not ok:
-            what = f"an integer in [1, {MAX_POLICY_SIZE}]" if kind is int else kind.__name__
-            raise CosimError(f"{p}: header field {where}{key} is {v!r}, expected {what}")
+            what = f"a int in [1, {MAX_POLICY_SIZE}]" if kind is int else f"a {kind.__name__}"
+            raise CosimError(f"{p}: policy header {where}{key} must be {what}, got {v!r}")
         return v
 
     for key in ("n_cvs", "n_rsus", "obs_dim", "action_dim", "hidden"):
         field(meta, key, int)
     field(meta, "algo", str)
     a = field(meta, "actor", dict)
+    arch = a.get("arch", "mlp")
+    if arch not in ("mlp", "set"):
+        raise CosimError(f"{p}: policy header actor.arch {arch!r} is not mlp or set")
     kind = field(a, "kind", str, "actor.")
     if kind not in _KINDS:
         raise CosimError(f"{p}: actor.kind {kind!r} is not one of {', '.join(_KINDS)}")
@@ -166,7 +169,7 @@ def validate_policy_header(p: Path, meta: dict[str, Any], shapes: dict[str, tupl
     shared = field(a, "share_params", bool, "actor.")
     if (I, D, A, H) != (meta["n_cvs"], meta["obs_dim"], meta["action_dim"], meta["hidden"]):
         raise CosimError(f"{p}: the header's sizes disagree with its actor's")
-    if a.get("arch", "mlp") == "set":  # one network for any sizes; its width still must match the tensors
+    if arch == "set":  # one network for any sizes; its width still must match the tensors
         want_ctx = (H, H)
         if shapes.get("net.rsu_ctx.weight") != want_ctx:
             raise CosimError(f"{p}: tensor net.rsu_ctx.weight has shape {list(shapes.get('net.rsu_ctx.weight', []))}, "

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents import PAPER_CHECKPOINT, SHIPPED_CHECKPOINT, make_policy  # noqa: E402
 from agents.checkpoint import load_policy, read_policy_file  # noqa: E402
-from cosim.cli import run_main  # noqa: E402
+from cosim.cli import add_debug_arg, run_main  # noqa: E402
 from cosim.config import Config, CosimError, load_config  # noqa: E402
 from cosim.evaluation import EVAL_SEED, evaluate_policies  # noqa: E402
 from cosim.resources import config_dir  # noqa: E402
@@ -61,6 +61,7 @@ def main() -> int:
                                                                      f"(default {EVAL_SEED})")
     ap.add_argument("--with-opt", action="store_true", help="add the per-slot optimiser dpp-opt (slow: ~0.1 s a slot)")
     ap.add_argument("--out", default="runs/transfer", help="output folder for transfer.json")
+    add_debug_arg(ap)
     args = ap.parse_args()
     if args.episodes < 1:
         ap.error("--episodes must be at least 1")

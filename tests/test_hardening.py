@@ -327,8 +327,8 @@ def _rewrite(path: Path, meta_change=None, tensor_change=None, header=None):
 
 @pytest.mark.parametrize("case, message", [
     ("not_object", "its dtcosim header is list, not an object"),
-    ("no_fields", "header field n_cvs is None, expected an integer"),
-    ("absurd_hidden", "header field hidden is 40000000"),
+    ("no_fields", "policy header n_cvs must be a int in [1, 65536], got None"),
+    ("absurd_hidden", "policy header hidden must be a int in [1, 65536], got 40000000"),
     ("wrong_hidden", "tensor net.layers.0.weight has shape [1, 39, 128], the header implies [1, 39, 40000]"),
     ("bad_kind", "actor.kind 'magic' is not one of"),
     ("nan_weights", "tensor net.layers.1.weight holds NaN or infinite values"),
