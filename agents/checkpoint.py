@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -296,10 +297,25 @@ def check_compatible(meta: dict[str, Any], env: Any, where: str) -> None:
                          f"env has {want[3]} RSUs x {want[2]}" + hint)
 
 
+def warn_action_options(meta: dict[str, Any], env: Any, where: str) -> None:
+    """One line on stderr when the environment projects actions differently from how the policy was
+    trained (``actions.*``): allowed (deploying under other options is an experiment), never silent."""
+    trained = (meta.get("config") or {}).get("actions") or {}
+    here = to_dict(env.cfg.actions) if getattr(env, "cfg", None) is not None else {}
+    trained = {k: trained.get(k, "paper") for k in ("bandwidth", "split", "cpu")}  # older files: the paper's
+    keys = [k for k in trained if k in here and trained[k] != here[k]]
+    if keys:
+        was = " ".join(f"actions.{k}={trained[k]}" for k in keys)
+        now = " ".join(f"actions.{k}={here[k]}" for k in keys)
+        print(f"warning: {where} was trained with {was}; this run projects actions with {now} "
+              f"(--set {' --set '.join(was.split())} matches them)", file=sys.stderr)
+
+
 def load_policy(path: str | Path, env: Any = None, name: str | None = None, seed: int | None = None) -> TrainedPolicy:
     """A trained policy from a ``.safetensors`` file (or a run folder); checked against ``env`` if given."""
     meta, tensors = read_policy_file(path)
     if env is not None:
         check_compatible(meta, env, str(path))
+        warn_action_options(meta, env, str(path))
     torch.set_num_threads(TORCH_THREADS)  # batch-of-a-few inference: threads only add overhead
     return TrainedPolicy(meta, tensors, name=name, seed=seed)

@@ -240,3 +240,17 @@ def test_fused_step_falls_back_to_numpy_for_other_options():
         out = sim.step(raw)
     np.testing.assert_array_equal(out.decision.split, expected.split)
     np.testing.assert_array_equal(out.decision.bandwidth, expected.bandwidth)
+
+
+def test_a_checkpoint_deployed_under_other_action_options_says_so(capsys):
+    from agents import PAPER_CHECKPOINT
+    from agents.checkpoint import load_policy
+    with BatchCoSim(n_envs=1, seed=0) as sim:
+        load_policy(PAPER_CHECKPOINT, env=sim)
+    assert capsys.readouterr().err == ""
+    cfg = load_config(overrides=["actions.split=balanced", "actions.bandwidth=full"])
+    with BatchCoSim(cfg, n_envs=1, seed=0) as sim:
+        load_policy(PAPER_CHECKPOINT, env=sim)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was trained with actions.bandwidth=paper actions.split=paper" in err
+    assert "--set actions.bandwidth=paper --set actions.split=paper matches them" in err
