@@ -8,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from strategies import floats, random_slot
+
 from cosim import model as M
 from cosim.config import ConfigError, load_config
 from cosim.env import BatchCoSim
@@ -21,17 +23,9 @@ def params(**opts):
 
 
 def _slot_inputs(data, n_envs=2, n_cvs=4):
-    floats = lambda lo, hi: st.floats(lo, hi, allow_nan=False, allow_infinity=False)  # noqa: E731
-    shape = (n_envs, n_cvs)
-    x = data.draw(arrays(float, shape, elements=floats(-100, 800)))
-    y = data.draw(arrays(float, shape, elements=floats(-10, 10)))
-    fading = data.draw(arrays(float, shape + (3,), elements=floats(0, 20)))
-    raw = data.draw(arrays(float, shape + (11,), elements=st.one_of(
-        floats(-1e3, 1e3), st.sampled_from([np.nan, np.inf, -np.inf]))))
-    active = data.draw(arrays(bool, shape))
+    x, y, fading, raw, active, seed = random_slot(data, n_envs, n_cvs, raw_bound=1e3)
     hist_q = data.draw(arrays(float, (n_envs, 10, 3), elements=floats(0, 1e11)))
     hist_lam = data.draw(arrays(float, (n_envs, 10, 3), elements=st.one_of(st.just(0.0), floats(1e3, 1e11))))
-    seed = data.draw(st.integers(0, 2**31 - 1))
     return x, y, fading, raw, active, hist_q, hist_lam, seed
 
 

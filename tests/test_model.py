@@ -6,6 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from strategies import floats, random_slot
+
 from cosim import model as M
 
 
@@ -83,17 +85,9 @@ def test_queue_backlog_builds_and_delays_later_tasks(cfg):
 
 def _random_slot(data, n_envs=2, n_cvs=3):
     """A random slot: positions, tasks, fades, queues and raw actions from hypothesis."""
-    floats = lambda lo, hi: st.floats(lo, hi, allow_nan=False, allow_infinity=False)  # noqa: E731
-    shape = (n_envs, n_cvs)
-    x = data.draw(arrays(float, shape, elements=floats(-100, 800)))
-    y = data.draw(arrays(float, shape, elements=floats(-10, 10)))
-    fading = data.draw(arrays(float, shape + (3,), elements=floats(0, 20)))
-    raw = data.draw(arrays(float, shape + (11,), elements=st.one_of(
-        floats(-1e6, 1e6), st.sampled_from([np.nan, np.inf, -np.inf]))))
-    active = data.draw(arrays(bool, shape))
-    q = data.draw(arrays(float, shape, elements=floats(0, 1e11)))
+    x, y, fading, raw, active, seed = random_slot(data, n_envs, n_cvs)
+    q = data.draw(arrays(float, (n_envs, n_cvs), elements=floats(0, 1e11)))
     q_rsu = data.draw(arrays(float, (n_envs, 3), elements=floats(0, 1e11)))
-    seed = data.draw(st.integers(0, 2**31 - 1))
     return x, y, fading, raw, active, q, q_rsu, seed
 
 

@@ -1,0 +1,25 @@
+"""Hypothesis draws shared by the property tests of the model (test_model.py, test_actions.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+
+def floats(lo: float, hi: float) -> st.SearchStrategy[float]:
+    return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+
+
+def random_slot(data, n_envs: int = 2, n_cvs: int = 3, raw_bound: float = 1e6, n_rsus: int = 3):
+    """A random slot on the default road: positions (x, y), fades, raw actions (finite up to
+    ``raw_bound``, or NaN/inf), active flags and a seed for the task draws."""
+    shape = (n_envs, n_cvs)
+    x = data.draw(arrays(float, shape, elements=floats(-100, 800)))
+    y = data.draw(arrays(float, shape, elements=floats(-10, 10)))
+    fading = data.draw(arrays(float, shape + (n_rsus,), elements=floats(0, 20)))
+    raw = data.draw(arrays(float, shape + (3 * n_rsus + 2,), elements=st.one_of(
+        floats(-raw_bound, raw_bound), st.sampled_from([np.nan, np.inf, -np.inf]))))
+    active = data.draw(arrays(bool, shape))
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    return x, y, fading, raw, active, seed
