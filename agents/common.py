@@ -40,7 +40,7 @@ from cosim.env import ACTION_BOUND, BatchCoSim
 from cosim.runner import RECORD_FIELDS, EpisodeRecord, record_from_row
 from cosim.stats import smooth
 
-from .checkpoint import POLICY_FILE, atomic_write, save_policy
+from .checkpoint import OBS_CLIP, POLICY_FILE, atomic_write, save_policy
 from .nets import TORCH_THREADS, ActorSpec
 
 CHECKPOINT_FILE = "checkpoint.safetensors"   # full training state, for --resume
@@ -123,6 +123,49 @@ class RunningMeanStd:
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.mean, self.var, self.count = np.asarray(d["mean"]), np.asarray(d["var"]), float(d["count"])
+
+
+# ---------------------------------------------------------------------------
+# Observation normalisation: the one normaliser of every trainer's network inputs
+
+class Normalizer:
+    """Running mean/std of raw inputs (numpy, float64); normalises float32 tensors, clipped to
+    ``OBS_CLIP`` exactly as a deployed policy does. Disabled: the clip only (mean 0, std 1)."""
+
+    def __init__(self, shape: tuple[int, ...], enabled: bool):
+        self.rms = RunningMeanStd(shape)
+        self.enabled = enabled
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.mean = torch.as_tensor(self.rms.mean, dtype=torch.float32)
+        self.std = torch.as_tensor(self.rms.std, dtype=torch.float32)
+
+    def update(self, x: np.ndarray) -> None:
+        if self.enabled:
+            self.rms.update(x)
+            self._refresh()
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x
+        if self.enabled:
+            x = (x - self.mean) / self.std
+        return x.clamp(-OBS_CLIP, OBS_CLIP)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.rms.state_dict()
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.rms.load_state_dict(d)
+        self._refresh()
+
+    @staticmethod
+    def policy_tensors(state: dict[str, Any] | None, dim: int) -> dict[str, torch.Tensor]:
+        """``obs_mean`` and ``obs_std`` of a policy file from a Normalizer's state (None: disabled)."""
+        if state is None:
+            return {"obs_mean": torch.zeros(dim), "obs_std": torch.ones(dim)}
+        return {"obs_mean": torch.as_tensor(state["mean"], dtype=torch.float32),
+                "obs_std": torch.as_tensor(np.sqrt(state["var"] + 1e-8), dtype=torch.float32)}
 
 
 # ---------------------------------------------------------------------------

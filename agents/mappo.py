@@ -27,8 +27,7 @@ from cosim.env import BatchCoSim
 from cosim.runner import EpisodeSums
 from cosim.scenarios import ScenarioSampler
 
-from .checkpoint import OBS_CLIP
-from .common import Iteration, RunningMeanStd, Trainer, clip_actions
+from .common import Iteration, Normalizer, Trainer, clip_actions
 from .entity import PER_CV, PER_RSU, SetActor, SetCritic, expand_log_std, n_rsus_of
 from .nets import ActorSpec, AgentMLP
 
@@ -197,8 +196,8 @@ class MAPPOTrainer(Trainer):
         self.actor_opt = torch.optim.Adam([*self.actor_net.parameters(), self.log_std], lr=c.lr, eps=1e-5,
                                           foreach=True)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=1e-5, foreach=True)
-        self.obs_rms = RunningMeanStd((D,))
-        self.state_rms = RunningMeanStd((S,))
+        self.obs_rms = Normalizer((D,), c.obs_norm)
+        self.state_rms = Normalizer((S,), c.obs_norm)
         self.value_norm = ValueNorm(c.value_norm_beta)
         # Trained without the twin: remember which input block to zero at deployment.
         self.dt_slice = None if cfg.twin.enabled else (sim.layout.dt_slice.start, sim.layout.dt_slice.stop)
@@ -227,12 +226,6 @@ class MAPPOTrainer(Trainer):
         self._allocate()
 
     # -- helpers --------------------------------------------------------------------------------
-    def _norm(self, x: np.ndarray, rms: RunningMeanStd) -> torch.Tensor:
-        """Network input: (optionally) standardised, then clipped as the deployed policy does."""
-        if self.c.obs_norm:
-            x = (x - rms.mean) / rms.std
-        return torch.from_numpy(np.clip(x, -OBS_CLIP, OBS_CLIP).astype(np.float32))
-
     def _value(self, state: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """Normalised per-agent values (..., I) of global states (..., S) and observations (..., I, D)."""
         return self.critic(state, obs)
@@ -273,7 +266,7 @@ class MAPPOTrainer(Trainer):
             for t in range(T):
                 raw_obs.append(obs)
                 raw_state.append(state)
-                o, s = self._norm(obs, self.obs_rms), self._norm(state, self.state_rms)
+                o, s = self.obs_rms(obs), self.state_rms(state)
                 mean, log_std = self._policy(o)
                 action = mean + log_std.exp() * torch.randn(mean.shape)
                 self.obs[t], self.state[t], self.actions[t] = o, s, action
@@ -287,7 +280,7 @@ class MAPPOTrainer(Trainer):
                 self.rewards[t] = torch.from_numpy(np.ascontiguousarray(r, dtype=np.float32))
                 obs, state = out.obs, out.state
             # Episodes end by the time limit, not by a terminal state: bootstrap from the next slot's value.
-            next_value = self._denorm(self._value(self._norm(state, self.state_rms), self._norm(obs, self.obs_rms)))
+            next_value = self._denorm(self._value(self.state_rms(state), self.obs_rms(obs)))
 
             # GAE (46), a short reversed loop.
             advantages = torch.zeros_like(self.rewards)
@@ -369,12 +362,7 @@ class MAPPOTrainer(Trainer):
             return self._set_actor(state)
         spec = ActorSpec("gaussian", self.I, self.D, self.A, self.c.hidden, self.c.share_params, self.dt_slice)
         tensors = {f"net.{k}": v for k, v in state["actor"].items()}
-        if self.c.obs_norm:
-            rms = state["obs_rms"]
-            tensors["obs_mean"] = torch.as_tensor(rms["mean"], dtype=torch.float32)
-            tensors["obs_std"] = torch.as_tensor(np.sqrt(rms["var"] + 1e-8), dtype=torch.float32)
-        else:
-            tensors["obs_mean"], tensors["obs_std"] = torch.zeros(self.D), torch.ones(self.D)
+        tensors.update(Normalizer.policy_tensors(state["obs_rms"] if self.c.obs_norm else None, self.D))
         tensors["log_std"] = state["log_std"].expand(self.I, self.A).clone()
         return spec, tensors
 

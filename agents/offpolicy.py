@@ -67,8 +67,7 @@ from cosim.config import Config, ConfigError, _f, load_settings, settings_dict, 
 from cosim.env import ACTION_BOUND
 from cosim.runner import EpisodeSums
 
-from .checkpoint import OBS_CLIP
-from .common import Iteration, RunningMeanStd, Trainer
+from .common import Iteration, Normalizer, Trainer
 from .nets import ActorSpec, AgentMLP
 
 EXTRA_SECTION = "offpolicy"  # training.extra key shared by the three off-policy baselines
@@ -263,41 +262,6 @@ def clip_grad(module_or_params: Any, max_norm: float) -> None:
         nn.utils.clip_grad_norm_(params, max_norm)
 
 
-# ---------------------------------------------------------------------------
-# Observation normalisation
-
-class Normalizer:
-    """Running mean/std of raw inputs (numpy, float64); normalises float32 tensors, clipped to
-    ``OBS_CLIP`` exactly as a deployed policy does. Disabled: the clip only (mean 0, std 1)."""
-
-    def __init__(self, shape: tuple[int, ...], enabled: bool):
-        self.rms = RunningMeanStd(shape)
-        self.enabled = enabled
-        self._refresh()
-
-    def _refresh(self) -> None:
-        self.mean = torch.as_tensor(self.rms.mean, dtype=torch.float32)
-        self.std = torch.as_tensor(self.rms.std, dtype=torch.float32)
-
-    def update(self, x: np.ndarray) -> None:
-        if self.enabled:
-            self.rms.update(x)
-            self._refresh()
-
-    def __call__(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x
-        if self.enabled:
-            x = (x - self.mean) / self.std
-        return x.clamp(-OBS_CLIP, OBS_CLIP)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.rms.state_dict()
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.rms.load_state_dict(d)
-        self._refresh()
-
-
 def export_actor(spec: ActorSpec, actor_state: dict[str, torch.Tensor], obs_norm: dict[str, Any] | None,
                  scale: float, head_rows: int | None = None) -> tuple[ActorSpec, dict[str, torch.Tensor]]:
     """The deployable tensors of a deterministic actor whose raw action is clip(scale * head, -10, 10).
@@ -312,11 +276,7 @@ def export_actor(spec: ActorSpec, actor_state: dict[str, torch.Tensor], obs_norm
         if head_rows is not None:
             tensors[k] = tensors[k][..., :head_rows].contiguous()
         tensors[k] = tensors[k] * scale
-    if obs_norm is not None:
-        tensors["obs_mean"] = torch.as_tensor(obs_norm["mean"], dtype=torch.float32)
-        tensors["obs_std"] = torch.as_tensor(np.sqrt(obs_norm["var"] + 1e-8), dtype=torch.float32)
-    else:
-        tensors["obs_mean"], tensors["obs_std"] = torch.zeros(spec.obs_dim), torch.ones(spec.obs_dim)
+    tensors.update(Normalizer.policy_tensors(obs_norm, spec.obs_dim))
     return spec, tensors
 
 

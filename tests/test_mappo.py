@@ -127,7 +127,7 @@ def test_checkpoint_round_trip_gives_the_actor_mean(tmp_path):
     fit(trainer, tmp_path, progress=False, tensorboard=False)
     obs, _ = trainer.sim.reset(123)
     with torch.no_grad():
-        mean = trainer.actor_net(trainer._norm(obs, trainer.obs_rms)).numpy()
+        mean = trainer.actor_net(trainer.obs_rms(obs)).numpy()
     policy = load_policy(tmp_path / POLICY_FILE, env=trainer.sim)
     trainer.sim.close()
     assert policy.name == "ly-dtmppo" and policy.meta["n_cvs"] == 3 and policy.meta["twin"] is True
