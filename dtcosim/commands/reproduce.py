@@ -1,6 +1,6 @@
 """Run the paper's experiment grid (Sec. VII) from configs/experiments/*.yaml.
 
-    dtcosim reproduce --preset quick              # the whole grid in about 15 min on 2 cores
+    dtcosim reproduce --preset quick              # the whole grid in about 5 min on 2 cores
     dtcosim reproduce                             # the paper's budget (1800 episodes per run)
     dtcosim reproduce --preset quick --backend sumo   # on SUMO mobility
     dtcosim reproduce --ray local                 # on a (local or remote) Ray cluster
