@@ -177,6 +177,9 @@ class MAPPOTrainer(Trainer):
             if c.obs_norm:
                 raise ConfigError("training.extra.mappo.obs_norm: not available with training.arch=set "
                                   "(the input length changes with K)")
+            if cfg.twin.view != "paper":  # the set actor reads tokens of the paper's layout (agents/entity.py)
+                raise ConfigError(f"twin.view: {cfg.twin.view} is available with training.arch=mlp only, "
+                                  "not yet with the set-structured actor")
             lay = sim.layout
             self.actor_net = SetActor(lay.own_dim, lay.token_dim, c.hidden, c.orthogonal_init, c.policy_head_gain)
             # One log std per output kind (PER_CV + PER_RSU), so it fits any K.

@@ -128,6 +128,9 @@ class TwinConfig:
     enabled: bool = _f(True, doc="Ly-DTMPPO (true) or Ly-MAPPO (false): DT part of the actor's observation")
     sync_error: float = _f(0.0, 0.0, 10.0, doc="relative Gaussian noise on the DT part")
     staleness: int = _f(0, 0, 1000, doc="slots by which the DT part lags")
+    view: str = _f("paper", choices=("paper", "global"),
+                   doc="paper: the DT part of eq. 40; global: also what the twin holds about the other CVs "
+                       "this slot, per RSU (how many it covers, their task cycles, their spectral efficiency)")
 
 
 @dataclass(frozen=True)

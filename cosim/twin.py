@@ -52,6 +52,16 @@ OBS_BLOCKS: tuple[Block, ...] = (
     Block("dt_distance_next", per_rsu=True, twin=True),
 )
 
+# twin.view = global: what the DT space holds about the *other* CVs this slot, per RSU, so that an
+# agent can tell a crowded RSU from a quiet one (for any number of CVs: counts and sums, no one-hot).
+GLOBAL_BLOCKS: tuple[Block, ...] = (
+    Block("dt_others", per_rsu=True, twin=True),           # other active CVs the RSU covers / OTHERS_SCALE
+    Block("dt_others_cycles", per_rsu=True, twin=True),    # their task cycles, sum, W_ref units
+    Block("dt_others_spec_eff", per_rsu=True, twin=True),  # their mean spectral efficiency to it / 25
+)
+OTHERS_SCALE = 10.0  # CVs per RSU: counts of order 1 for the fleets of the paper and the transfer tests
+VIEWS = {"paper": OBS_BLOCKS, "global": OBS_BLOCKS + GLOBAL_BLOCKS}
+
 
 @dataclass(frozen=True)
 class ObsLayout:
@@ -159,6 +169,21 @@ def area_frame(p: ModelParams) -> tuple[np.ndarray, float]:
     return 0.5 * (lo + hi), float(0.5 * (hi - lo).max())
 
 
+def others_per_rsu(p: ModelParams, tasks: Tasks, covered: np.ndarray, spec_eff: np.ndarray,
+                   active: np.ndarray) -> dict[str, np.ndarray]:
+    """The global view's blocks (E, I, K): per RSU, the other active CVs it covers, their task cycles
+    (W_ref units) and their mean spectral efficiency to it (0 where it covers no other CV)."""
+    cov = (covered & active[..., None]).astype(float)                 # (E, I, K)
+    cycles = (tasks.size * tasks.intensity * active)[..., None] / p.W_ref  # (E, I, 1)
+    se = spec_eff / SPEC_EFF_SCALE
+    count = cov.sum(axis=-2, keepdims=True) - cov                       # all covered CVs but i
+    load = (cov * cycles).sum(axis=-2, keepdims=True) - cov * cycles
+    se_sum = (cov * se).sum(axis=-2, keepdims=True) - cov * se
+    a = active[..., None]
+    return {"dt_others": count / OTHERS_SCALE * a, "dt_others_cycles": load * a,
+            "dt_others_spec_eff": np.where(count > 0, se_sum / np.maximum(count, 1.0), 0.0) * a}
+
+
 def dt_part(p: ModelParams, mob: MobilityState, queues: QueueState) -> dict[str, np.ndarray]:
     """The twin's view by block: RSU backlogs (E, I, K), G_rsu (E, I, 3), predicted distance at t+1 (E, I, K)."""
     E, I = mob.x.shape
@@ -182,12 +207,13 @@ class DigitalTwin:
     """
 
     def __init__(self, p: ModelParams, enabled: bool = True, sync_error: float = 0.0, staleness: int = 0,
-                 speed_scale: float = 16.0):
+                 speed_scale: float = 16.0, view: str = "paper"):
         self.p = p
         self.enabled = enabled
         self.sync_error = sync_error
         self.staleness = staleness
-        self.layout = ObsLayout(p.n_rsus)
+        self.view = view
+        self.layout = ObsLayout(p.n_rsus, VIEWS[view])
         self.centre, self.half_width = area_frame(p)
         self.speed_scale = speed_scale
         self._history: deque[np.ndarray] = deque(maxlen=staleness + 1)
@@ -218,6 +244,8 @@ class DigitalTwin:
                 "queues": np.stack([queues.q_loc / p.W_ref, queues.energy / p.E_ref], axis=-1),
                 "rsu_capacity": np.broadcast_to(p.rsu_capacity / p.rsu_cpu, (E, I, K)), "active": a}
         true_dt = dt_part(p, mob, queues)
+        if self.view == "global":
+            true_dt.update(others_per_rsu(p, tasks, covered, spec_eff, mob.active))
         self._history.append(true_dt)
         if self.enabled:
             seen = self._history[0]
