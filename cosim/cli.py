@@ -21,15 +21,21 @@ def add_config_args(ap: argparse.ArgumentParser) -> None:
 
 
 class _ListAction(argparse.Action):
-    """Values separated by spaces or commas, the flag repeatable: ``--x a b``, ``--x a,b``, ``--x a --x b``."""
+    """Values separated by spaces or commas, the flag repeatable: ``--x a b``, ``--x a,b``, ``--x a --x b``.
+
+    ``item_type`` converts each item after the split (argparse's own ``type`` would see "3,5" whole)."""
+
+    def __init__(self, *args: Any, item_type: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.item_type = item_type
 
     def __call__(self, parser, namespace, values, option_string=None):
         items = [v for raw in values for v in str(raw).split(",") if v.strip()]
-        if self.type_ is not None:
+        if self.item_type is not None:
             try:
-                items = [self.type_(v.strip()) for v in items]
+                items = [self.item_type(v.strip()) for v in items]
             except ValueError:
-                parser.error(f"{option_string}: expected {self.type_.__name__} values, got {' '.join(values)}")
+                parser.error(f"{option_string}: expected {self.item_type.__name__} values, got {' '.join(values)}")
         else:
             items = [v.strip() for v in items]
         seen = f"_{self.dest}_given"  # the first use replaces the default, later ones extend it
@@ -42,8 +48,7 @@ def add_list_arg(ap: argparse.ArgumentParser, flag: str, help: str, metavar: str
                  **kwargs: Any) -> None:
     """A list option, the one syntax of every command: values separated by spaces or commas, the flag
     repeatable; the flag with no value is the empty list."""
-    action = ap.add_argument(flag, action=_ListAction, nargs="*", metavar=metavar, help=help, **kwargs)
-    action.type_ = type
+    ap.add_argument(flag, action=_ListAction, nargs="*", metavar=metavar, help=help, item_type=type, **kwargs)
 
 
 def add_common_args(ap: argparse.ArgumentParser, backend_default: str | None = None) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .backends import get_backend
+from .backends import BACKENDS, get_backend
 from .config import Config, CosimError, RSUConfig
 
 
@@ -96,16 +96,11 @@ def make_mobility(cfg: Config, backend: str, n_envs: int, n_cvs: int, **options:
     spec = get_backend(backend)
     gui_options = {k: v for k, v in options.items() if k in ("gui", "record_dir") and v}
     if gui_options and not spec.gui:
-        gui_names = ", ".join(n for n, b in _gui_backends().items())
+        gui_names = ", ".join(n for n, b in BACKENDS.items() if b.gui)
         raise CosimError(f"--gui and --record need a backend with a GUI ({gui_names}), not '{backend}'")
     if not spec.gui:
         options = {k: v for k, v in options.items() if k not in ("gui", "record_dir")}
     return spec.load()(cfg, n_envs=n_envs, n_cvs=n_cvs, **options)
-
-
-def _gui_backends() -> dict[str, Any]:
-    from .backends import BACKENDS
-    return {n: b for n, b in BACKENDS.items() if b.gui}
 
 
 def draw_road_start(rng: np.random.Generator, cfg: Config, shape: tuple[int, ...]
