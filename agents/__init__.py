@@ -137,6 +137,16 @@ def default_policy() -> str:
     return str(SHIPPED_CHECKPOINT) if SHIPPED_CHECKPOINT.is_file() else FALLBACK_POLICY
 
 
+def config_for(name_or_path: str, cfg: Config, explicit: Any = ()) -> Config:
+    """The config to deploy a policy under: a checkpoint's observation and action options
+    (``agents.checkpoint.POLICY_OPTIONS``) unless set in ``explicit``; a named policy's: ``cfg``."""
+    from cosim.policies import REFERENCE_POLICIES
+    if name_or_path in REFERENCE_POLICIES or name_or_path in SOLVERS or not Path(name_or_path).exists():
+        return cfg
+    from .checkpoint import config_for_policy, read_policy_file
+    return config_for_policy(cfg, read_policy_file(name_or_path)[0], explicit)
+
+
 def make_policy(name_or_path: str, n_rsus: int, seed: int | None = None, env: Any = None, name: str | None = None):
     """A reference policy or ``dpp-opt`` by name, or a trained checkpoint (file or run folder) by path."""
     from cosim.policies import REFERENCE_POLICIES
@@ -155,4 +165,5 @@ def make_policy(name_or_path: str, n_rsus: int, seed: int | None = None, env: An
 
 
 __all__ = ["ALGORITHMS", "Algorithm", "get_algorithm", "make_trainer", "train", "make_policy", "default_policy",
+           "config_for",
            "policy_names"]

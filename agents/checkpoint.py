@@ -22,7 +22,7 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -210,8 +210,11 @@ class TrainedPolicy:
         self.name = name or meta["algo"]
         s = self.spec
         if s.arch == "set":
-            own_dim = sum(w for _, w in s.entity["own"])
-            self.net = SetActor(own_dim, len(s.entity["token"]), s.hidden, orthogonal=False)
+            try:
+                blocks = ObsLayout.blocks_of(s.entity)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CosimError(f"policy {self.name}: {exc}") from None
+            self.net = SetActor(blocks, s.hidden, orthogonal=False)
         else:
             self.net = AgentMLP(s.n_agents, s.obs_dim, s.action_dim, s.hidden, s.share_params, orthogonal=False)
         try:
@@ -235,7 +238,7 @@ class TrainedPolicy:
         if obs.ndim != 3:
             raise CosimError(f"policy {self.name} expects observations (E, I, D), got {tuple(obs.shape)}")
         try:
-            lay = ObsLayout.for_obs_dim(obs.shape[-1])
+            lay = ObsLayout.for_obs_dim(obs.shape[-1], self.net.blocks)
         except ValueError as exc:
             raise CosimError(f"policy {self.name}: {exc}") from None
         x = obs.copy()
@@ -297,17 +300,49 @@ def check_compatible(meta: dict[str, Any], env: Any, where: str) -> None:
                          f"env has {want[3]} RSUs x {want[2]}" + hint)
 
 
+# How a policy reads the environment and how its actions are projected: part of the policy. A run that
+# deploys a checkpoint takes these from its header unless the run sets them itself (--config/--set).
+POLICY_OPTIONS = ("actions.bandwidth", "actions.split", "actions.cpu", "twin.view", "twin.hide")
+
+
+def policy_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``POLICY_OPTIONS`` a policy file was trained with (older files: the paper's)."""
+    cfg = meta.get("config") or {}
+    defaults = {"actions.bandwidth": "paper", "actions.split": "paper", "actions.cpu": "paper",
+                "twin.view": "paper", "twin.hide": []}
+    out = {}
+    for key in POLICY_OPTIONS:
+        section, name = key.split(".")
+        out[key] = (cfg.get(section) or {}).get(name, defaults[key])
+    return out
+
+
+def config_for_policy(cfg: Config, meta: dict[str, Any], explicit: Iterable[str] = ()) -> Config:
+    """``cfg`` with the policy's ``POLICY_OPTIONS``, except the keys in ``explicit`` (set by the user)."""
+    keep = set(explicit)
+    changes = {k: v for k, v in policy_options(meta).items() if k not in keep}
+    return cfg.replace(**changes) if changes else cfg
+
+
 def warn_action_options(meta: dict[str, Any], env: Any, where: str) -> None:
     """One line on stderr when the environment projects actions differently from how the policy was
-    trained (``actions.*``): allowed (deploying under other options is an experiment), never silent."""
-    trained = (meta.get("config") or {}).get("actions") or {}
-    here = to_dict(env.cfg.actions) if getattr(env, "cfg", None) is not None else {}
-    trained = {k: trained.get(k, "paper") for k in ("bandwidth", "split", "cpu")}  # older files: the paper's
+    trained (``actions.*``), or hides other twin blocks from it (``twin.hide``): allowed (deploying
+    under other options is an experiment), never silent."""
+    cfg = meta.get("config") or {}
+    here_cfg = getattr(env, "cfg", None)
+    if here_cfg is None:
+        return
+    trained = {f"actions.{k}": (cfg.get("actions") or {}).get(k, "paper")  # older files: the paper's
+               for k in ("bandwidth", "split", "cpu")}
+    here = {f"actions.{k}": v for k, v in to_dict(here_cfg.actions).items() if f"actions.{k}" in trained}
+    trained["twin.hide"] = sorted((cfg.get("twin") or {}).get("hide") or [])
+    here["twin.hide"] = sorted(here_cfg.twin.hide)
     keys = [k for k in trained if k in here and trained[k] != here[k]]
     if keys:
-        was = " ".join(f"actions.{k}={trained[k]}" for k in keys)
-        now = " ".join(f"actions.{k}={here[k]}" for k in keys)
-        print(f"warning: {where} was trained with {was}; this run projects actions with {now} "
+        show = lambda v: "[" + ",".join(v) + "]" if isinstance(v, list) else v  # noqa: E731
+        was = " ".join(f"{k}={show(trained[k])}" for k in keys)
+        now = " ".join(f"{k}={show(here[k])}" for k in keys)
+        print(f"warning: {where} was trained with {was}; this run uses {now} "
               f"(--set {' --set '.join(was.split())} matches them)", file=sys.stderr)
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cosim.model import ActionLayout
-from cosim.twin import ObsLayout
+from cosim.twin import OBS_BLOCKS, Block, ObsLayout
 
 PER_RSU = ("split", "bandwidth", "cpu")   # per-RSU outputs, in this order
 PER_CV = ("local", "bandwidth_unused")    # per-CV outputs, in this order
@@ -30,46 +30,50 @@ COUNT_SCALE = 8.0                         # the critic's agent-count input is I 
 
 
 class _Indices:
-    """Cached index tensors of the entity view and of the action assembly, per K."""
+    """Cached index tensors of the entity view, per observation blocks and length (K follows from it)."""
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[ObsLayout, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple[tuple[Block, ...], int], tuple[ObsLayout, torch.Tensor, torch.Tensor]] = {}
 
-    def __call__(self, obs_dim: int) -> tuple[ObsLayout, torch.Tensor, torch.Tensor, torch.Tensor]:
-        if obs_dim not in self._cache:
-            lay = ObsLayout.for_obs_dim(obs_dim)
-            act = ActionLayout(lay.n_rsus)
-            K = lay.n_rsus
-            rng = lambda s: list(range(s.start, s.stop))  # noqa: E731
-            # Where each entry of cat([local, unused, split_rsu(K), bandwidth_rsu(K), cpu(K)]) goes in the action.
-            where = [act.local, act.bandwidth_unused, *rng(act.split_rsu), *rng(act.bandwidth_rsu), *rng(act.cpu)]
-            assert sorted(where) == list(range(act.dim)) and len(where) == 2 + 3 * K
-            inverse = torch.from_numpy(np.argsort(np.asarray(where)))
-            self._cache[obs_dim] = (lay, torch.from_numpy(lay.own_index()), torch.from_numpy(lay.token_index()),
-                                    inverse)
-        return self._cache[obs_dim]
+    def __call__(self, blocks: tuple[Block, ...], obs_dim: int) -> tuple[ObsLayout, torch.Tensor, torch.Tensor]:
+        key = (blocks, obs_dim)
+        if key not in self._cache:
+            lay = ObsLayout.for_obs_dim(obs_dim, blocks)
+            self._cache[key] = (lay, torch.from_numpy(lay.own_index()), torch.from_numpy(lay.token_index()))
+        return self._cache[key]
 
 
 _INDICES = _Indices()
+_INVERSE: dict[int, torch.Tensor] = {}
 
 
-def split_entities(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat observations (..., D) -> own features (..., own_dim) and RSU tokens (..., K, token_dim)."""
-    _, own_idx, tok_idx, _ = _INDICES(obs.shape[-1])
+def split_entities(obs: torch.Tensor, blocks: tuple[Block, ...] = OBS_BLOCKS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat observations (..., D) of ``blocks`` -> own features (..., own_dim) and RSU tokens (..., K, token_dim)."""
+    _, own_idx, tok_idx = _INDICES(blocks, obs.shape[-1])
     return obs[..., own_idx], obs[..., tok_idx]
 
 
-def n_rsus_of(obs_dim: int) -> int:
-    """K of a flat observation of length ``obs_dim``."""
-    return _INDICES(obs_dim)[0].n_rsus
+def n_rsus_of(obs_dim: int, blocks: tuple[Block, ...] = OBS_BLOCKS) -> int:
+    """K of a flat observation of ``blocks`` with ``obs_dim`` entries."""
+    return _INDICES(blocks, obs_dim)[0].n_rsus
+
+
+def _inverse(K: int) -> torch.Tensor:
+    """Where each entry of cat([local, unused, split_rsu(K), bandwidth_rsu(K), cpu(K)]) goes in the action."""
+    if K not in _INVERSE:
+        act = ActionLayout(K)
+        rng = lambda s: list(range(s.start, s.stop))  # noqa: E731
+        where = [act.local, act.bandwidth_unused, *rng(act.split_rsu), *rng(act.bandwidth_rsu), *rng(act.cpu)]
+        assert sorted(where) == list(range(act.dim)) and len(where) == 2 + 3 * K
+        _INVERSE[K] = torch.from_numpy(np.argsort(np.asarray(where)))
+    return _INVERSE[K]
 
 
 def to_action(per_cv: torch.Tensor, per_rsu: torch.Tensor) -> torch.Tensor:
     """(..., 2) per-CV and (..., K, 3) per-RSU outputs -> raw actions (..., 3K+2) in ActionLayout order."""
     K = per_rsu.shape[-2]
     flat = torch.cat([per_cv, per_rsu.transpose(-1, -2).reshape(*per_rsu.shape[:-2], 3 * K)], dim=-1)
-    _, _, _, inverse = _INDICES(ObsLayout(K).dim)
-    return flat[..., inverse]
+    return flat[..., _inverse(K)]
 
 
 def _init(layer: nn.Linear, gain: float, orthogonal: bool) -> nn.Linear:
@@ -104,12 +108,13 @@ class EntityEncoder(nn.Module):
 
 
 class SetActor(nn.Module):
-    """Flat observations (..., I, D) of any K -> Gaussian means (..., I, 3K+2)."""
+    """Flat observations (..., I, D) of ``blocks`` (a twin.view's layout) and any K -> Gaussian means (..., I, 3K+2)."""
 
-    def __init__(self, own_dim: int, token_dim: int, hidden: int, orthogonal: bool = True, head_gain: float = 1.0):
+    def __init__(self, blocks: tuple[Block, ...], hidden: int, orthogonal: bool = True, head_gain: float = 1.0):
         super().__init__()
-        self.own_dim, self.token_dim, self.hidden = own_dim, token_dim, hidden
-        self.enc = EntityEncoder(own_dim, token_dim, hidden, orthogonal)
+        probe = ObsLayout(0, blocks)
+        self.blocks, self.own_dim, self.token_dim, self.hidden = blocks, probe.own_dim, probe.token_dim, hidden
+        self.enc = EntityEncoder(self.own_dim, self.token_dim, hidden, orthogonal)
         # Per RSU: its code with the pooled context (what the other RSUs offer) -> PER_RSU logits.
         self.rsu_ctx = _init(nn.Linear(hidden, hidden), math.sqrt(2), orthogonal)
         self.rsu_out = _init(nn.Linear(hidden, len(PER_RSU)), head_gain, orthogonal)
@@ -117,7 +122,7 @@ class SetActor(nn.Module):
 
     def heads(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> per-CV outputs (..., 2) (PER_CV) and per-RSU outputs (..., K, 3) (PER_RSU)."""
-        z, c = self.enc(*split_entities(obs))
+        z, c = self.enc(*split_entities(obs, self.blocks))
         u = torch.relu(z + self.rsu_ctx(c).unsqueeze(-2))
         return self.cv_out(c), self.rsu_out(u)
 
@@ -133,9 +138,11 @@ def expand_log_std(log_std: torch.Tensor, n_rsus: int) -> torch.Tensor:
 class SetCritic(nn.Module):
     """V_i from the global state (..., I*D): every agent's row encoded, pooled over agents -> (..., I)."""
 
-    def __init__(self, own_dim: int, token_dim: int, hidden: int, orthogonal: bool = True):
+    def __init__(self, blocks: tuple[Block, ...], hidden: int, orthogonal: bool = True):
         super().__init__()
-        self.enc = EntityEncoder(own_dim, token_dim, hidden, orthogonal)
+        probe = ObsLayout(0, blocks)
+        self.blocks = blocks
+        self.enc = EntityEncoder(probe.own_dim, probe.token_dim, hidden, orthogonal)
         self.agents = _init(nn.Linear(2 * hidden, hidden), math.sqrt(2), orthogonal)
         # Mean and max forget how many agents there are; values scale with it (congestion), so say it.
         self.count = _init(nn.Linear(1, hidden, bias=False), 1.0, orthogonal)
@@ -144,7 +151,7 @@ class SetCritic(nn.Module):
     def forward(self, state: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """(..., I*D) states and (..., I, D) observations (for I and D) -> (..., I) values."""
         rows = state.reshape(*state.shape[:-1], obs.shape[-2], obs.shape[-1])  # agent i's true observation
-        _, c = self.enc(*split_entities(rows))
+        _, c = self.enc(*split_entities(rows, self.blocks))
         # Agent i's code and the fleet's (mean and max over agents: any I, symmetric in the others).
         pooled = self.agents(torch.cat([c.mean(-2, keepdim=True), c.amax(-2, keepdim=True)], -1))
         pooled = pooled + self.count(c.new_full((1,), obs.shape[-2] / COUNT_SCALE))

@@ -177,14 +177,12 @@ class MAPPOTrainer(Trainer):
             if c.obs_norm:
                 raise ConfigError("training.extra.mappo.obs_norm: not available with training.arch=set "
                                   "(the input length changes with K)")
-            if cfg.twin.view != "paper":  # the set actor reads tokens of the paper's layout (agents/entity.py)
-                raise ConfigError(f"twin.view: {cfg.twin.view} is available with training.arch=mlp only, "
-                                  "not yet with the set-structured actor")
-            lay = sim.layout
-            self.actor_net = SetActor(lay.own_dim, lay.token_dim, c.hidden, c.orthogonal_init, c.policy_head_gain)
+            # The view's per-RSU twin blocks are more features of every RSU token (agents/entity.py).
+            blocks = sim.layout.blocks
+            self.actor_net = SetActor(blocks, c.hidden, c.orthogonal_init, c.policy_head_gain)
             # One log std per output kind (PER_CV + PER_RSU), so it fits any K.
             self.log_std = nn.Parameter(torch.full((len(PER_CV) + len(PER_RSU),), c.log_std_init))
-            self.critic = SetCritic(lay.own_dim, lay.token_dim, c.hidden, c.orthogonal_init)
+            self.critic = SetCritic(blocks, c.hidden, c.orthogonal_init)
         else:
             self.actor_net = AgentMLP(I, D, A, c.hidden, c.share_params, c.orthogonal_init, c.policy_head_gain)
             self.log_std = nn.Parameter(torch.full((1 if c.share_params else I, A), c.log_std_init))
@@ -254,7 +252,7 @@ class MAPPOTrainer(Trainer):
         """Gaussian mean and log std for observations (..., I, D)."""
         mean = self.actor_net(obs)
         if self.c.arch == "set":
-            return mean, expand_log_std(self.log_std, n_rsus_of(obs.shape[-1])).expand_as(mean)
+            return mean, expand_log_std(self.log_std, n_rsus_of(obs.shape[-1], self.actor_net.blocks)).expand_as(mean)
         return mean, self.log_std.expand(self.I, self.A).expand_as(mean)
 
     # -- one iteration: rollout, GAE, update ----------------------------------------------------

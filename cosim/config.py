@@ -131,6 +131,10 @@ class TwinConfig:
     view: str = _f("paper", choices=("paper", "global"),
                    doc="paper: the DT part of eq. 40; global: also what the twin holds about the other CVs "
                        "this slot, per RSU (how many it covers, their task cycles, their spectral efficiency)")
+    hide: tuple[str, ...] = _f((), choices=("dt_backlog", "dt_aggregate", "dt_distance_next", "dt_others",
+                                            "dt_others_cycles", "dt_others_spec_eff"),
+                               doc="twin blocks the actor sees as zeros (an ablation; the critic still sees "
+                                   "them): any of the view's twin blocks, cosim.twin.TWIN_BLOCKS")
 
 
 @dataclass(frozen=True)

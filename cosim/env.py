@@ -76,7 +76,8 @@ class BatchCoSim:
         self.params = M.ModelParams.from_config(cfg, rsus)
         self.n_rsus = self.params.n_rsus
         self.twin = DigitalTwin(self.params, cfg.twin.enabled, cfg.twin.sync_error, cfg.twin.staleness,
-                                speed_scale=max(cfg.scenario.cv_speed_mps[1], 1.0), view=cfg.twin.view)
+                                speed_scale=max(cfg.scenario.cv_speed_mps[1], 1.0), view=cfg.twin.view,
+                                hide=cfg.twin.hide)
         self.layout: ObsLayout = self.twin.layout
         self.obs_dim = self.layout.dim
         self.state_dim = self.n_cvs * self.obs_dim

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import ConfigError
 from .mobility import MobilityState
 from .model import ModelParams, QueueState, Tasks, distance_3d, horizontal_distance
 
@@ -61,6 +62,7 @@ GLOBAL_BLOCKS: tuple[Block, ...] = (
 )
 OTHERS_SCALE = 10.0  # CVs per RSU: counts of order 1 for the fleets of the paper and the transfer tests
 VIEWS = {"paper": OBS_BLOCKS, "global": OBS_BLOCKS + GLOBAL_BLOCKS}
+TWIN_BLOCKS = tuple(b.name for b in VIEWS["global"] if b.twin)  # what twin.hide may name
 
 
 @dataclass(frozen=True)
@@ -153,13 +155,22 @@ class ObsLayout:
                 "twin": [b.name for b in self.blocks if b.twin]}
 
     @classmethod
-    def for_obs_dim(cls, dim: int) -> "ObsLayout":
-        """The layout whose flat vector has ``dim`` entries (K follows from it)."""
-        probe = cls(0)
+    def for_obs_dim(cls, dim: int, blocks: tuple[Block, ...] = OBS_BLOCKS) -> "ObsLayout":
+        """The layout of ``blocks`` whose flat vector has ``dim`` entries (K follows from it)."""
+        probe = cls(0, blocks)
         K, rem = divmod(dim - probe.own_dim, probe.token_dim)
         if rem or K < 1:
             raise ValueError(f"no observation layout has {dim} entries (own {probe.own_dim} + K x {probe.token_dim})")
-        return cls(K)
+        return cls(K, blocks)
+
+    @staticmethod
+    def blocks_of(signature: dict[str, list]) -> tuple[Block, ...]:
+        """The blocks of the view (``VIEWS``) a set-structured policy file's signature was recorded on."""
+        for blocks in VIEWS.values():
+            sig = ObsLayout(1, blocks).signature()
+            if (sig["own"], sig["token"]) == (signature["own"], signature["token"]):
+                return blocks
+        raise ValueError(f"no twin.view reads RSU tokens {signature['token']} (views: {', '.join(VIEWS)})")
 
 
 def area_frame(p: ModelParams) -> tuple[np.ndarray, float]:
@@ -207,13 +218,19 @@ class DigitalTwin:
     """
 
     def __init__(self, p: ModelParams, enabled: bool = True, sync_error: float = 0.0, staleness: int = 0,
-                 speed_scale: float = 16.0, view: str = "paper"):
+                 speed_scale: float = 16.0, view: str = "paper", hide: tuple[str, ...] = ()):
         self.p = p
         self.enabled = enabled
         self.sync_error = sync_error
         self.staleness = staleness
         self.view = view
         self.layout = ObsLayout(p.n_rsus, VIEWS[view])
+        shown = [b.name for b in self.layout.blocks if b.twin]
+        for name in hide:
+            if name not in shown:
+                raise ConfigError(f"twin.hide: '{name}' is not a twin block of twin.view={view} "
+                                  f"(choose from {', '.join(shown)})")
+        self.hide = tuple(hide)
         self.centre, self.half_width = area_frame(p)
         self.speed_scale = speed_scale
         self._history: deque[np.ndarray] = deque(maxlen=staleness + 1)
@@ -257,6 +274,8 @@ class DigitalTwin:
                         for k, v in seen.items()}
         else:
             seen = {k: np.zeros_like(v) for k, v in true_dt.items()}
+        if self.hide:  # an ablation: the actor sees these blocks as zeros, as Ly-MAPPO sees the whole DT part
+            seen = {k: np.zeros_like(v) if k in self.hide else v for k, v in seen.items()}
         obs = self.layout.assemble({**base, **seen}).astype(np.float32)
         state = self.layout.assemble({**base, **true_dt}).astype(np.float32).reshape(E, -1)
         return obs, state

@@ -90,3 +90,33 @@ def test_run_cosim_accepts_the_checkpoint(trained, tmp_path):
 def test_bad_input_is_one_line(tmp_path, script, args, message):
     p = run(f"scripts/{script}", *args, "--quiet", *(["--out", str(tmp_path / "o")] if "--resume" not in args else []))
     one_line_error(p, message)
+
+
+def test_a_checkpoint_brings_its_action_and_view_options(tmp_path):
+    """A policy trained under actions.* / twin.view runs under them in evaluate and run_cosim, unless the run
+    sets them itself (then a one-line warning); the reference policies keep the config's."""
+    out = tmp_path / "run"
+    opts = ["--set", "actions.split=balanced", "--set", "actions.bandwidth=full", "--set", "twin.view=global"]
+    p = run("scripts/train.py", "--algo", "ly-dtmppo", "--episodes", "2", "--out", str(out), *TINY, *opts)
+    assert p.returncode == 0, p.stderr
+    ev = tmp_path / "eval"
+    p = run("scripts/evaluate.py", "--checkpoint", str(out), "--episodes", "1", "--policies", "equal", "--cvs", "2",
+            "--out", str(ev), "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "warning" not in p.stderr
+    assert ("ly-dtmppo runs under the options it was trained with: actions.bandwidth=full actions.split=balanced "
+            "twin.view=global") in p.stdout
+    summary = json.loads((ev / "summary.json").read_text())
+    assert summary["ly-dtmppo"]["options"]["actions.split"] == "balanced" and "options" not in summary["equal"]
+    # The equal split under the config's (paper) actions, as if evaluated alone.
+    alone = run("scripts/evaluate.py", "--episodes", "1", "--policies", "equal", "--cvs", "2",
+                "--out", str(tmp_path / "alone"), "--quiet")
+    assert json.loads((tmp_path / "alone" / "summary.json").read_text())["equal"]["mean_cost"] == \
+        summary["equal"]["mean_cost"]
+    # Set explicitly, the run's choice wins and says so.
+    p = run("scripts/run_cosim.py", "--backend", "analytic", "--policy", str(out), "--cvs", "2",
+            "--set", "actions.split=paper", "--out", str(tmp_path / "cosim"), "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "was trained with actions.split=balanced; this run uses actions.split=paper" in p.stderr
+    cfg = (tmp_path / "cosim" / "config.yaml").read_text()
+    assert "split: paper" in cfg and "bandwidth: full" in cfg and "view: global" in cfg

@@ -84,8 +84,8 @@ def test_set_actor_and_critic_are_permutation_equivariant_over_rsus_and_agents()
     with BatchCoSim(load_config(overrides=rsu_layout([150, 300, 420, 560])), n_envs=3, n_cvs=6, seed=1) as sim:
         obs, state = sim.reset(1)
         lay = sim.layout
-    actor = SetActor(lay.own_dim, lay.token_dim, 32, head_gain=1.0)
-    critic = SetCritic(lay.own_dim, lay.token_dim, 32)
+    actor = SetActor(lay.blocks, 32, head_gain=1.0)
+    critic = SetCritic(lay.blocks, 32)
     x = torch.from_numpy(obs)
     with torch.no_grad():
         a = actor(x).numpy()

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
 from agents import make_policy, policy_names
-from agents.checkpoint import POLICY_FILE, load_policy, read_policy_file
+from agents.checkpoint import POLICY_FILE, config_for_policy, load_policy, policy_options, read_policy_file
 from cosim.cli import add_common_args, add_list_arg, config_from_args, save_run_config
-from cosim.config import CosimError
+from cosim.config import Config, CosimError, flat_overrides, to_dict
 from cosim.evaluation import (EVAL_SEED, comparison_table, evaluate_long_horizon, evaluate_policies,
                               long_horizon_table)
 from cosim.outputs import OutputDir
@@ -98,13 +99,25 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     policies: dict[str, object] = {}
     checkpoints: dict[str, str] = {}  # label -> the path it was read from
     metas = [read_policy_file(path)[0] for path in args.checkpoint]  # a bad file fails here, before any episode
-    for path, label in zip(args.checkpoint, checkpoint_labels(args.checkpoint, [m["algo"] for m in metas])):
+    # Each checkpoint runs under the action and observation options it was trained with (unless --config/--set
+    # name them); the reference policies under the config's. Policies that share options share one simulator.
+    explicit = flat_overrides(args.config, args.overrides)
+    groups: dict[str, tuple[Config, dict[str, object]]] = {}
+
+    def add(label: str, run_cfg: Config, policy: object) -> None:
+        key = json.dumps({k: to_dict(getattr(run_cfg, k)) for k in ("actions", "twin")}, sort_keys=True)
+        groups.setdefault(key, (run_cfg, {}))[1][label] = policy
+        policies[label] = policy
+
+    for path, label, meta in zip(args.checkpoint, checkpoint_labels(args.checkpoint, [m["algo"] for m in metas]),
+                                 metas):
         checkpoints[label] = str(path)
-        policies[label] = lambda sim, path=path, label=label: load_policy(path, env=sim, name=label)
+        add(label, config_for_policy(cfg, meta, explicit),
+            lambda sim, path=path, label=label: load_policy(path, env=sim, name=label))
     for n in names:
         if n in policies:
             raise CosimError(f"--policies {n} has the same name as a checkpoint's row; leave it out")
-        policies[n] = lambda sim, n=n: make_policy(n, sim.n_rsus, seed=args.eval_seed, env=sim)
+        add(n, cfg, lambda sim, n=n: make_policy(n, sim.n_rsus, seed=args.eval_seed, env=sim))
 
     final = Path(args.out) if args.out else Path("runs") / f"eval__{time.strftime('%Y%m%d-%H%M%S')}"
     with OutputDir(final) as staged:  # locked; files land in --out only when the evaluation completes
@@ -116,18 +129,34 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         long = None
         if args.slots is not None:
             cfg = cfg.replace(**{"scenario.episode_slots": args.slots})
-            save_run_config(cfg, out, settings=settings)
-            summaries, long = evaluate_long_horizon(cfg, policies, args.episodes, args.slots, seed=args.eval_seed,
-                                                    progress=not args.quiet)
-        else:
-            save_run_config(cfg, out, settings=settings)
-            summaries = evaluate_policies(cfg, policies, args.episodes, seed=args.eval_seed,
-                                          progress=not args.quiet)
+            long = {}
+        save_run_config(cfg, out, settings=settings)
+        summaries: dict[str, dict] = {}
+        for group_cfg, group in groups.values():
+            if args.slots is not None:
+                group_cfg = group_cfg.replace(**{"scenario.episode_slots": args.slots})
+                s, lh = evaluate_long_horizon(group_cfg, group, args.episodes, args.slots, seed=args.eval_seed,
+                                              progress=not args.quiet)
+                long.update(lh)
+            else:
+                s = evaluate_policies(group_cfg, group, args.episodes, seed=args.eval_seed, progress=not args.quiet)
+            summaries.update(s)
+            for label in group:
+                if group_cfg.actions != cfg.actions or group_cfg.twin != cfg.twin:
+                    summaries[label]["options"] = policy_options({"config": to_dict(group_cfg)})
+        summaries = {label: summaries[label] for label in policies}  # the order given
+        if long is not None:
+            long = {label: long[label] for label in policies}
         for label, path in checkpoints.items():
             summaries[label]["checkpoint"] = path
         print(f"{args.episodes} episodes per policy on {cfg.backend}, {cfg.scenario.n_cvs} CVs, {cfg.n_rsus} RSUs, "
               f"seeds {args.eval_seed}..{args.eval_seed + args.episodes - 1}")
         print(comparison_table(summaries))
+        base = policy_options({"config": to_dict(cfg)})
+        for label, s in summaries.items():
+            if "options" in s:
+                differ = " ".join(f"{k}={v}" for k, v in s["options"].items() if v != base[k])
+                print(f"{label} runs under the options it was trained with: {differ}")
         for name, s in summaries.items():
             if "diagnostics_text" in s:
                 print(s["diagnostics_text"])

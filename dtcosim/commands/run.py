@@ -19,9 +19,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from agents import FALLBACK_POLICY, default_policy, make_policy
+from agents import FALLBACK_POLICY, config_for, default_policy, make_policy
 from cosim.cli import add_common_args, config_from_args, save_run_config
-from cosim.config import Config, CosimError
+from cosim.config import Config, CosimError, flat_overrides
 from cosim.env import BatchCoSim, StepOutput
 from cosim.gui import SlotDecisions, decision_colors, decision_label, short_label, slot_line
 from cosim.outputs import OutputDir
@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.gui:
         cfg = cfg.replace(**{"sumo.extra_args": [*cfg.sumo.extra_args, "--delay", str(args.delay)]})
     policy_name = args.policy or default_policy()
+    # A checkpoint runs under the action and observation options it was trained with, unless set here.
+    cfg = config_for(policy_name, cfg, flat_overrides(args.config, args.overrides))
 
     final = Path(args.out)
     record = Path(args.record) if args.record else None
