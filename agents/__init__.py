@@ -121,7 +121,11 @@ def train(algo: str | None, cfg: Config | None = None, out: str | Path | None = 
 # Policies by name or file: reference policies, the per-slot optimiser, trained checkpoints
 
 SHIPPED_CHECKPOINT = checkpoint_dir() / "ly-dtmppo_set.safetensors"     # set-structured: any CVs, any RSU layout
-PAPER_CHECKPOINT = checkpoint_dir() / "ly-dtmppo_default.safetensors"  # the paper's MLP: 5 CVs, 3 RSUs only
+PAPER_CHECKPOINT = checkpoint_dir() / "ly-dtmppo_paper.safetensors"  # the paper's MLP and actions: 5 CVs, 3 RSUs only
+# The paper's MLP for the default scenario with the shipped action options (configs/shipped.yaml), and its
+# twin-less twin trained the same way: the pair that measures the twin's worth there.
+DEFAULT_CHECKPOINT = checkpoint_dir() / "ly-dtmppo_default.safetensors"
+MAPPO_CHECKPOINT = checkpoint_dir() / "ly-mappo_default.safetensors"
 FALLBACK_POLICY = "equal"
 SOLVERS = ("dpp-opt",)  # policies that need the whole simulator
 

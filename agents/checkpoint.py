@@ -11,7 +11,7 @@ Two architectures (``arch``): ``mlp``, the paper's actor, is tied to the
 any number of CVs and RSUs and records instead the observation's entity layout
 (``entity``: own blocks and RSU-token blocks), which the environment must match.
 
-    policy = load_policy("checkpoints/ly-dtmppo_default.safetensors", env=sim)
+    policy = load_policy("checkpoints/ly-dtmppo_paper.safetensors", env=sim)
     raw = policy.act(obs)              # (E, I, D) -> (E, I, 3K+2), deterministic: the Gaussian mean
 """
 

@@ -30,7 +30,7 @@ from cosim.config import CosimError, load_config  # noqa: E402
 from cosim.evaluation import EVAL_SEED, evaluate_long_horizon, long_horizon_table  # noqa: E402
 from cosim.resources import config_dir  # noqa: E402
 
-DEFAULT_CHECKPOINT = "checkpoints/ly-dtmppo_default.safetensors"
+DEFAULT_CHECKPOINT = "checkpoints/ly-dtmppo_paper.safetensors"
 
 
 def main() -> int:

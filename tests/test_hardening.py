@@ -21,7 +21,7 @@ import pytest
 from cosim.config import ConfigError, CosimError, load_config, load_settings, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "checkpoints" / "ly-dtmppo_default.safetensors"
+SHIPPED = ROOT / "checkpoints" / "ly-dtmppo_paper.safetensors"
 
 
 def run(*args, timeout=300, **kw):

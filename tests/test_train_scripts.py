@@ -83,7 +83,7 @@ def test_run_cosim_accepts_the_checkpoint(trained, tmp_path):
     ("train.py", ["--episodes", "2"], "--algo is required"),
     ("train.py", ["--resume", "no/such/run"], "nothing to resume"),
     ("evaluate.py", ["--checkpoint", "no/such/policy.safetensors"], "policy checkpoint not found"),
-    ("evaluate.py", ["--checkpoint", "checkpoints/ly-dtmppo_default.safetensors", "--cvs", "3"],
+    ("evaluate.py", ["--checkpoint", "checkpoints/ly-dtmppo_paper.safetensors", "--cvs", "3"],
      "has 5 CVs x 34 obs, env has 3 CVs x 34"),
     ("evaluate.py", ["--policies", "greedy"], "unknown policy 'greedy'"),
 ])

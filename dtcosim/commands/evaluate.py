@@ -1,6 +1,6 @@
 """Evaluate trained checkpoints beside the reference policies, on the same unseen episodes.
 
-    dtcosim evaluate --checkpoint checkpoints/ly-dtmppo_default.safetensors
+    dtcosim evaluate --checkpoint checkpoints/ly-dtmppo_paper.safetensors
     dtcosim evaluate --checkpoint runs/A/policy.safetensors runs/B --episodes 50 --backend sumo
     dtcosim evaluate --checkpoint X --policies equal,nearest
     dtcosim evaluate --checkpoint X --policies equal,dpp-opt --slots 600 --episodes 2
