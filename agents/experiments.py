@@ -429,7 +429,7 @@ def run_cell(cell: Cell, root: str | Path) -> dict[str, Any]:
 
         ev = run_episodes(sim, policy, cell.eval_episodes, seed=EVAL_SEED,
                           on_slot=record_queues, progress=False, policy_name=cell.algo)
-    record = {"cell": asdict(cell), "key": cell.key, "setting": cell.setting(), "algo": cell.algo,
+    record = {"cell": _cell_dict(cell), "key": cell.key, "setting": cell.setting(), "algo": cell.algo,
               "seed": cell.seed, "variants": cell.variants, "eval": ev.summary,
               "eval_episodes": [asdict(e) for e in ev.episodes],
               "queue_trajectory": (queues / cell.eval_episodes).tolist(),
@@ -462,12 +462,17 @@ def _run_long_cell(cell: Cell, root: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = summaries[cell.algo]
     summary.pop("diagnostics_text", None)
-    record = {"cell": asdict(cell), "key": cell.key, "setting": cell.setting(), "algo": cell.algo,
+    record = {"cell": _cell_dict(cell), "key": cell.key, "setting": cell.setting(), "algo": cell.algo,
               "seed": cell.seed, "variants": cell.variants, "eval": summary, "eval_slots": cell.eval_slots,
               "long_horizon": asdict(long[cell.algo]), "trained_in": base.key if base is not None else None,
               "train_seconds": 0.0, "train_slots_per_s": 0.0, "seconds": time.time() - t0}
     _write_record(run_dir / DONE_FILE, record)
     return record
+
+
+def _cell_dict(cell: Cell) -> dict[str, Any]:
+    """The cell's definition; which experiments list it is the record's own ``variants`` (kept up to date)."""
+    return {k: v for k, v in asdict(cell).items() if k != "variants"}
 
 
 def _write_record(done: Path, record: dict[str, Any]) -> None:
