@@ -85,11 +85,14 @@ class Experiment:
                 raise ConfigError(f"{where}: sweep.{k}: '{ALGO_AXIS}' is not an axis name (list algorithms in "
                                   f"'algos'; a variant may set algo)")
             if isinstance(v, dict):
-                sweep[k] = {str(name): _variant(where, path, k, str(name), spec) for name, spec in v.items()}
+                sweep[k] = {str(name): _variant(where, k, str(name), spec) for name, spec in v.items()}
             else:
                 sweep[k] = tuple(_normalise(k, x) for x in (v if isinstance(v, list) else [v]))
         fixed = {k: _normalise(k, v) for k, v in _flatten(exp.fixed).items()}
-        exp = replace(exp, name=exp.name or path.stem, sweep=sweep, fixed=fixed)
+        # Variant names are strings (YAML may read a name such as 0 as a number): so are their mentions.
+        exclude = tuple({k: str(v) if isinstance(sweep.get(k), dict) else v for k, v in e.items()}
+                        for e in exp.exclude)
+        exp = replace(exp, name=exp.name or path.stem, sweep=sweep, fixed=fixed, exclude=exclude)
         exp._check_axes(where)
         exp._check_exclude(where)
         return exp
@@ -137,7 +140,8 @@ class Experiment:
                         raise ConfigError(f"{at}: algo '{v}' is not run by this experiment (its algos: "
                                           f"{', '.join(sorted(algos))})")
                 elif k not in self.sweep:
-                    raise ConfigError(f"{at}: unknown axis '{k}' (choose {', '.join([ALGO_AXIS, *sorted(self.sweep)])})")
+                    choose = ", ".join([ALGO_AXIS, *sorted(self.sweep)])
+                    raise ConfigError(f"{at}: unknown axis '{k}' (choose {choose})")
                 else:
                     names = [n for n, _ in self.axis_variants(k)]
                     if v not in names:
@@ -203,7 +207,7 @@ def _preset_file(spec: str) -> Path | None:
     return next((c for c in cands if c.is_file()), None)
 
 
-def _variant(where: str, path: Path, axis: str, name: str, spec: Any) -> dict[str, Any]:
+def _variant(where: str, axis: str, name: str, spec: Any) -> dict[str, Any]:
     """A named variant's flat, checked overrides (``algo`` kept as a key)."""
     at = f"{where}: sweep.{axis}.{name}"
     if spec is None:
