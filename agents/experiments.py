@@ -532,11 +532,16 @@ def run_grid(cells: list[Cell], root: str | Path, workers: int = 2, ray_address:
             report.skipped += 1
         else:
             todo.append(c)
-    # Long-horizon cells of learned policies wait for every training cell: two workers never train in one folder.
-    phases = [[c for c in todo if c.training_cell is None], [c for c in todo if c.training_cell is not None]]
+    # Long-horizon cells of learned policies wait for every training cell (added if not listed): two workers
+    # never train in one folder.
+    listed = {c.key for c in cells}
+    extra = {t.key: t for c in todo if (t := c.training_cell) is not None and t.key not in listed
+             and not (root / "cells" / t.key / DONE_FILE).is_file()}
+    phases = [[*extra.values(), *(c for c in todo if c.training_cell is None)],
+              [c for c in todo if c.training_cell is not None]]
     phases = [p for p in phases if p]
-    bar = tqdm(total=len(cells), initial=report.skipped, unit="run", disable=not progress, dynamic_ncols=True,
-               desc="grid")
+    bar = tqdm(total=len(cells) + len(extra), initial=report.skipped, unit="run", disable=not progress,
+               dynamic_ncols=True, desc="grid")
 
     def finished(cell: Cell, rec: dict[str, Any] | None, err: BaseException | None) -> None:
         if err is not None:
@@ -548,11 +553,22 @@ def run_grid(cells: list[Cell], root: str | Path, workers: int = 2, ray_address:
                 on_record(rec)
         bar.update(1)
 
+    def runnable(phase: list[Cell]) -> list[Cell]:
+        """A long-horizon cell whose training cell failed fails too (rather than train it again)."""
+        out = []
+        for c in phase:
+            t = c.training_cell
+            if t is not None and not (root / "cells" / t.key / DONE_FILE).is_file():
+                finished(c, None, CosimError(f"its training cell {t.key} did not finish"))
+            else:
+                out.append(c)
+        return out
+
     try:
         if ray_address is not None:
-            _run_on_ray(phases, str(root), ray_address, finished)
+            _run_on_ray(phases, str(root), ray_address, finished, runnable)
         elif workers <= 1:
-            for c in (c for phase in phases for c in phase):
+            for c in (c for phase in phases for c in runnable(phase)):
                 try:
                     finished(c, run_cell(c, root), None)
                 except CosimError as exc:
@@ -563,7 +579,7 @@ def run_grid(cells: list[Cell], root: str | Path, workers: int = 2, ray_address:
             # spawn: torch and forked interpreters do not mix well
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
                 for phase in phases:
-                    futures = {pool.submit(_run_cell_args, (c, str(root))): c for c in phase}
+                    futures = {pool.submit(_run_cell_args, (c, str(root))): c for c in runnable(phase)}
                     try:
                         for fut in as_completed(futures):
                             exc = fut.exception()
@@ -577,7 +593,8 @@ def run_grid(cells: list[Cell], root: str | Path, workers: int = 2, ray_address:
     return report
 
 
-def _run_on_ray(phases: list[list[Cell]], root: str, address: str, finished) -> None:
+def _run_on_ray(phases: list[list[Cell]], root: str, address: str, finished,
+                runnable: Callable[[list[Cell]], list[Cell]] = list) -> None:
     """Each cell a Ray task with one CPU, phase after phase; ``address`` 'local' starts a local instance."""
     try:
         import ray
@@ -596,7 +613,7 @@ def _run_on_ray(phases: list[list[Cell]], root: str, address: str, finished) -> 
     try:
         task = ray.remote(num_cpus=1)(run_cell)
         for cells in phases:
-            pending = {task.remote(c, root): c for c in cells}
+            pending = {task.remote(c, root): c for c in runnable(cells)}
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:

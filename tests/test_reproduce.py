@@ -293,3 +293,16 @@ def test_key_values():
     assert _key_value(2500000.0) == "25e5" and _key_value(5e9) == "5e9" and _key_value(0.6) == "0.6"
     assert _key_value(5) == "5" and _key_value(100.0) == "100.0"
     assert _key_value(("dt_backlog", "dt_aggregate")) == "dt_backlog,dt_aggregate" and _key_value(()) == "[]"
+
+
+def test_long_horizon_cell_alone_runs_its_training_cell_first(tmp_path):
+    """Given only a long-horizon cell, run_grid trains its training cell first (one folder, one training)."""
+    exp = Experiment.load(write_exp(tmp_path, "name: lh\nalgos: [ly-dtmppo]\neval_slots: 12\n"
+                                              "fixed: {training.n_envs: 2}\n"))
+    long = [c for c in grid([exp], Budget(2, 1, 1), "analytic") if c.eval_slots]
+    assert len(long) == 1 and long[0].training_cell.key != long[0].key
+    report = run_grid(long, tmp_path / "res", workers=1, progress=False)
+    assert not report.failed and [r["key"] for r in report.records] == [long[0].training_cell.key, long[0].key]
+    rec = report.records[1]
+    assert rec["trained_in"] == long[0].training_cell.key and rec["long_horizon"]["slots"] == 12
+    assert len(rec["long_horizon"]["energy_trace_j"]) == 12 and rec["eval"]["episodes"] == 1
