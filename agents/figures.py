@@ -494,7 +494,7 @@ def scenarios_section(runs: list[Run], manifest: dict[str, Any], out: Path, figu
         qax.set_title(f"scenario: {sc}")
         qax.set_ylim(bottom=0.0, top=max([1.0] + [float(np.max(ln.get_ydata())) * 1.05 for ln in qax.lines]))
         qax.grid(alpha=0.3)
-        if qax.lines:
+        if qax.lines and qax is qaxes[0][0]:  # one legend: every panel has the same policies
             qax.legend(fontsize=6)
         md += [f"### Scenario: {sc}", "",
                markdown_table(["policy", "actions", "system cost", "delay s", "energy J", "deadline misses",
