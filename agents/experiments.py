@@ -384,8 +384,8 @@ def validate(cells: list[Cell]) -> None:
         if c.algo in ALGORITHMS and dict(c.overrides).get("twin.enabled", ALGORITHMS[c.algo].twin) != \
                 ALGORITHMS[c.algo].twin:
             raise ConfigError(f"cell {c.key}: twin.enabled={str(cfg.twin.enabled).lower()} is ignored by {c.algo}, "
-                              f"whose twin flag is fixed; for a cell without the twin use algo ly-mappo (a variant "
-                              f"may set algo: ly-mappo)")
+                              f"whose twin flag is fixed: choose the algorithm instead (ly-dtmppo with the twin, "
+                              f"ly-mappo without; a variant may set algo: ly-mappo)")
 
 
 # ---------------------------------------------------------------------------
