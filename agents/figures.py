@@ -129,13 +129,13 @@ def _plt():
 
 
 def band_plot(ax, curves: list[np.ndarray], window: int, color: str, name: str, zorder: float = 2,
-              floor: float | None = None) -> None:
+              floor: float | None = None, ls: str = "-") -> None:
     """Mean over seeds with a 95 % band; ``floor`` clips the band of a quantity that cannot go below it."""
     n = min(len(c) for c in curves)
-    y = np.stack([smooth(c[:n], window) for c in curves])
+    y = np.stack([smooth(np.asarray(c[:n], dtype=float), window) for c in curves])
     x = np.arange(1, n + 1)
     m = y.mean(0)
-    ax.plot(x, m, color=color, lw=1.8, label=f"{name} (n={len(curves)})", zorder=zorder)
+    ax.plot(x, m, color=color, lw=1.8, ls=ls, label=f"{name} (n={len(curves)})", zorder=zorder)
     if len(curves) > 1:
         h = ci95(y)
         lo = m - h if floor is None else np.maximum(m - h, floor)
@@ -165,9 +165,11 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
     plt = _plt()
     out = out or root
     out.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(root)
-    if not runs:
+    all_runs = load_runs(root)
+    if not all_runs:
         raise FileNotFoundError(f"no finished runs under {root / 'cells'}: run scripts/reproduce.py first")
+    # The paper's figures select by setting; cells only the variant experiments list stay out of them.
+    runs = [r for r in all_runs if not _variant_only(r)]
     figures: list[Path] = []
     md: list[str] = ["# Reproduction results", ""]
     manifest = read_json(root / "manifest.json", "manifest") if (root / "manifest.json").is_file() else {}
@@ -306,7 +308,263 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
                                 fmt_ci([r.record["eval"]["mean_delay_s"] for r in by_v[v]], 3)]
                                for v, c, p in zip(vs, costs, per_cv)]), ""]
 
+    for section in (twin_ablation_section, scenarios_section, long_horizon_section):
+        md += section(all_runs, manifest, out, figures)
+
     md += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
     results = out / "results.md"
     results.write_text("\n".join(md))
     return figures, results
+
+
+# ---------------------------------------------------------------------------
+# Issue 12's experiments: cells selected by the variant names their records carry
+
+TWIN_ABLATION, SCENARIOS, LONG_HORIZON = "twin_ablation", "scenarios", "long_horizon"
+VARIANT_EXPERIMENTS = (TWIN_ABLATION, SCENARIOS, LONG_HORIZON)
+
+
+def _variants(r: Run) -> dict[str, dict[str, Any]]:
+    return r.record.get("variants") or {}
+
+
+def _is_long(r: Run) -> bool:
+    return "long_horizon" in r.record
+
+
+def _variant_only(r: Run) -> bool:
+    """A cell that belongs to the variant experiments only (or a long-horizon evaluation)."""
+    v = _variants(r)
+    return _is_long(r) or (bool(v) and set(v) <= set(VARIANT_EXPERIMENTS))
+
+
+def members(runs: list[Run], exp: str, long: bool = False) -> list[Run]:
+    """Runs an experiment lists (its long-horizon evaluations with ``long``, else its usual ones)."""
+    return [r for r in runs if exp in _variants(r) and _is_long(r) == long]
+
+
+def variant_order(manifest: dict[str, Any], exp: str, axis: str, runs: list[Run]) -> list[Any]:
+    """An axis's variants in the experiment file's order (manifest.json), else as first met; only those
+    with runs."""
+    present = [_variants(r)[exp].get(axis) for r in runs]
+    order: list[Any] = []
+    for e in manifest.get("experiments", []):
+        if e.get("name") == exp and axis in (e.get("sweep") or {}):
+            order = list(e["sweep"][axis])
+    order = [v for v in order if v in present]
+    return order + [v for v in dict.fromkeys(present) if v not in order]
+
+
+def by_variant(runs: list[Run], exp: str, **labels: Any) -> dict[str, list[Run]]:
+    """Runs with these variant names, grouped by algorithm (the variant-name twin of :func:`select`)."""
+    out: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        v = _variants(r).get(exp, {})
+        if all(v.get(k) == x for k, x in labels.items()):
+            out[r.algo].append(r)
+    return out
+
+
+def _costs(rs: list[Run]) -> dict[int, float]:
+    return {int(r.record["seed"]): float(r.record["eval"]["mean_cost"]) for r in rs}
+
+
+def paired_pct(a: dict[int, float], b: dict[int, float]) -> list[float]:
+    """Per training seed, how much higher ``a``'s cost is than ``b``'s, %: seeds share the evaluation
+    episodes, so the pairs remove what the episodes have in common."""
+    return [(a[s] / b[s] - 1.0) * 100.0 for s in sorted(a) if s in b and b[s]]
+
+
+def fmt_pct(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return "—"
+    return f"{v.mean():+.1f} ± {float(ci95(v)):.1f} %" if v.size > 1 else f"{v.mean():+.1f} %"
+
+
+def _ci(values: list[float]) -> float:
+    return float(ci95(np.asarray(values, dtype=float))) if len(values) > 1 else 0.0
+
+
+def twin_ablation_section(runs: list[Run], manifest: dict[str, Any], out: Path, figures: list[Path]) -> list[str]:
+    """What the twin is worth, block by block: bars per twin variant and scenario, the no-twin level marked."""
+    rs = members(runs, TWIN_ABLATION)
+    if not rs:
+        return []
+    plt = _plt()
+    scenarios = variant_order(manifest, TWIN_ABLATION, "scenario", rs) or [None]
+    twins = variant_order(manifest, TWIN_ABLATION, "twin", rs)
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 + 3.3 * len(scenarios), 4.5), squeeze=False)
+    rows = []
+    for ax, sc in zip(axes[0], scenarios):
+        here = [r for r in rs if sc is None or _variants(r)[TWIN_ABLATION].get("scenario") == sc]
+        groups = {t: [r for r in here if _variants(r)[TWIN_ABLATION].get("twin") == t] for t in twins}
+        groups = {t: g for t, g in groups.items() if g}
+        # The reference variants, found from what their cells ran, not from their names.
+        none = next((t for t, g in groups.items() if all(r.algo == "ly-mappo" for r in g)), None)
+        glob = next((t for t, g in groups.items() if all(r.algo != "ly-mappo"
+                                                             and r.setting.get("twin.view") == "global"
+                                                             and not r.setting.get("twin.hide") for r in g)), None)
+        names = list(groups)
+        means = [np.mean(list(_costs(groups[t]).values())) for t in names]
+        errs = [_ci(list(_costs(groups[t]).values())) for t in names]
+        colors = ["C7" if t == none else "C0" if t == glob else "C3" for t in names]
+        ax.bar(range(len(names)), means, yerr=errs, capsize=3, color=colors)
+        if none is not None:
+            ax.axhline(np.mean(list(_costs(groups[none]).values())), color="k", ls="--", lw=1,
+                       label=f"no twin ({none})")
+            ax.legend(fontsize=8)
+        ax.set_xticks(range(len(names)), [str(t) for t in names], rotation=30, ha="right")
+        lo, hi = min(m - e for m, e in zip(means, errs)), max(m + e for m, e in zip(means, errs))
+        ax.set_ylim(max(0.0, lo - 0.15 * (hi - lo + 1e-9)), hi + 0.1 * (hi - lo + 1e-9))
+        ax.set_ylabel("system cost per slot (evaluation)")
+        ax.set_title(f"scenario: {sc}" if sc is not None else "twin ablation")
+        ax.grid(alpha=0.3, axis="y")
+        for t in names:
+            c, ev = _costs(groups[t]), [r.record["eval"] for r in groups[t]]
+            rows.append([str(sc), str(t), label(groups[t][0].algo), fmt_ci(list(c.values()), 4),
+                         fmt_pct(paired_pct(c, _costs(groups[none]))) if none is not None and t != none else "",
+                         fmt_pct(paired_pct(c, _costs(groups[glob]))) if glob is not None and t not in (glob, none)
+                         else "", fmt_ci([e["mean_delay_s"] for e in ev]),
+                         fmt_ci([e["deadline_miss_rate"] for e in ev])])
+    fig.suptitle("Twin ablation: cost of each twin variant (95 % CI over seeds)")
+    figures.append(save(fig, out / "fig_twin_ablation.png"))
+    return ["## Twin ablation: what the digital twin is worth, block by block", "",
+            "Each variant trains Ly-DTMPPO with the actions of the experiment file; the no-twin variant is Ly-MAPPO "
+            "trained the same way. \"vs no twin\": the twin's worth, cost change against no twin (negative: the "
+            "twin helps); \"vs global view\": a hidden block's effect, cost change against the whole global view "
+            "(positive: the block helps). Both paired by training seed, mean ± 95 % CI.", "",
+            markdown_table(["scenario", "twin", "trained as", "system cost", "vs no twin", "vs global view",
+                            "delay s", "deadline misses"], rows), ""]
+
+
+def scenarios_section(runs: list[Run], manifest: dict[str, Any], out: Path, figures: list[Path]) -> list[str]:
+    """Every policy per scenario and action option: tables, grouped bars, and the RSU backlog over an episode."""
+    rs = members(runs, SCENARIOS)
+    if not rs:
+        return []
+    plt = _plt()
+    scenarios = variant_order(manifest, SCENARIOS, "scenario", rs) or [None]
+    actions = variant_order(manifest, SCENARIOS, "actions", rs) or [None]
+    md = ["## Scenarios: every policy on the default road and the presets", "",
+          "Per scenario and action option (`actions` variants of the experiment file); the gap is to the per-slot "
+          "optimiser of the same scenario (paper's actions).", ""]
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(2 + 4.5 * len(scenarios), 4.8), squeeze=False)
+    qfig, qaxes = plt.subplots(1, len(scenarios), figsize=(2 + 4.5 * len(scenarios), 4.2), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    width = 0.8 / len(actions)
+    any_queue = False
+    for ax, qax, sc in zip(axes[0], qaxes[0], scenarios):
+        here = by_variant(rs, SCENARIOS, **({} if sc is None else {"scenario": sc}))
+        algos = ordered(here)
+        opt = [r.record["eval"]["mean_cost"] for r in here.get("dpp-opt", [])]
+        rows = []
+        for j, act in enumerate(actions):
+            xs, means, errs = [], [], []
+            for i, a in enumerate(algos):
+                g = [r for r in here[a] if act is None or _variants(r)[SCENARIOS].get("actions") == act]
+                if not g:
+                    continue
+                ev = [r.record["eval"] for r in g]
+                cost = [e["mean_cost"] for e in ev]
+                xs.append(i + (j - (len(actions) - 1) / 2) * width)
+                means.append(np.mean(cost))
+                errs.append(_ci(cost))
+                gap = f"{(np.mean(cost) / np.mean(opt) - 1) * 100:+.1f} %" if opt and a != "dpp-opt" else ""
+                rows.append((i, j, [label(a), str(act), fmt_ci(cost, 4), fmt_ci([e["mean_delay_s"] for e in ev]),
+                                    fmt_ci([e["mean_energy_j"] for e in ev], 2),
+                                    fmt_ci([e["deadline_miss_rate"] for e in ev]), gap]))
+                traj = [np.asarray(r.record["rsu_queue_trajectory"]).sum(1) for r in g
+                        if r.record.get("rsu_queue_trajectory")]
+                if traj:
+                    any_queue = True
+                    band_plot(qax, traj, 1, ALGO_COLOR.get(a), f"{label(a)}, {act}", ALGO_Z.get(a, 2),
+                              floor=0.0, ls=styles[j % len(styles)])
+            if xs:
+                ax.bar(xs, means, width=width, yerr=errs, capsize=2, label=f"actions: {act}",
+                       color=f"C{j}", alpha=0.85)
+        ax.set_xticks(range(len(algos)), [label(a) for a in algos], rotation=30, ha="right")
+        ax.set_yscale("log")
+        ax.set_ylabel("system cost per slot (evaluation)")
+        ax.set_title(f"scenario: {sc}")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+        qax.set_xlabel("slot of an evaluation episode")
+        qax.set_ylabel("RSU backlog, sum over RSUs (W_ref units)")
+        qax.set_title(f"scenario: {sc}")
+        qax.set_ylim(bottom=0.0, top=max([1.0] + [float(np.max(ln.get_ydata())) * 1.05 for ln in qax.lines]))
+        qax.grid(alpha=0.3)
+        if qax.lines and qax is qaxes[0][0]:  # one legend: every panel has the same policies
+            qax.legend(fontsize=6)
+        md += [f"### Scenario: {sc}", "",
+               markdown_table(["policy", "actions", "system cost", "delay s", "energy J", "deadline misses",
+                               "vs optimiser"], [r for _, _, r in sorted(rows, key=lambda t: t[:2])]), ""]
+    fig.suptitle("Scenarios: system cost per policy and action option (95 % CI over seeds)")
+    figures.append(save(fig, out / "fig_scenarios.png"))
+    if any_queue:
+        qfig.suptitle("RSU backlog over an evaluation episode (mean over episodes and seeds)")
+        figures.append(save(qfig, out / "fig_scenarios_queues.png"))
+    else:
+        plt.close(qfig)
+    return md
+
+
+def long_horizon_section(runs: list[Run], manifest: dict[str, Any], out: Path, figures: list[Path]) -> list[str]:
+    """Energy against the budget and the energy queue Y over long episodes."""
+    rs = members(runs, LONG_HORIZON, long=True)
+    if not rs:
+        return []
+    plt = _plt()
+    axes_names = sorted({a for r in rs for a in _variants(r)[LONG_HORIZON]})
+    orders = {a: variant_order(manifest, LONG_HORIZON, a, rs) for a in axes_names}
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for r in rs:
+        v = _variants(r)[LONG_HORIZON]
+        groups[(r.algo, *(v.get(a) for a in axes_names))].append(r)
+    algo_rank = {a: i for i, a in enumerate(ordered({g[0] for g in groups}))}
+    keys = sorted(groups, key=lambda g: (algo_rank[g[0]], *(orders[a].index(x) if x in orders[a] else 99
+                                                             for a, x in zip(axes_names, g[1:]))))
+    by_key = {r.record["key"]: r for r in runs}
+    slots = int(rs[0].record["long_horizon"]["slots"])
+    budget = float(rs[0].record["long_horizon"]["energy_budget_j"])
+    window = max(1, slots // 20)
+    fig, (ax_e, ax_y) = plt.subplots(1, 2, figsize=(13, 4.8))
+    styles = ["-", "--", ":", "-."]
+    rows = []
+    for g in keys:
+        lh = [r.record["long_horizon"] for r in groups[g]]
+        name = ", ".join([label(g[0])] + [str(x) for x in g[1:] if x is not None])
+        style = styles[sum(orders[a].index(x) if x in orders[a] else 0 for a, x in zip(axes_names, g[1:]))
+                       % len(styles)]
+        color = ALGO_COLOR.get(g[0])
+        if all(x.get("energy_trace_j") for x in lh):
+            band_plot(ax_e, [x["energy_trace_j"] for x in lh], window, color, name, ALGO_Z.get(g[0], 2), ls=style)
+        band_plot(ax_y, [x["y_trace_j"] for x in lh], 1, color, name, ALGO_Z.get(g[0], 2), floor=0.0, ls=style)
+        short = []  # the same policy's cost on the usual episodes (its training cell's evaluation)
+        for r in groups[g]:
+            base = by_key.get(r.record.get("trained_in") or r.record["key"].replace(f"__slots={slots}", ""))
+            if base is not None:
+                short.append(base.record["eval"]["mean_cost"])
+        rows.append([label(g[0]), *[str(x) for x in g[1:]], fmt_ci([x["energy_last_half_j"] for x in lh], 2),
+                     fmt_pct([x["energy_vs_budget"] * 100 for x in lh]), fmt_ci([x["y_final_j"] for x in lh], 0),
+                     fmt_ci([x["y_growth_j_per_slot"] for x in lh], 2), fmt_ci([x["cost_last_half"] for x in lh], 4),
+                     fmt_ci([x["cost_all"] for x in lh], 4), fmt_ci(short, 4)])
+    ax_e.axhline(budget, color="k", ls="--", lw=1, label=f"budget E_max/I = {budget:g} J")
+    for ax, ylabel, title in ((ax_e, f"energy per CV per slot, J ({window}-slot moving average)",
+                               "energy against the budget"),
+                              (ax_y, "energy queue Y per CV after the slot, J", "energy queue")):
+        ax.set_xlabel("slot")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Long horizon: {slots}-slot episodes (mean over episodes; 95 % CI over seeds)")
+    figures.append(save(fig, out / "fig_long_horizon.png"))
+    h = slots // 2
+    return [f"## Long horizon: {slots}-slot episodes", "",
+            f"Energy per active CV per slot over slots {h}–{slots} against the budget E_max/I = {budget:g} J, the "
+            f"energy queue Y at the end and its growth per slot over slots {h}–{slots} (least squares; 0: stable), "
+            f"the cost over the last half and the whole episode, and the same policy's cost on the usual episodes "
+            f"(the training cell's evaluation).", "",
+            markdown_table(["policy", *axes_names, f"energy J, slots {h}–{slots}", "vs budget", f"Y at {slots} J",
+                            "Y growth J/slot", "cost, last half", "cost, all", "cost, usual episodes"], rows), ""]

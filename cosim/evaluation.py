@@ -88,6 +88,7 @@ class LongHorizonSummary:
     y_trace_j: list[float] = field(default_factory=list)  # mean Y per CV after every slot, mean over episodes
     q_rsu_trace: list[float] = field(default_factory=list)  # RSU backlog summed over RSUs after every slot, W_ref
     q_loc_trace: list[float] = field(default_factory=list)  # local backlog per CV after every slot, W_ref
+    energy_trace_j: list[float] = field(default_factory=list)  # energy per active CV in every slot, J
 
 
 def _long_horizon_summary(name: str, slots: int, budget: float, tr: dict[str, np.ndarray],
@@ -108,7 +109,8 @@ def _long_horizon_summary(name: str, slots: int, budget: float, tr: dict[str, np
         delay_last_half_s=float(tr["delay"][:, half].sum() / max(n_act, 1)),
         deadline_miss_last_half=float(tr["misses"][:, half].sum() / max(n_act, 1)),
         q_rsu_final=float(np.mean(q_rsu_final)), y_trace_j=[float(v) for v in y],
-        q_rsu_trace=[float(v) for v in tr["q_rsu"].mean(0)], q_loc_trace=[float(v) for v in tr["q_loc"].mean(0)])
+        q_rsu_trace=[float(v) for v in tr["q_rsu"].mean(0)], q_loc_trace=[float(v) for v in tr["q_loc"].mean(0)],
+        energy_trace_j=[float(v) for v in tr["energy"].sum(0) / np.maximum(tr["active"].sum(0), 1)])
 
 
 def evaluate_long_horizon(cfg: Config, policies: dict[str, Any], episodes: int, slots: int,

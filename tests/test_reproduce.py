@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agents.experiments import Budget, grid, load_experiments, run_grid
@@ -107,3 +108,201 @@ def test_grid_on_a_local_ray_instance(exp_dir, tmp_path):
     assert not report.failed, report.failed
     assert sorted(r["algo"] for r in report.records) == ["equal", "ly-dtmppo"]
     assert all((tmp_path / "cells" / c.key / "done.json").is_file() for c in cells)
+
+
+# ---------------------------------------------------------------------------
+# Issue 12's experiments: named variant axes, exclude, long-horizon cells
+
+from agents.experiments import EXPERIMENTS_DIR, Experiment, _key_value, validate  # noqa: E402
+from cosim.config import ConfigError  # noqa: E402
+
+# Small versions of configs/experiments/{twin_ablation,scenarios,long_horizon}.yaml (same names and axes,
+# so the same figures), sharing cells the way the real ones do. n_cvs and V are fixed, as in the paper's
+# experiments, so that the paper's figures would pick these cells up if they did not leave them out.
+VARIANT_EXPERIMENTS = {
+    "twin_ablation.yaml": """
+name: twin_ablation
+algos: [ly-dtmppo]
+sweep:
+  scenario: {default: {}, congested: {scenario.n_cvs: 6, compute.rsu_cpu_hz: 5.0e9}}
+  twin: {none: {algo: ly-mappo}, paper: {}, global: {twin.view: global},
+         no_others: {twin.view: global, twin.hide: [dt_others]}}
+fixed: {scenario.n_cvs: 5, lyapunov.V: 5, training.n_envs: 2, actions.bandwidth: full, actions.split: balanced}
+""",
+    "scenarios.yaml": """
+name: scenarios
+algos: [ly-dtmppo, dpp-opt, equal]
+sweep:
+  scenario: {default: {}, heavy-sensing: configs/scenarios/heavy-sensing.yaml}
+  actions: {paper: {}, best: {actions.bandwidth: full, actions.split: balanced}}
+exclude: [{algo: dpp-opt, actions: best}]
+fixed: {scenario.n_cvs: 5, lyapunov.V: 5, training.n_envs: 2, twin.view: global}
+""",
+    "long_horizon.yaml": """
+name: long_horizon
+algos: [ly-dtmppo, equal]
+eval_slots: 60
+sweep:
+  actions: {paper: {}, best: {actions.bandwidth: full, actions.split: balanced}}
+fixed: {scenario.n_cvs: 5, lyapunov.V: 5, training.n_envs: 2, twin.view: global}
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def variant_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("variant_experiments")
+    for name, text in VARIANT_EXPERIMENTS.items():
+        (d / name).write_text(text)
+    return d
+
+
+def test_variant_experiments_end_to_end(variant_dir, tmp_path):
+    out = tmp_path / "res"
+    args = ["scripts/reproduce.py", "--preset", "tiny", "--experiments-dir", str(variant_dir), "--out", str(out),
+            "--workers", "2"]
+    # One experiment first: its cells are then shared with the others, which label them as theirs too.
+    p = run(*args, "--experiments", "scenarios")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "10 new, 0 already done, 0 failed" in p.stdout  # 2 scenarios x 2 actions x 3 algos, less dpp-opt x best
+    p = run(*args)
+    assert p.returncode == 0, p.stderr[-2000:]
+    # twin_ablation 8 (one shared with scenarios), long_horizon 4 long cells (their 2 training cells are scenarios')
+    assert "11 new, 10 already done, 0 failed" in p.stdout
+    cells = {d.name: json.loads((d / "done.json").read_text()) for d in (out / "cells").iterdir()}
+    assert len(cells) == 21
+    assert not [k for k in cells if k.startswith("dpp-opt") and "bandwidth=full" in k]  # excluded
+    shared = cells["ly-dtmppo__analytic__bandwidth=full__split=balanced__V=5__n_cvs=5__n_envs=2__view=global"
+                   "__ep=4__seed=0"]
+    assert shared["variants"] == {"scenarios": {"actions": "best", "scenario": "default"},
+                                  "twin_ablation": {"scenario": "default", "twin": "global"},
+                                  "long_horizon": {"actions": "best"}}
+    none = next(r for k, r in cells.items() if k.startswith("ly-mappo") and "n_cvs=6" in k)
+    assert none["variants"] == {"twin_ablation": {"scenario": "congested", "twin": "none"}}
+    assert none["setting"]["compute.rsu_cpu_hz"] == 5e9 and none["setting"]["scenario.n_cvs"] == 6
+    heavy = next(r for k, r in cells.items() if k.startswith("equal") and "size_bits=2e7,4e7" in k)
+    assert heavy["setting"]["tasks.size_bits"] == [2e7, 4e7]  # read from the preset file
+    assert len(heavy["rsu_queue_trajectory"]) == 30 and len(heavy["rsu_queue_trajectory"][0]) == 3
+    # A long-horizon cell evaluates its training cell's policy on 60-slot episodes, without retraining.
+    lk = "ly-dtmppo__analytic__bandwidth=full__split=balanced__V=5__n_cvs=5__n_envs=2__view=global__slots=60" \
+         "__ep=4__seed=0"
+    long = cells[lk]
+    assert long["trained_in"] == shared["key"] and not list((out / "cells" / lk).glob("*.safetensors"))
+    lh = long["long_horizon"]
+    assert lh["slots"] == 60 and lh["energy_budget_j"] == 10.0
+    assert lh["energy_vs_budget"] == pytest.approx(lh["energy_last_half_j"] / 10.0 - 1)
+    assert len(lh["energy_trace_j"]) == len(lh["y_trace_j"]) == 60 and lh["y_final_j"] == lh["y_trace_j"][-1]
+    assert np.isfinite([lh["y_growth_j_per_slot"], lh["cost_last_half"], lh["cost_all"]]).all()
+    assert long["eval"]["mean_cost"] != shared["eval"]["mean_cost"]  # 60 slots, not 30
+
+    p = run("scripts/plot.py", "--results", str(out))
+    assert p.returncode == 0, p.stderr[-2000:]
+    for fig in ("fig_twin_ablation", "fig_scenarios", "fig_scenarios_queues", "fig_long_horizon"):
+        assert (out / f"{fig}.png").read_bytes()[:4] == b"\x89PNG", fig
+    md = (out / "results.md").read_text()
+    assert "Table III" not in md and "fig4" not in md  # the paper's figures leave these cells out
+    assert "## Twin ablation" in md and "| congested | none | Ly-MAPPO |" in md
+    assert "### Scenario: heavy-sensing" in md and "| per-slot optimiser | paper |" in md
+    assert "## Long horizon: 60-slot episodes" in md and "energy J, slots 30–60" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| Ly-DTMPPO | best |") and "%" in ln
+               and ln.count("|") == 10)
+    assert f"{lh['energy_last_half_j']:.2f}" in row and f"{shared['eval']['mean_cost']:.4f}" in row
+
+
+def write_exp(tmp_path, text, name="e.yaml"):
+    (tmp_path / name).write_text(text)
+    return tmp_path / name
+
+
+BASE = "name: e\nalgos: [ly-dtmppo, dpp-opt]\nsweep:\n  actions: {paper: {}, best: {actions.split: balanced}}\n"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("exclude: [{algo: dpp-opt, actions: bogus}]", "exclude[0]: axis 'actions' has no variant 'bogus' (its variants: "
+                                                   "paper, best)"),
+    ("exclude: [{algo: dpp-opt, colour: red}]", "exclude[0]: unknown axis 'colour' (choose algo, actions)"),
+    ("exclude: [{algo: ly-superppo}]", "exclude[0]: algo 'ly-superppo' is not run by this experiment"),
+    ("exclude: [{}]", "exclude[0] is empty"),
+    ("exclude: [{actions: best}, {algo: dpp-opt, actions: best}]", None),
+    ("  twin: {bad: {twin.nosuch: 1}}", "sweep.twin.bad: unknown config key 'twin.nosuch'"),
+    ("  twin: {bad: {twin.hide: [dt_nosuch]}}", "sweep.twin.bad: twin.hide[0]: 'dt_nosuch' is not one of"),
+    ("  twin: {bad: 5}", "sweep.twin.bad must be a mapping of config overrides, a preset file or empty"),
+    ("  scenario: {busy: configs/scenarios/nosuch.yaml}", "sweep.scenario.busy: preset file "
+                                                          "configs/scenarios/nosuch.yaml not found"),
+    ("  twin: {none: {algo: ly-nosuch}}", "sweep.twin.none: unknown algorithm or policy 'ly-nosuch'"),
+    ("  other: {x: {actions.split: paper}}", "sweep axes 'actions' and 'other' both set actions.split"),
+    ("  algo: {x: {}}", "sweep.algo: 'algo' is not an axis name"),
+    ("eval_slots: 1", "eval_slots must be 0 (the usual episodes) or at least 2, got 1"),
+])
+def test_variant_errors_are_one_line(tmp_path, extra, message):
+    f = write_exp(tmp_path, BASE + extra + "\n")
+    if message is None:  # an exclude entry matching nothing but what another already leaves out is fine
+        exp = Experiment.load(f)
+        assert [c.algo for c in grid([exp], Budget(4, 1, 1), "analytic")] == ["ly-dtmppo", "dpp-opt"]
+        return
+    with pytest.raises(ConfigError) as info:
+        Experiment.load(f)
+    assert message in str(info.value) and "\n" not in str(info.value) and str(f) in str(info.value)
+
+
+def test_exclude_and_validate_name_what_to_leave_out(tmp_path):
+    base = BASE.replace("[ly-dtmppo, dpp-opt]", "[ly-dtmppo]") + "  twin: {none: {algo: ly-mappo}, paper: {}}\n"
+    exp = Experiment.load(write_exp(tmp_path, base + "exclude: [{algo: ly-dtmppo, actions: best}]\n"))
+    assert sorted((c.algo, c.variants["e"]["actions"]) for c in grid([exp], Budget(4, 1, 1), "analytic")) == \
+        [("ly-dtmppo", "paper"), ("ly-mappo", "best"), ("ly-mappo", "paper")]
+    with pytest.raises(ConfigError, match=r"exclude\[0\] matches no cell"):  # twin: paper runs ly-dtmppo
+        Experiment.load(write_exp(tmp_path, base + "exclude: [{algo: ly-mappo, twin: paper}]\n"))
+    with pytest.raises(ConfigError, match="exclude: expected a list, got 5"):
+        Experiment.load(write_exp(tmp_path, "name: e\nalgos: [equal]\nexclude: 5\n"))
+    # Without an exclude, dpp-opt under balanced actions is refused before any work, with the way out.
+    cells = grid([Experiment.load(write_exp(tmp_path, BASE))], Budget(4, 1, 1), "analytic")
+    with pytest.raises(ConfigError, match=r"dpp-opt optimises the paper's actions only .* exclude"):
+        validate(cells)
+    p = run("scripts/reproduce.py", "--experiments-dir", str(tmp_path), "--dry-run")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "dpp-opt optimises" in p.stderr
+    cells = grid([Experiment.load(write_exp(tmp_path, "name: e\nalgos: [ly-dtmppo]\nfixed: {twin.enabled: false}\n"))],
+                 Budget(4, 1, 1), "analytic")
+    with pytest.raises(ConfigError, match="twin.enabled=false is ignored by ly-dtmppo.*algo: ly-mappo"):
+        validate(cells)
+
+
+def test_shipped_variant_experiments():
+    """The three experiment files: their cells at the full budget, shared where the settings agree."""
+    exps = {e.name: e for e in load_experiments(directory=EXPERIMENTS_DIR)}
+    full = Budget(1800, 20, 3)
+    sizes = {n: len(grid([exps[n]], full, "analytic")) for n in ("twin_ablation", "scenarios", "long_horizon")}
+    assert sizes == {"twin_ablation": 42, "scenarios": 99, "long_horizon": 39}
+    cells = grid([exps[n] for n in ("twin_ablation", "scenarios", "long_horizon")], full, "analytic")
+    assert len(cells) == 156
+    validate(cells)
+    by_key = {c.key: c for c in cells}
+    best = "ly-dtmppo__analytic__bandwidth=full__split=balanced__view=global__ep=1800__seed=0"
+    assert set(by_key[best].variants) == {"twin_ablation", "scenarios", "long_horizon"}
+    long = [c for c in cells if c.eval_slots]
+    assert len(long) == 24 and all(c.eval_slots == 600 for c in long)
+    for c in long:  # each learned long-horizon cell's training cell is in the grid; no key is reused
+        assert "__slots=600__" in c.key and (c.training_cell is None or c.training_cell.key in by_key)
+    assert not [c for c in cells if c.algo == "dpp-opt" and ("split", "balanced") in
+                [(k.split(".")[-1], v) for k, v in c.overrides]]
+    # The paper's experiments keep their keys, so results already computed stay valid.
+    paper = grid([exps["convergence"]], full, "analytic")
+    assert "ly-dtmppo__analytic__V=5__alpha=0.6__n_cvs=5__ep=1800__seed=0" in {c.key for c in paper}
+
+
+def test_key_values():
+    assert _key_value(2500000.0) == "25e5" and _key_value(5e9) == "5e9" and _key_value(0.6) == "0.6"
+    assert _key_value(5) == "5" and _key_value(100.0) == "100.0"
+    assert _key_value(("dt_backlog", "dt_aggregate")) == "dt_backlog,dt_aggregate" and _key_value(()) == "[]"
+
+
+def test_long_horizon_cell_alone_runs_its_training_cell_first(tmp_path):
+    """Given only a long-horizon cell, run_grid trains its training cell first (one folder, one training)."""
+    exp = Experiment.load(write_exp(tmp_path, "name: lh\nalgos: [ly-dtmppo]\neval_slots: 12\n"
+                                              "fixed: {training.n_envs: 2}\n"))
+    long = [c for c in grid([exp], Budget(2, 1, 1), "analytic") if c.eval_slots]
+    assert len(long) == 1 and long[0].training_cell.key != long[0].key
+    report = run_grid(long, tmp_path / "res", workers=1, progress=False)
+    assert not report.failed and [r["key"] for r in report.records] == [long[0].training_cell.key, long[0].key]
+    rec = report.records[1]
+    assert rec["trained_in"] == long[0].training_cell.key and rec["long_horizon"]["slots"] == 12
+    assert len(rec["long_horizon"]["energy_trace_j"]) == 12 and rec["eval"]["episodes"] == 1

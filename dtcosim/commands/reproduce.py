@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                     b.seeds if args.seeds is None else args.seeds)
     experiments = load_experiments(args.experiments, Path(args.experiments_dir) if args.experiments_dir
                                    else EXPERIMENTS_DIR)
-    cells = grid(experiments, budget, args.backend, base=flat_overrides(args.config, args.overrides))
+    base = flat_overrides(args.config, args.overrides)
+    cells = grid(experiments, budget, args.backend, base=base)
     if args.algos:
         cells = [c for c in cells if c.algo in args.algos]
     validate(cells)
@@ -59,10 +60,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.dry_run:
         for c in cells:
             print(c.key)
-        print(f"{len(cells)} cells")
+        long = sum(1 for c in cells if c.eval_slots)
+        print(f"{len(cells)} cells" + (f" ({long} of them long-horizon evaluations)" if long else ""))
         return 0
     root.mkdir(parents=True, exist_ok=True)
-    write_manifest(root, experiments, budget, args.backend, preset)
+    write_manifest(root, experiments, budget, args.backend, preset, base)
     print(f"{len(cells)} runs ({', '.join(e.name for e in experiments)}), {budget.episodes} training episodes each, "
           f"{budget.seeds} seed(s), into {root}")
     t0 = time.time()
