@@ -502,6 +502,37 @@ def channel_and_observation(sim: Any) -> None:
 # ---------------------------------------------------------------------------
 # The per-slot optimiser's objective and its multi-start BFGS (cosim.optimizer), for one environment
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _decode_row(th, split_mask, sp0, bw0, cpu0, pv, split, bwv, w, n):
+    """cosim.optimizer.SlotProblem.decode of one candidate from its exponentiated parameters ``th``
+    (I+1, 3K+1) into row n of split (., I, K+1), bandwidth shares bwv and CPU shares w (., I, K)."""
+    I, K = split_mask.shape[0], split_mask.shape[1] - 1
+    for i in range(I):  # split: masked softmax, small parts dropped
+        tot = 0.0
+        for k in range(K + 1):
+            v = th[i, sp0 + k] if split_mask[i, k] else 0.0
+            split[n, i, k] = v
+            tot += v
+        for k in range(K + 1):
+            split[n, i, k] = split[n, i, k] / (tot if tot > 0 else 1.0)
+        _drop_small_parts_row(split, pv[P_MINSPLIT], n, i)
+        tot = 0.0
+        for k in range(K):  # bandwidth over the RSUs that get a part
+            v = th[i, bw0 + k] if split[n, i, k + 1] > 0 else 0.0
+            bwv[n, i, k] = v
+            tot += v
+        for k in range(K):
+            bwv[n, i, k] = bwv[n, i, k] / (tot if tot > 0 else 1.0)
+    for k in range(K):  # RSU CPU: softmax over the CVs offloading there and the idle logit (row I)
+        tot = th[I, cpu0 + k]
+        for i in range(I):
+            v = th[i, cpu0 + k] if split[n, i, k + 1] > 0 else 0.0
+            w[n, i, k] = v
+            tot += v
+        for i in range(I):
+            w[n, i, k] = w[n, i, k] / (tot if tot > 0 else 1.0)
+
+
 @njit(cache=True, error_model="numpy")
 def _decode_eval(X, n0, n1, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size, instr_bits, intensity, co_int,
                  deadline, cv_cpu, se, active, q_loc, q_rsu, energy_q, hq_loc, hl_loc, hq_rsu, hl_rsu, j,
@@ -534,30 +565,7 @@ def _decode_eval(X, n0, n1, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size
             for r in range(I + 1):  # th now holds the exponentials
                 for c in range(D):
                     th[r, c] = math.exp(min(max(th[r, c], lo), hi))
-        for i in range(I):  # split: masked softmax, small parts dropped
-            tot = 0.0
-            for k in range(K + 1):
-                v = th[i, sp0 + k] if split_mask[i, k] else 0.0
-                split[n, i, k] = v
-                tot += v
-            for k in range(K + 1):
-                split[n, i, k] = split[n, i, k] / (tot if tot > 0 else 1.0)
-            _drop_small_parts_row(split, pv[P_MINSPLIT], n, i)
-            tot = 0.0
-            for k in range(K):  # bandwidth over the RSUs that get a part
-                v = th[i, bw0 + k] if split[n, i, k + 1] > 0 else 0.0
-                bwv[n, i, k] = v
-                tot += v
-            for k in range(K):
-                bwv[n, i, k] = bwv[n, i, k] / (tot if tot > 0 else 1.0)
-        for k in range(K):  # RSU CPU: softmax over the CVs offloading there and the idle logit (row I)
-            tot = th[I, cpu0 + k]
-            for i in range(I):
-                v = th[i, cpu0 + k] if split[n, i, k + 1] > 0 else 0.0
-                w[n, i, k] = v
-                tot += v
-            for i in range(I):
-                w[n, i, k] = w[n, i, k] / (tot if tot > 0 else 1.0)
+        _decode_row(th, split_mask, sp0, bw0, cpu0, pv, split, bwv, w, n)
         make_decision_env(pv, split, bwv, w, b, wd, F, B3[0, 0], tmp, n)
     slot_env(pv, split, b, F, size, instr_bits, intensity, co_int, deadline, cv_cpu, se, active,
              q_loc, q_rsu, energy_q, hq_loc, hl_loc, hq_rsu, hl_rsu, j, 0, n0, n1,
@@ -570,14 +578,16 @@ def _decode_eval(X, n0, n1, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size
 
 @njit(cache=True, error_model="numpy")
 def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prune_after, prune_gap, scan,
-                 free_idx, base, split_mask, sp0, bw0, cpu0, pv, size, instr_bits, intensity, co_int, deadline,
+                 chunk, analytic, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size, instr_bits, intensity, co_int, deadline,
                  cv_cpu, se, active, q_loc, q_rsu, energy_q, hq_loc, hl_loc, hq_rsu, hl_rsu, j,
                  S3, B3, S2, SR, MS, sc, rw, tmp, th):
     """cosim.optimizer.bfgs_multistart, loop for loop, on the fused objective. With ``scan`` the line
     search walks the step grid from the longest step, 4 steps per call, and stops once the values
     rise again after an improvement (the grid's best step when the objective is unimodal along the
-    ray) instead of evaluating every step. Returns x, f, f0, status (0 iteration cap, 1 converged, 2 pruned),
-    last_gain, iterations and the number of evaluations."""
+    ray) instead of evaluating every step. With ``analytic`` the gradients are _value_grad's (one
+    forward and one backward pass) instead of d forward differences. Returns x, f, f0, status
+    (0 iteration cap, 1 converged, 2 pruned), last_gain, iterations, the number of objective
+    evaluations (finite-difference probes included) and the number of analytic gradients."""
     S, d = x0.shape
     cap = S3.shape[1]
     x = np.empty((S, d))
@@ -589,6 +599,19 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
     P = np.empty((cap, d))  # probe points
 
     no_mul = np.empty(0)
+    I_, K_ = split_mask.shape[0], split_mask.shape[1] - 1
+    GF3, GB3, GF2, GFR, GMS, sc1, rw1, tmp1, th1, gth, lv, ub = _grad_workspace(I_, K_)
+    n_grads = 0
+
+    def grad(xg, fg, gout):  # noqa: ANN001 - gradient at xg (value fg) into gout; returns evaluations spent
+        if analytic:
+            _value_grad(xg, gout, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size, instr_bits, intensity,
+                        co_int, deadline, cv_cpu, se, active, q_loc, q_rsu, energy_q, hq_loc, hl_loc, hq_rsu,
+                        hl_rsu, j, GF3, GB3, GF2, GFR, GMS, sc1, rw1, tmp1, th1, gth, lv, ub)
+            return 0
+        return _fd_grad(xg, fg, h, B, gout, P, fbuf, d, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size,
+                        instr_bits, intensity, co_int, deadline, cv_cpu, se, active, q_loc, q_rsu, energy_q,
+                        hq_loc, hl_loc, hq_rsu, hl_rsu, j, S3, B3, S2, SR, MS, sc, rw, tmp, th)
 
     def ev(Xs, n):  # noqa: ANN001 - evaluates Xs[:n] into fbuf[:n]
         _decode_eval(Xs, 0, n, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size, instr_bits, intensity,
@@ -607,13 +630,12 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
     iters = np.zeros(S, np.int64)
     if d == 0:
         status[:] = 1
-        return x, f, f0, status, np.zeros(S), iters, n_evals
+        return x, f, f0, status, np.zeros(S), iters, n_evals, n_grads
     g = np.empty((S, d))
     H = np.zeros((S, d, d))
     for s_ in range(S):
-        n_evals += _fd_grad(x[s_], f[s_], h, B, g[s_], P, fbuf, d, free_idx, base, split_mask, sp0, bw0, cpu0,
-                            pv, size, instr_bits, intensity, co_int, deadline, cv_cpu, se, active, q_loc, q_rsu,
-                            energy_q, hq_loc, hl_loc, hq_rsu, hl_rsu, j, S3, B3, S2, SR, MS, sc, rw, tmp, th)
+        n_evals += grad(x[s_], f[s_], g[s_])
+        n_grads += analytic
         for q in range(d):
             H[s_, q, q] = 1.0
     fresh = np.ones(S, np.bool_)
@@ -663,7 +685,7 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
             if scan:  # the grid in chunks of 4 steps, longest first, until the values rise again
                 a0 = 0
                 while a0 < line_steps:
-                    nb = min(4, line_steps - a0)
+                    nb = min(chunk, line_steps - a0)
                     for a in range(nb):
                         for q in range(d):
                             P[a, q] = min(max(x[s_, q] + alphas[a0 + a] * pdir[q], -B), B)
@@ -709,9 +731,8 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
             for q in range(d):
                 xn[q] = xnew[s_, q]
             fn = fnew[s_]
-            n_evals += _fd_grad(xn, fn, h, B, gn, P, fbuf, d, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size,
-                                instr_bits, intensity, co_int, deadline, cv_cpu, se, active, q_loc, q_rsu, energy_q,
-                                hq_loc, hl_loc, hq_rsu, hl_rsu, j, S3, B3, S2, SR, MS, sc, rw, tmp, th)
+            n_evals += grad(xn, fn, gn)
+            n_grads += analytic
             sy, ns, ny = 0.0, 0.0, 0.0
             for q in range(d):
                 sv[q] = xn[q] - x[s_, q]
@@ -738,7 +759,7 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
                 x[s_, q] = xn[q]
                 g[s_, q] = gn[q]
             f[s_] = fn
-    return x, f, f0, status, last_gain, iters, n_evals
+    return x, f, f0, status, last_gain, iters, n_evals, n_grads
 
 
 @njit(cache=True, error_model="numpy")
@@ -768,6 +789,203 @@ def _fd_grad(x, fx, h, B, g, P, fbuf, d, free_idx, base, split_mask, sp0, bw0, c
         step = -h if x[q] + h > B else h
         g[q] = (fbuf[q] - fx) / step
     return d
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _slowest(t_loc, t_rsu, i, K):
+    """Which part of CV i sets its delay (the max over parts, first of ties): -1 local, else the RSU."""
+    best, val = -1, t_loc[0, i]
+    for k in range(K):
+        if t_rsu[0, i, k] > val:
+            best, val = k, t_rsu[0, i, k]
+    return best
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _floor_budget_back(x, used, floor, budget, g_out, g_x, n_idx):
+    """Adjoint of model._floor_within_budget along one line x[:n_idx]: output adjoints g_out -> g_x.
+    Entries at the floor are constant there; above the budget the shrink factor depends on every
+    used entry's floored value."""
+    n = 0
+    total = 0.0
+    for a in range(n_idx):
+        if used[a]:
+            n += 1
+            total += max(x[a], floor)
+    scale, over, room = 1.0, False, 1.0
+    if total > budget:
+        room = total - n * floor
+        over = room > 0
+        scale = (budget - n * floor) / (room if over else 1.0)
+    s_ = 0.0
+    if over:
+        for a in range(n_idx):
+            if used[a]:
+                s_ += g_out[a] * (max(x[a], floor) - floor)
+        s_ *= scale / room
+    for a in range(n_idx):
+        g_x[a] = g_out[a] * scale - s_ if (used[a] and x[a] > floor) else 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def _grad_workspace(I, K):
+    """Scratch of _value_grad for I CVs and K RSUs."""
+    D, L = 3 * K + 1, max(I, K)
+    return (np.zeros((14, 1, I, K + 1)), np.zeros((3, 1, I, K), dtype=np.bool_), np.zeros((11, 1, I)),
+            np.zeros((3, 1, K)), np.zeros((1, I), dtype=np.bool_), np.zeros(1), np.zeros(1), np.zeros(I),
+            np.zeros((I + 1, D)), np.zeros((I + 1, D)), np.zeros((5, L)), np.zeros(L, dtype=np.bool_))
+
+
+@njit(cache=True, error_model="numpy")
+def _value_grad(x, g, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size, instr_bits, intensity, co_int,
+                deadline, cv_cpu, se, active, q_loc, q_rsu, energy_q, hq_loc, hl_loc, hq_rsu, hl_rsu, j,
+                GF3, GB3, GF2, GFR, GMS, sc, rw, tmp, th, gth, lv, ub):
+    """-R(t) at the parameter vector x (returned) and its gradient, derived by hand (reverse mode), into g.
+
+    The forward pass is _decode_eval's for one candidate (the same numbers); the adjoints then run back
+    through the slot (cost, drift-plus-penalty, Little's-law windows, each part's delay and energy),
+    model.make_decision (floors within budgets, the CPU allocation) and the decode's softmaxes. The
+    objective is piecewise smooth: which parts are dropped or used, each part's mode (InstrT/DataT),
+    the slowest part of each task (the max over parts) and deadline misses are held fixed, so on a
+    kink this is the derivative of the piece the point lies on. Scratch (see SlotObjective.grad_scratch):
+    GF3 (14, 1, I, K+1), GB3 (3, 1, I, K) bool, GF2 (11, 1, I), GFR (3, 1, K), GMS (1, I) bool,
+    sc, rw (1,), tmp (I,), th, gth (I+1, 3K+1), lv (5, max(I, K)), ub (max(I, K),) bool."""
+    I, K = split_mask.shape[0], split_mask.shape[1] - 1
+    D = base.shape[1]
+    for r in range(I + 1):
+        for c in range(D):
+            th[r, c] = base[r, c]
+    for q in range(free_idx.shape[0]):
+        th[free_idx[q] // D, free_idx[q] % D] = x[q]
+    for r in range(I + 1):
+        for c in range(D):
+            th[r, c] = math.exp(min(max(th[r, c], -60.0), 60.0))  # as _decode_eval
+    split, bwv, w = GF3[0], GF3[1, :, :, :K], GF3[2, :, :, :K]
+    b, wd, F = GF3[3, :, :, :K], GF3[4, :, :, :K], GF3[5, :, :, :K]
+    rate, d_up, d_comp = GF3[6, :, :, :K], GF3[7, :, :, :K], GF3[8, :, :, :K]
+    t_rsu, lam_rsu = GF3[9, :, :, :K], GF3[10, :, :, :K]
+    instr, used = GB3[1], GB3[2]
+    t_loc, w_loc, lam_loc = GF2[0], GF2[1], GF2[5]
+    w_rsu = GFR[0]
+    _decode_row(th, split_mask, sp0, bw0, cpu0, pv, split, bwv, w, 0)
+    make_decision_env(pv, split, bwv, w, b, wd, F, GB3[0, 0], tmp, 0)
+    slot_env(pv, split, b, F, size, instr_bits, intensity, co_int, deadline, cv_cpu, se, active,
+             q_loc, q_rsu, energy_q, hq_loc, hl_loc, hq_rsu, hl_rsu, j, 0, 0, 1,
+             rate, instr, used, d_up, d_comp, t_loc, t_rsu, w_loc, w_rsu, GF2[2], GF2[3], GF2[4], GMS,
+             lam_loc, lam_rsu, GF2[6], GFR[1], GF2[7], GF2[8], GF2[9], GFR[2], GF2[10], sc, rw)
+    if not math.isfinite(rw[0]):
+        for q in range(g.shape[0]):
+            g[q] = 0.0
+        return np.inf
+
+    # f = V sum_i cost_i + sum_i drift_loc_i + sum_k drift_rsu_k + sum_i drift_energy_i, backwards.
+    m = hq_loc.shape[1]
+    tau, P, kr, kc, W, Er = pv[P_TAU], pv[P_TX], pv[P_KRSU], pv[P_KCV], pv[P_WREF], pv[P_EREF]
+    gd = pv[P_V] * pv[P_ALPHA] / pv[P_TREF]   # d f / d delay_i (active CV)
+    ge = pv[P_V] * (1.0 - pv[P_ALPHA]) / Er    # d f / d energy_i through the cost
+    rate_c = pv[P_SG] * pv[P_BW]
+    g_split, g_b, g_F = GF3[11, 0], GF3[12, 0], GF3[13, 0]  # d f / d split, b, F (I, K+1)
+    g_lam_tot, g_served = lv[0], lv[1]                      # per RSU (K,)
+    xl, go, gx = lv[2], lv[3], lv[4]                         # one line of a floor-within-budget step
+    for k in range(K):
+        lam_tot = 0.0
+        g_wr = 0.0  # d f / d w_rsu_k: the delay adjoints of the tasks whose slowest part is at RSU k
+        for i in range(I):
+            lam_tot += lam_rsu[0, i, k]
+            if active[0, i] and used[0, i, k] and _slowest(t_loc, t_rsu, i, K) == k:
+                g_wr += gd
+        ls = 0.0
+        for r in range(m):
+            ls += lam_tot if r == j else hl_rsu[0, r, k]
+        qk = q_rsu[0, k] / W / W
+        g_lam_tot[k] = qk - (g_wr * w_rsu[0, k] / ls if ls > 0 else 0.0)  # w_rsu = tau Q / ls
+        g_served[k] = -qk * tau                                           # per Hz of F_ik
+    for r in range(I + 1):
+        for c in range(D):
+            gth[r, c] = 0.0
+    for i in range(I):
+        for k in range(K + 1):
+            g_split[i, k] = 0.0
+            g_b[i, k] = 0.0
+            g_F[i, k] = 0.0
+        if not active[0, i]:
+            continue
+        G, Ik, co, gins, cpu = size[0, i], intensity[0, i], co_int[0, i], instr_bits[0, i], cv_cpu[0, i]
+        gE = ge + energy_q[0, i] / Er / Er
+        slow = _slowest(t_loc, t_rsu, i, K)
+        ls = 0.0
+        for r in range(m):
+            ls += lam_loc[0, i] if r == j else hl_loc[0, r, i]
+        g_tl = gd if (slow == -1 and split[0, i, 0] > 0) else 0.0
+        g_cyc = (q_loc[0, i] / W / W - (g_tl * w_loc[0, i] / ls if ls > 0 else 0.0)  # lam_loc, w_loc
+                 + g_tl / cpu + gE * kc * cpu * cpu)                                # delay, energy
+        g_split[i, 0] = g_cyc * G * Ik
+        for k in range(K):
+            if not used[0, i, k]:
+                continue
+            Gk, r_, f_ = split[0, i, k + 1] * G, rate[0, i, k], F[0, i, k]
+            sr, sF = max(r_, _EPS), max(f_, _EPS)
+            dr = 1.0 if r_ > _EPS else 0.0
+            dF = 1.0 if f_ > _EPS else 0.0
+            gt = gd if slow == k else 0.0
+            if instr[0, i, k]:  # D = G_ins/r + Gk (I_co + I_task)/F, E = P G_ins/r + kr Gk (I_co + I_task) F^2
+                c_ = co + Ik
+                gGk = gt * c_ / sF + gE * kr * c_ * f_ * f_ + g_lam_tot[k] * c_
+                g_r = -(gt + gE * P) * gins / (sr * sr) * dr
+                g_f = -gt * Gk * c_ / (sF * sF) * dF + gE * 2.0 * kr * Gk * c_ * f_ + g_served[k]
+            else:  # D = Gk/r + Gk I_task/F, E = P Gk/r + kr Gk I_task F^2
+                gGk = gt * (1.0 / sr + Ik / sF) + gE * (P / sr + kr * Ik * f_ * f_) + g_lam_tot[k] * Ik
+                g_r = -(gt + gE * P) * Gk / (sr * sr) * dr
+                g_f = -gt * Gk * Ik / (sF * sF) * dF + gE * 2.0 * kr * Gk * Ik * f_ + g_served[k]
+            g_split[i, k + 1] = gGk * G
+            g_b[i, k] = g_r * rate_c * se[0, i, k]
+            g_F[i, k] = g_f
+        # bandwidth: floor b_min within 1 over the used links, then the softmax over them
+        for k in range(K):
+            xl[k], go[k], ub[k] = bwv[0, i, k], g_b[i, k], used[0, i, k]
+        _floor_budget_back(xl, ub, pv[P_MINBW], 1.0, go, gx, K)
+        s_ = 0.0
+        for k in range(K):
+            s_ += bwv[0, i, k] * gx[k]
+        for k in range(K):
+            if ub[k]:
+                gth[i, bw0 + k] += bwv[0, i, k] * (gx[k] - s_)
+    cap = pv[P_CAP]
+    for k in range(K):  # RSU CPU: model.allocate_cpu, then the softmax over its CVs and the idle logit
+        load = 0.0
+        for i in range(I):
+            load += wd[0, i, k]
+        L = max(1.0, load)
+        for i in range(I):
+            xl[i], go[i], ub[i] = cap * wd[0, i, k] / L, g_F[i, k], used[0, i, k]
+        _floor_budget_back(xl, ub, pv[P_MINRSU], cap, go, gx, I)
+        s_ = 0.0
+        for i in range(I):
+            s_ += gx[i] * wd[0, i, k]
+        for i in range(I):  # gx: d f / d tmp_i -> d f / d w_ik
+            gx[i] = cap / L * (gx[i] - (s_ / L if load > 1.0 else 0.0))
+        tot = th[I, cpu0 + k]
+        for i in range(I):
+            if used[0, i, k]:
+                tot += th[i, cpu0 + k]
+        s_ = 0.0
+        for i in range(I):
+            if used[0, i, k]:
+                s_ += w[0, i, k] * gx[i]
+        for i in range(I):
+            if used[0, i, k]:
+                gth[i, cpu0 + k] += w[0, i, k] * (gx[i] - s_)
+        gth[I, cpu0 + k] -= th[I, cpu0 + k] / tot * s_
+    for i in range(I):  # split: softmax over the kept parts
+        s_ = 0.0
+        for k in range(K + 1):
+            s_ += split[0, i, k] * g_split[i, k]
+        for k in range(K + 1):
+            if split[0, i, k] > 0:
+                gth[i, sp0 + k] += split[0, i, k] * (g_split[i, k] - s_)
+    for q in range(free_idx.shape[0]):
+        g[q] = gth[free_idx[q] // D, free_idx[q] % D] if -60.0 < x[q] < 60.0 else 0.0
+    return -rw[0]
 
 
 @njit(cache=True, error_model="numpy")
@@ -857,11 +1075,20 @@ class SlotObjective:
         c = np.ascontiguousarray
         return _rewards_kernel(self.pv, c(dec.split), c(dec.bandwidth), c(dec.cpu), *self.inputs)
 
+    def value_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """-R(t) at one parameter vector x (d,) and its analytic gradient (see _value_grad)."""
+        x = np.ascontiguousarray(x, dtype=float)
+        g = np.empty(x.shape[0])
+        f = _value_grad(x, g, self.free_idx, self.base, self.split_mask, *self.lay, self.pv, *self.inputs,
+                        *_grad_workspace(self.I, self.K))
+        return float(f), g
+
     def bfgs(self, x0: np.ndarray, opt: dict[str, Any]) -> tuple:
         S, d = x0.shape
         n = max(S, d, int(opt["line_steps"]), 1)
         return _bfgs_kernel(np.ascontiguousarray(x0, dtype=float), int(opt["iterations"]), int(opt["line_steps"]),
                             float(opt["line_max"]), float(opt["max_step"]), float(opt["fd_step"]), float(opt["bound"]),
                             float(opt["tol"]), int(opt["prune_after"]), float(opt["prune_gap"]),
-                            opt["line_search"] == "scan", self.free_idx, self.base, self.split_mask, *self.lay,
+                            opt["line_search"] == "scan", int(opt["scan_chunk"]), opt["gradient"] == "analytic",
+                            self.free_idx, self.base, self.split_mask, *self.lay,
                             self.pv, *self.inputs, *self.scratch(n))

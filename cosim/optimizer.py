@@ -108,7 +108,12 @@ class DppOptConfig:
     line_search: str = _f("scan", choices=("scan", "grid"),
                           doc="scan: walk the step grid from the longest step, stop once values rise again after "
                               "an improvement; grid: evaluate every step (numba path only; numpy: grid)")
+    scan_chunk: int = _f(4, 1, 60, doc="scan: step sizes evaluated per call")
     fused: bool = _f(True, doc="numba objective and BFGS (cosim/fused.py) when numba is installed")
+    gradient: str = _f("analytic", choices=("analytic", "fd"),
+                       doc="analytic: the objective's exact gradient, derived by hand in cosim/fused.py "
+                           "(one forward and one backward pass); fd: forward differences (d evaluations). "
+                           "numba path only; numpy: fd")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "DppOptConfig":
@@ -197,6 +202,7 @@ class SlotProblem:
         base[:I, lay.split_rsu] = np.where(self.covered, 0.0, -self.bound)
         self.base = base
         self.n_evals = 0
+        self.n_grads = 0  # analytic gradients (fused path), not counted in n_evals
         self.n_calls = 0
         self._tiled: dict[str, Any] = {}
         self._cap = 0
@@ -309,8 +315,9 @@ def _fd_gradient(prob: SlotProblem, x: np.ndarray, f: np.ndarray, h: float) -> n
 def bfgs_multistart(prob: SlotProblem, x0: np.ndarray, opt: dict[str, Any]) -> dict[str, np.ndarray]:
     """Minimise from every start (S, d) at once. Returns final x, f, and per-start status."""
     if prob.fused is not None:  # the same loop in numba (cosim/fused.py)
-        x, f, f0, code, last_gain, iters, n_evals = prob.fused.bfgs(np.asarray(x0, dtype=float), opt)
+        x, f, f0, code, last_gain, iters, n_evals, n_grads = prob.fused.bfgs(np.asarray(x0, dtype=float), opt)
         prob.n_evals += int(n_evals)
+        prob.n_grads += int(n_grads)
         prob.n_calls += 1
         status = np.array(["iteration", "converged", "pruned"])[code]
         return {"x": x, "f": f, "f0": f0, "status": status, "last_gain": last_gain, "iterations": iters}
@@ -538,7 +545,7 @@ class DppOptimizer:
             "start_improvement": rel(f_b, float(run["f0"][b])),
             "best_reference": best_ref,
             "gain_over_references": rel(float(fc[pick]), best_ref) if ref_raw is not None else float("nan"),
-            "n_evals": prob.n_evals, "n_calls": prob.n_calls, "dim": d,
+            "n_evals": prob.n_evals, "n_grads": prob.n_grads, "n_calls": prob.n_calls, "dim": d,
             "seconds": time.perf_counter() - t0,
         }
         return (cands[pick] if pick else raw[0]), stats
