@@ -108,7 +108,6 @@ class DppOptConfig:
     line_search: str = _f("scan", choices=("scan", "grid"),
                           doc="scan: walk the step grid from the longest step, stop once values rise again after "
                               "an improvement; grid: evaluate every step (numba path only; numpy: grid)")
-    scan_chunk: int = _f(4, 1, 60, doc="scan: step sizes evaluated per call")
     fused: bool = _f(True, doc="numba objective and BFGS (cosim/fused.py) when numba is installed")
     gradient: str = _f("analytic", choices=("analytic", "fd"),
                        doc="analytic: the objective's exact gradient, derived by hand in cosim/fused.py "
