@@ -771,6 +771,53 @@ def _obj_backward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK
 
 
 @njit(cache=True, error_model="numpy")
+def _slot_constants(pv, size, instr_bits, intensity, co_int, deadline, cv_cpu, se, active, q_loc, q_rsu, energy_q,
+                    hq_loc, hl_loc, hq_rsu, hl_rsu, j):
+    """One environment's slot (inputs with a leading axis of 1) -> the constants of _obj_forward: CI, CK,
+    RC and f0, the part of the drift no decision changes (-sum_i Q_loc C_i tau / W^2 - sum_i Y_i E_max / E_ref^2).
+    The Little's-law windows hold this slot in row j: their queue sums are fixed, their arrival sums
+    are the history's plus this slot's."""
+    I, K = se.shape[1], se.shape[2]
+    m = hq_loc.shape[1]
+    W, Er, tau = pv[P_WREF], pv[P_EREF], pv[P_TAU]
+    CI, CK, RC = np.zeros((N_CI, I)), np.zeros((N_CK, K)), np.empty((I, K))
+    f0 = 0.0
+    for i in range(I):
+        act = 1.0 if active[0, i] else 0.0
+        CI[CI_G, i] = size[0, i] * act
+        CI[CI_GINS, i], CI[CI_ITASK, i], CI[CI_ICO, i] = instr_bits[0, i], intensity[0, i], co_int[0, i]
+        CI[CI_CPU, i], CI[CI_ACT, i], CI[CI_DEADLINE, i] = cv_cpu[0, i], act, deadline[0, i]
+        CI[CI_QLOC, i] = q_loc[0, i] / W / W
+        CI[CI_Y, i] = energy_q[0, i] / Er / Er
+        qs, ls = 0.0, 0.0
+        for r in range(m):
+            qs += q_loc[0, i] if r == j else hq_loc[0, r, i]
+            ls += 0.0 if r == j else hl_loc[0, r, i]
+        CI[CI_QCLOC, i], CI[CI_LCLOC, i] = tau * qs, ls
+        f0 -= CI[CI_QLOC, i] * cv_cpu[0, i] * tau + CI[CI_Y, i] * pv[P_BUDGET]
+        for k in range(K):
+            RC[i, k] = pv[P_SG] * pv[P_BW] * se[0, i, k]
+    for k in range(K):
+        CK[CK_Q, k] = q_rsu[0, k] / W / W
+        qs, ls = 0.0, 0.0
+        for r in range(m):
+            qs += q_rsu[0, k] if r == j else hq_rsu[0, r, k]
+            ls += 0.0 if r == j else hl_rsu[0, r, k]
+        CK[CK_QC, k], CK[CK_LC, k] = tau * qs, ls
+    return CI, CK, RC, f0
+
+
+@njit(cache=True, error_model="numpy")
+def _decision_at(x, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
+    """The decision at one parameter vector: split (I, K+1), bandwidth, CPU request and CPU (I, K)."""
+    I, K = split_mask.shape[0], split_mask.shape[1] - 1
+    WS, WB, WI, WK, LN, th, gth = _workspace(I, K)
+    _exp_params(x, free_idx, eb, th)
+    _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
+    return WS[WS_SPLIT].copy(), WS[WS_B, :, :K].copy(), WS[WS_W, :, :K].copy(), WS[WS_F, :, :K].copy()
+
+
+@njit(cache=True, error_model="numpy")
 def _workspace(I, K):
     """WS, WB, WI, WK, LN (line buffer), th, gth for I CVs and K RSUs."""
     L = max(I, K)
@@ -833,12 +880,14 @@ def _fd_grad(x, fx, h, B, g, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, C
 
 @njit(cache=True, error_model="numpy")
 def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prune_after, prune_gap, scan,
-                 analytic, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
+                 analytic, stall_window, stall_tol, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
     """cosim.optimizer.bfgs_multistart, loop for loop, on the compiled objective. With ``scan`` the line
     search walks the step grid from the longest step, one step at a time, and stops once the values
     rise again after an improvement (the grid's best step when the objective is unimodal along the
     ray) instead of evaluating every step. With ``analytic`` the gradients are _value_grad's (one
-    forward and one backward pass) instead of d forward differences. Returns x, f, f0, status
+    forward and one backward pass) instead of d forward differences. A start whose objective fell by
+    less than ``stall_tol`` (relative) over its last ``stall_window`` iterations stops (converged).
+    Returns x, f, f0, status
     (0 iteration cap, 1 converged, 2 pruned), last_gain, iterations, the number of objective
     evaluations (finite-difference probes included) and the number of analytic gradients."""
     S, d = x0.shape
@@ -866,6 +915,7 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
         f[s_] = ev(x[s_])
     n_evals += S
     fstart = f.copy()
+    fref = f.copy()  # each start's value at its last stall check
     status = np.zeros(S, np.int64)
     last_gain = np.full(S, np.nan)
     iters = np.zeros(S, np.int64)
@@ -912,6 +962,12 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
             okv[s_] = False
             if not alive[s_]:
                 continue
+            if stall_tol > 0 and iters[s_] > 0 and iters[s_] % stall_window == 0:
+                if fref[s_] - f[s_] <= stall_tol * abs(f[s_]):
+                    status[s_] = 1
+                    alive[s_] = False
+                    continue
+                fref[s_] = f[s_]
             iters[s_] += 1
             nrm = 0.0
             for q in range(d):
@@ -1044,33 +1100,8 @@ class SlotObjective:
                        c(prob.active.reshape(1, I)), f2(st.q_loc), f2(st.q_rsu), f2(st.energy),
                        c(st.hist_q_loc, dtype=float), c(st.hist_lam_loc, dtype=float), c(st.hist_q_rsu, dtype=float),
                        c(st.hist_lam_rsu, dtype=float), j)
-        # The slot's constants (see _obj_forward): Little's-law windows with this slot in row j.
-        act = prob.active.reshape(I).astype(float)
-        cpu, q_loc, q_rsu, Y = (np.asarray(a, dtype=float).reshape(-1) for a in (prob.cv_cpu, st.q_loc, st.q_rsu,
-                                                                                 st.energy))
-        other = np.arange(p.window) != j
-        hq_loc, hq_rsu = np.array(st.hist_q_loc[0], dtype=float), np.array(st.hist_q_rsu[0], dtype=float)
-        hq_loc[j], hq_rsu[j] = q_loc, q_rsu
-        W, Er, tau = p.W_ref, p.E_ref, p.tau
-        CI = np.zeros((N_CI, I))
-        CI[CI_G] = np.asarray(tk.size, dtype=float).reshape(I) * act
-        CI[CI_GINS] = np.asarray(tk.instr, dtype=float).reshape(I)
-        CI[CI_ITASK] = np.asarray(tk.intensity, dtype=float).reshape(I)
-        CI[CI_ICO] = np.asarray(tk.co_intensity, dtype=float).reshape(I)
-        CI[CI_CPU], CI[CI_ACT] = cpu, act
-        CI[CI_QLOC] = q_loc / W / W
-        CI[CI_QCLOC] = tau * hq_loc.sum(axis=0)
-        CI[CI_LCLOC] = np.asarray(st.hist_lam_loc[0], dtype=float)[other].sum(axis=0)
-        CI[CI_Y] = Y / Er / Er
-        CI[CI_DEADLINE] = np.asarray(tk.deadline, dtype=float).reshape(I)
-        CK = np.zeros((N_CK, K))
-        CK[CK_Q] = q_rsu / W / W
-        CK[CK_QC] = tau * hq_rsu.sum(axis=0)
-        CK[CK_LC] = np.asarray(st.hist_lam_rsu[0], dtype=float)[other].sum(axis=0)
-        RC = pv[P_SG] * pv[P_BW] * np.asarray(prob.spec_eff, dtype=float).reshape(I, K)
-        # The part of the drift that no decision changes: -sum_i Q_loc C_i tau / W^2 - sum_i Y_i E_max / E_ref^2.
-        f0 = float(-(CI[CI_QLOC] * cpu * tau).sum() - (CI[CI_Y] * p.energy_budget).sum())
-        self.problem = (self.free_idx, self.eb, self.split_mask, *self.lay, pv, CI, CK, c(RC), f0)
+        CI, CK, RC, f0 = _slot_constants(self.pv, *self.inputs)
+        self.problem = (self.free_idx, self.eb, self.split_mask, *self.lay, pv, CI, CK, RC, f0)
         self.I, self.K = I, K
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -1078,6 +1109,11 @@ class SlotObjective:
         f = np.empty(x.shape[0])
         _eval_rows(x, f, *self.problem)
         return f
+
+    def decision(self, x: np.ndarray) -> M.Decision:
+        """The decision (leading axis 1) at one parameter vector x (d,)."""
+        split, b, w, F = _decision_at(np.ascontiguousarray(x, dtype=float), *self.problem)
+        return M.Decision(split=split[None], bandwidth=b[None], cpu_request=w[None], cpu=F[None])
 
     def rewards(self, dec: M.Decision) -> np.ndarray:
         """R(t) of N decisions (N, I, ...) (model.slot's reward, fused)."""
@@ -1095,4 +1131,5 @@ class SlotObjective:
         return _bfgs_kernel(np.ascontiguousarray(x0, dtype=float), int(opt["iterations"]), int(opt["line_steps"]),
                             float(opt["line_max"]), float(opt["max_step"]), float(opt["fd_step"]), float(opt["bound"]),
                             float(opt["tol"]), int(opt["prune_after"]), float(opt["prune_gap"]),
-                            opt["line_search"] == "scan", opt["gradient"] == "analytic", *self.problem)
+                            opt["line_search"] == "scan", opt["gradient"] == "analytic", int(opt["stall_window"]),
+                            float(opt["stall_tol"]), *self.problem)

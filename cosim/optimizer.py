@@ -91,6 +91,8 @@ class DppOptConfig:
     range-checked like the config (cosim.config.load_settings)."""
 
     random_starts: int = _f(4, 0, 1000, doc="perturbed heuristic starts (besides 'equal' and the heuristic)")
+    warm_start: bool = _f(True, doc="also start from the previous slot's solution of the same environment "
+                                    "(within an episode)")
     sigma: float = _f(1.0, 0.0, 100.0, doc="std of the perturbation, logit units")
     reference_starts: tuple[str, ...] = _f(("equal",), choices=REFERENCES,
                                            doc="reference decisions used as starts (all are final candidates)")
@@ -101,6 +103,9 @@ class DppOptConfig:
     fd_step: float = _f(1e-6, 1e-12, 1.0, doc="finite-difference step, logit units")
     bound: float = _f(8.0, 1e-3, -LOGIT_FLOOR, doc="logits live in [-bound, bound]")
     tol: float = _f(1e-10, 0.0, 1.0, doc="relative decrease that counts as progress")
+    stall_window: int = _f(5, 1, 100_000, doc="every this many iterations, a start ...")
+    stall_tol: float = _f(0.0, 0.0, 1.0, doc="... stops (converged) if its objective fell by less than this (relative) "
+                                             "since the last check; 0: never")
     prune_after: int = _f(15, 0, 100_000, doc="from this iteration on, drop starts ...")
     prune_gap: float = _f(0.02, 0.0, 1e6, doc="... whose objective is this much (relative) behind the best")
     probe_dirs: int = _f(32, 0, 100_000, doc="final probe round: directions (each tried + and -, at 3 scales)")
@@ -233,6 +238,12 @@ class SlotProblem:
         w = _masked_softmax(theta[..., lay.cpu], cpu_mask, axis=-2)[..., :I, :]
         return M.make_decision(p, split, bw, w)
 
+    def decision(self, x: np.ndarray) -> M.Decision:
+        """The decision (leading axis 1) at one parameter vector x (d,): decode(theta(x)), fused when in use."""
+        if self.fused is not None:
+            return self.fused.decision(x)
+        return self.decode(self.theta(np.asarray(x, dtype=float)[None]))
+
     def encode(self, dec: M.Decision, index: int = 0, idle_floor: float = -2.0) -> np.ndarray:
         """Row ``index`` of a decision -> x (clipped to the bounds). The idle CPU logit is
         kept >= ``idle_floor`` so that the start is not saturated at full capacity."""
@@ -339,12 +350,20 @@ def bfgs_multistart(prob: SlotProblem, x0: np.ndarray, opt: dict[str, Any]) -> d
     alive = np.ones(S, bool)
     alphas = float(opt["line_max"]) * 2.0 ** -np.arange(int(opt["line_steps"]))
     max_step = float(opt["max_step"])
+    window, stall_tol = int(opt["stall_window"]), float(opt["stall_tol"])
+    fref = f.copy()  # each start's value at its last stall check
     for it in range(int(opt["iterations"])):
         if it >= int(opt["prune_after"]):
             fb = f.min()
             prune = alive & (f > fb + float(opt["prune_gap"]) * abs(fb))
             status[prune] = "pruned"
             alive &= ~prune
+        if stall_tol > 0:  # stalled starts stop; the others remember their value
+            check = alive & (iters > 0) & (iters % window == 0)
+            stalled = check & (fref - f <= stall_tol * np.abs(f))
+            status[stalled] = "converged"
+            alive &= ~stalled
+            fref = np.where(check & ~stalled, f, fref)
         ia = np.flatnonzero(alive)
         if ia.size == 0:
             break
@@ -436,12 +455,14 @@ class DppOptimizer:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self._refs: list[Any] | None = None
+        self._warm: dict[int, np.ndarray] = {}  # env -> the previous slot's solution (parameters theta)
         self.last_stats: list[dict[str, Any]] = []
         self.history: deque[dict[str, Any]] = deque(maxlen=int(self.options["history"]))
 
     # -- policy interface -------------------------------------------------------------------
     def reset(self) -> None:
-        """Called by the runner at the start of every episode chunk (diagnostics are kept)."""
+        """Called by the runner at the start of every episode chunk (diagnostics are kept, warm starts dropped)."""
+        self._warm.clear()
 
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         raise CosimError("dpp-opt needs the whole simulator: call act_sim(sim) (the runner does)")
@@ -460,10 +481,12 @@ class DppOptimizer:
         ref_raw = np.stack([r.act(sim.obs) for r in self._references(K)], axis=0)  # (R, E, I, 3K+2)
         out = np.zeros((E, I, M.action_dim(K)))
         self.last_stats = []
+        if sim.t == 0:  # a new episode: the last one's solutions say nothing about it
+            self._warm.clear()
         for e in range(E):
             out[e], stats = self.solve(sim.params, _env_slice(sim.queues, e), _tasks_slice(sim.tasks, e),
                                        sim.cv_cpu[e:e + 1], sim.spec_eff[e:e + 1], sim.covered[e:e + 1],
-                                       sim.mob.active[e:e + 1], ref_raw[:, e])
+                                       sim.mob.active[e:e + 1], ref_raw[:, e], env=e)
             stats.update(env=e, t=int(sim.t))
             self.last_stats.append(stats)
         self.history.extend(self.last_stats)
@@ -472,11 +495,13 @@ class DppOptimizer:
     # -- one environment --------------------------------------------------------------------
     def solve(self, p: M.ModelParams, state: M.QueueState, tasks: M.Tasks, cv_cpu: np.ndarray,
               spec_eff: np.ndarray, covered: np.ndarray, active: np.ndarray,
-              ref_raw: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+              ref_raw: np.ndarray | None = None, env: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """Optimise one environment's slot (arrays with a leading axis of 1).
 
         ``ref_raw`` (3, I, 3K+2): raw actions of the local, nearest and equal policies
-        (starts, and a floor on the result). Returns raw actions (I, 3K+2) and diagnostics.
+        (starts, and a floor on the result). ``env``: with ``warm_start``, the previous solution
+        kept under this key is one more start, and this slot's solution replaces it.
+        Returns raw actions (I, 3K+2) and diagnostics.
         """
         t0 = time.perf_counter()
         opt = self.options
@@ -496,9 +521,14 @@ class DppOptimizer:
         starts, names = [], []
         if ref_raw is not None:
             ref_dec = project(ref_raw)
+            f_ref = prob.evaluate_decision(ref_dec)  # the floor on the result
             for name in opt["reference_starts"]:
                 starts.append(prob.encode(ref_dec, REFERENCES.index(name)))
                 names.append(name)
+        warm = self._warm.get(env) if (env is not None and opt["warm_start"]) else None
+        if warm is not None and warm.shape == prob.base.shape:  # free entries may differ: coverage changed
+            starts.append(np.clip(prob.x_of(warm), -prob.bound, prob.bound))
+            names.append("warm")
         x_h = prob.heuristic()
         starts.append(x_h)
         names.append("balanced")
@@ -513,12 +543,15 @@ class DppOptimizer:
         order = np.argsort(run["f"], kind="stable")
         b = int(order[0])
         x_b, f_b, probe_gain = _probe(prob, run["x"][b], float(run["f"][b]), int(opt["probe_dirs"]), self.rng)
+        if env is not None and opt["warm_start"]:
+            self._warm[env] = prob.theta(x_b)
 
         # Raw actions, projected as the environment will, against the references' own raws.
-        dec = prob.decode(prob.theta(x_b[None]))
+        dec = prob.decision(x_b)
         raw = raw_from_decision(p, dec.split, dec.bandwidth, dec.cpu_request)
-        cands = raw if ref_raw is None else np.concatenate([raw, ref_raw], axis=0)
-        fc = prob.evaluate_decision(project(cands))
+        fc = prob.evaluate_decision(project(raw))
+        if ref_raw is not None:
+            fc = np.concatenate([fc, f_ref])
         pick = int(np.argmin(fc))  # ties keep the optimiser's own decision (row 0)
 
         f_all = run["f"]
@@ -531,6 +564,7 @@ class DppOptimizer:
             "optimised": f_b,                         # the optimiser's value before the raw round trip
             "roundtrip_error": float(abs(fc[0] - f_b)),
             "best_start": names[b],
+            "warm_started": "warm" in names,
             "fallback": None if pick == 0 else REFERENCES[pick - 1],
             "second_best": f2,
             "start_gap": rel(float(f_all[b]), f2),   # relative gap between the two best starts
@@ -547,7 +581,7 @@ class DppOptimizer:
             "n_evals": prob.n_evals, "n_grads": prob.n_grads, "n_calls": prob.n_calls, "dim": d,
             "seconds": time.perf_counter() - t0,
         }
-        return (cands[pick] if pick else raw[0]), stats
+        return (ref_raw[pick - 1] if pick else raw[0]), stats
 
     # -- diagnostics ------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -572,6 +606,9 @@ class DppOptimizer:
             "max_probe_gain": q(col("probe_gain"), 1.0),
             "mean_gain_over_references": float(np.nanmean(col("gain_over_references"))),
             "fallbacks": int(sum(s["fallback"] is not None for s in h)),
+            # of the slots with a warm start (all but each episode's first), how often it was the best start
+            "share_warm_best": (float(np.mean([s["best_start"] == "warm" for s in h if s.get("warm_started")]))
+                                if any(s.get("warm_started") for s in h) else float("nan")),
             "max_roundtrip_error": q(col("roundtrip_error"), 1.0),
             "mean_iterations": float(np.mean(col("iterations"))),
             "mean_evals": float(np.mean(col("n_evals"))),
