@@ -580,16 +580,18 @@ def _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI,
             v = th[i, sp0 + k] if split_mask[i, k] else 0.0
             WS[WS_SPLIT, i, k] = v
             tot += v
+        inv = 1.0 / (tot if tot > 0 else 1.0)
         for k in range(K + 1):
-            WS[WS_SPLIT, i, k] = WS[WS_SPLIT, i, k] / (tot if tot > 0 else 1.0)
+            WS[WS_SPLIT, i, k] *= inv
         _drop_small_parts_row(WS, pv[P_MINSPLIT], WS_SPLIT, i)
         tot = 0.0
         for k in range(K):
             v = th[i, bw0 + k] if WS[WS_SPLIT, i, k + 1] > 0 else 0.0
             WS[WS_BW, i, k] = v
             tot += v
+        inv = 1.0 / (tot if tot > 0 else 1.0)
         for k in range(K):
-            WS[WS_BW, i, k] = WS[WS_BW, i, k] / (tot if tot > 0 else 1.0)
+            WS[WS_BW, i, k] *= inv
         _floor_budget(WS, WS_BW, WS_B, i, True, K, pv[P_MINBW], 1.0, 1.0)
     cap = pv[P_CAP]
     for k in range(K):  # RSU CPU: softmax over the CVs offloading there and the idle logit (row I), allocated
@@ -599,8 +601,9 @@ def _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI,
             WS[WS_W, i, k] = v
             tot += v
         load = 0.0
+        inv = 1.0 / (tot if tot > 0 else 1.0)
         for i in range(I):
-            WS[WS_W, i, k] = WS[WS_W, i, k] / (tot if tot > 0 else 1.0)
+            WS[WS_W, i, k] *= inv
             load += WS[WS_W, i, k]
         _floor_budget(WS, WS_W, WS_F, k, False, I, pv[P_MINRSU], cap, cap / max(1.0, load))
     # The slot (model.slot): parts, then the Little's-law windows, delays, cost and drift-plus-penalty.
@@ -622,20 +625,20 @@ def _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI,
                 continue
             Gk = WS[WS_SPLIT, i, k + 1] * G
             fF = WS[WS_F, i, k]
-            sr = max(RC[i, k] * WS[WS_B, i, k], _EPS)
-            sF = max(fF, _EPS)
-            d_data = Gk / sr
+            ir = 1.0 / max(RC[i, k] * WS[WS_B, i, k], _EPS)
+            iF = 1.0 / max(fF, _EPS)
+            d_data = Gk * ir
             co_cycles = Gk * co
-            d_instr = Gins / sr + co_cycles / sF
+            d_instr = Gins * ir + co_cycles * iF
             rsu_cycles = Gk * Ik
             if d_instr < d_data:  # InstrT
                 WB[1, i, k] = True
-                WS[WS_TPART, i, k] = d_instr + rsu_cycles / sF
-                e_off += P * Gins / sr + kr * co_cycles * fF ** 2 + kr * rsu_cycles * fF ** 2
+                WS[WS_TPART, i, k] = d_instr + rsu_cycles * iF
+                e_off += P * Gins * ir + kr * (co_cycles + rsu_cycles) * fF * fF
                 lam = Gk * (Ik + co)
             else:
-                WS[WS_TPART, i, k] = d_data + rsu_cycles / sF
-                e_off += P * d_data + kr * rsu_cycles * fF ** 2
+                WS[WS_TPART, i, k] = d_data + rsu_cycles * iF
+                e_off += P * d_data + kr * rsu_cycles * fF * fF
                 lam = Gk * Ik
             WS[WS_LAM, i, k] = lam
             WK[WK_LAM, k] += lam
