@@ -992,8 +992,10 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
                     best = fa
                     for q in range(d):
                         xnew[s_, q] = xp[q]
-                elif scan and best < f[s_]:
-                    break  # the values rise again after an improvement
+                    if scan == 2 and best < f[s_] - tol * abs(f[s_]):
+                        break  # first: the first step that improves
+                elif scan == 1 and best < f[s_]:
+                    break  # scan: the values rise again after an improvement
             fnew[s_] = best
             okv[s_] = best < f[s_] - tol * abs(f[s_])
         for s_ in range(S):
@@ -1081,6 +1083,9 @@ def _rewards_kernel(pv, split, b, F, size, instr_bits, intensity, co_int, deadli
     return rw
 
 
+LINE_SEARCHES = ("grid", "scan", "first")  # _bfgs_kernel's ``scan`` codes
+
+
 class SlotObjective:
     """The fused form of cosim.optimizer.SlotProblem's objective for one environment: -R(t) of
     parameter vectors (decode, make_decision and the slot's reward in one pass), its analytic
@@ -1134,5 +1139,5 @@ class SlotObjective:
         return _bfgs_kernel(np.ascontiguousarray(x0, dtype=float), int(opt["iterations"]), int(opt["line_steps"]),
                             float(opt["line_max"]), float(opt["max_step"]), float(opt["fd_step"]), float(opt["bound"]),
                             float(opt["tol"]), int(opt["prune_after"]), float(opt["prune_gap"]),
-                            opt["line_search"] == "scan", opt["gradient"] == "analytic", int(opt["stall_window"]),
+                            LINE_SEARCHES.index(opt["line_search"]), opt["gradient"] == "analytic", int(opt["stall_window"]),
                             float(opt["stall_tol"]), *self.problem)

@@ -110,7 +110,7 @@ class DppOptConfig:
     prune_gap: float = _f(0.02, 0.0, 1e6, doc="... whose objective is this much (relative) behind the best")
     probe_dirs: int = _f(32, 0, 100_000, doc="final probe round: directions (each tried + and -, at 3 scales)")
     history: int = _f(100_000, 1, 100_000_000, doc="slots of diagnostics kept for summary() (oldest dropped first)")
-    line_search: str = _f("scan", choices=("scan", "grid"),
+    line_search: str = _f("scan", choices=("scan", "grid", "first"),
                           doc="scan: walk the step grid from the longest step, stop once values rise again after "
                               "an improvement; grid: evaluate every step (numba path only; numpy: grid)")
     fused: bool = _f(True, doc="numba objective and BFGS (cosim/fused.py) when numba is installed")
