@@ -850,6 +850,31 @@ def _eval_rows(X, f_out, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, R
 
 
 @njit(cache=True, error_model="numpy")
+def _probe_kernel(x, u, B, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
+    """cosim.optimizer._probe's candidates and values: each direction u[n] (any length) is tried + and - at
+    a step of 1e-1, 1e-2 or 1e-3 (n mod 3) around x, clipped to [-B, B]. Returns the best candidate and
+    its value."""
+    n_dirs, d = u.shape
+    WS, WB, WI, WK, LN, th, gth = _workspace(split_mask.shape[0], split_mask.shape[1] - 1)
+    xc, xb = np.empty(d), x.copy()
+    fb = np.inf
+    for sgn in (1.0, -1.0):  # the + candidates first, as the numpy version's row order
+        for n in range(n_dirs):
+            nrm = 0.0
+            for q in range(d):
+                nrm += u[n, q] * u[n, q]
+            st = sgn * (1e-1, 1e-2, 1e-3)[n % 3] / math.sqrt(nrm)
+            for q in range(d):
+                xc[q] = min(max(x[q] + st * u[n, q], -B), B)
+            _exp_params(xc, free_idx, eb, th)
+            fc = _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
+            if fc < fb:
+                fb = fc
+                xb[:] = xc
+    return xb, fb
+
+
+@njit(cache=True, error_model="numpy")
 def _value_grad(x, g, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK, LN, th, gth):
     """-R(t) at x (returned) and its analytic gradient into g (zeros where the value is not finite)."""
     _exp_params(x, free_idx, eb, th)
@@ -1122,6 +1147,12 @@ class SlotObjective:
         """The decision (leading axis 1) at one parameter vector x (d,)."""
         split, b, w, F = _decision_at(np.ascontiguousarray(x, dtype=float), *self.problem)
         return M.Decision(split=split[None], bandwidth=b[None], cpu_request=w[None], cpu=F[None])
+
+    def probe(self, x: np.ndarray, u: np.ndarray, bound: float) -> tuple[np.ndarray, float]:
+        """The best of x +- s u_n (s = 1e-1, 1e-2, 1e-3 by turns, u normalised) and its value."""
+        xb, fb = _probe_kernel(np.ascontiguousarray(x, dtype=float), np.ascontiguousarray(u, dtype=float),
+                               float(bound), *self.problem)
+        return xb, float(fb)
 
     def rewards(self, dec: M.Decision) -> np.ndarray:
         """R(t) of N decisions (N, I, ...) (model.slot's reward, fused)."""

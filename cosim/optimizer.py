@@ -413,6 +413,11 @@ def _probe(prob: SlotProblem, x: np.ndarray, f: float, n_dirs: int,
     if d == 0 or n_dirs <= 0:
         return x, f, 0.0
     u = rng.standard_normal((n_dirs, d))
+    if prob.fused is not None:  # the same candidates, compiled
+        prob.n_evals += 2 * n_dirs
+        prob.n_calls += 1
+        xc, fc = prob.fused.probe(x, u, prob.bound)
+        return (xc, fc, (f - fc) / max(abs(f), 1e-12)) if fc < f else (x, f, 0.0)
     u /= np.linalg.norm(u, axis=1, keepdims=True)
     scale = np.array([1e-1, 1e-2, 1e-3])[np.arange(n_dirs) % 3][:, None]
     cand = np.clip(np.concatenate([x + scale * u, x - scale * u]), -prob.bound, prob.bound)
