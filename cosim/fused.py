@@ -968,9 +968,8 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
     sv = np.empty(d)
     yv = np.empty(d)
     Hy = np.empty(d)
-    okv = np.zeros(S, np.bool_)
-    fnew = np.empty(S)
-    xnew = np.empty((S, d))
+    xn = np.empty(d)
+    D = th.shape[1]
     for it in range(iterations):
         if it >= prune_after:
             fb = np.inf
@@ -985,9 +984,9 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
             n_alive += alive[s_]
         if n_alive == 0:
             break
-        # The line searches of every live start (lockstep, as the numpy version).
+        # One iteration of every live start: its line search, then its update. (The starts are
+        # independent within an iteration, so this is the numpy version's lockstep order's result.)
         for s_ in range(S):
-            okv[s_] = False
             if not alive[s_]:
                 continue
             if stall_tol > 0 and iters[s_] > 0 and iters[s_] % stall_window == 0:
@@ -1008,25 +1007,22 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
             for q in range(d):
                 pdir[q] *= sc_
             best = np.inf
+            last_best = False  # the workspace holds the best step's forward pass
             for a in range(line_steps):
                 for q in range(d):
                     xp[q] = min(max(x[s_, q] + alphas[a] * pdir[q], -B), B)
                 fa = ev(xp)
                 n_evals += 1
+                last_best = fa < best
                 if fa < best:
                     best = fa
                     for q in range(d):
-                        xnew[s_, q] = xp[q]
+                        xn[q] = xp[q]
                     if scan == 2 and best < f[s_] - tol * abs(f[s_]):
                         break  # first: the first step that improves
                 elif scan == 1 and best < f[s_]:
                     break  # scan: the values rise again after an improvement
-            fnew[s_] = best
-            okv[s_] = best < f[s_] - tol * abs(f[s_])
-        for s_ in range(S):
-            if not alive[s_]:
-                continue
-            if not okv[s_]:
+            if not best < f[s_] - tol * abs(f[s_]):
                 if fresh[s_]:
                     status[s_] = 1
                     alive[s_] = False
@@ -1035,12 +1031,17 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
                         H[s_, q, r] = 1.0 if q == r else 0.0
                 fresh[s_] = True
                 continue
-            fn = fnew[s_]
-            n_evals += grad(xnew[s_], fn, gn)
+            fn = best
+            if analytic and last_best:  # only the backward pass is left
+                _obj_backward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK, LN, gth)
+                for q in range(d):
+                    gn[q] = gth[free_idx[q] // D, free_idx[q] % D] if -60.0 < xn[q] < 60.0 else 0.0
+            else:
+                n_evals += grad(xn, fn, gn)
             n_grads += analytic
             sy, ns, ny = 0.0, 0.0, 0.0
             for q in range(d):
-                sv[q] = xnew[s_, q] - x[s_, q]
+                sv[q] = xn[q] - x[s_, q]
                 yv[q] = gn[q] - g[s_, q]
                 sy += sv[q] * yv[q]
                 ns += sv[q] * sv[q]
@@ -1061,7 +1062,7 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
                 fresh[s_] = False
             last_gain[s_] = (f[s_] - fn) / max(abs(f[s_]), 1e-12)
             for q in range(d):
-                x[s_, q] = xnew[s_, q]
+                x[s_, q] = xn[q]
                 g[s_, q] = gn[q]
             f[s_] = fn
     return x, f, fstart, status, last_gain, iters, n_evals, n_grads
