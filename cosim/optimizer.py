@@ -93,6 +93,9 @@ class DppOptConfig:
     random_starts: int = _f(4, 0, 1000, doc="perturbed heuristic starts (besides 'equal' and the heuristic)")
     warm_start: bool = _f(True, doc="also start from the previous slot's solution of the same environment "
                                     "(within an episode)")
+    first_random_starts: int = _f(0, 0, 1000, doc="random starts run with the others; the rest of the random_starts run "
+                                                  "only where the two best starts so far differ by more than ...")
+    more_starts_gap: float = _f(1e-3, 0.0, 1e6, doc="... this (relative); 0: every random start runs at once")
     sigma: float = _f(1.0, 0.0, 100.0, doc="std of the perturbation, logit units")
     reference_starts: tuple[str, ...] = _f(("equal",), choices=REFERENCES,
                                            doc="reference decisions used as starts (all are final candidates)")
@@ -538,12 +541,25 @@ class DppOptimizer:
         starts.append(x_h)
         names.append("balanced")
         th_h = prob.theta(x_h)
-        for j in range(int(opt["random_starts"])):
-            th = th_h + float(opt["sigma"]) * self.rng.standard_normal(th_h.shape)
-            th[:I, 0] = self.rng.uniform(-6.0, -2.0, I)  # a little local work, or none
-            starts.append(np.clip(prob.x_of(th), -prob.bound, prob.bound))
-            names.append(f"random{j}")
+
+        def random_starts(j0: int, j1: int) -> None:
+            for j in range(j0, j1):
+                th = th_h + float(opt["sigma"]) * self.rng.standard_normal(th_h.shape)
+                th[:I, 0] = self.rng.uniform(-6.0, -2.0, I)  # a little local work, or none
+                starts.append(np.clip(prob.x_of(th), -prob.bound, prob.bound))
+                names.append(f"random{j}")
+
+        n_rand = int(opt["random_starts"])
+        n_first = n_rand if opt["more_starts_gap"] <= 0 else min(n_rand, int(opt["first_random_starts"]))
+        random_starts(0, n_first)
         run = bfgs_multistart(prob, np.array(starts).reshape(len(starts), d), opt)
+        if n_rand > n_first and len(starts) > 1:  # the rest of the random starts where the first ones disagree
+            f1, f2 = np.sort(run["f"])[:2]
+            if f2 - f1 > float(opt["more_starts_gap"]) * max(abs(f1), 1e-12):
+                n0 = len(starts)
+                random_starts(n_first, n_rand)
+                more = bfgs_multistart(prob, np.array(starts[n0:]).reshape(len(starts) - n0, d), opt)
+                run = {k: np.concatenate([run[k], more[k]]) for k in run}
 
         order = np.argsort(run["f"], kind="stable")
         b = int(order[0])
