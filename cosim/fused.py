@@ -908,14 +908,12 @@ def _fd_grad(x, fx, h, B, g, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, C
 
 @njit(cache=True, error_model="numpy")
 def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prune_after, prune_gap, scan,
-                 analytic, stall_window, stall_tol, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
+                 analytic, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
     """cosim.optimizer.bfgs_multistart, loop for loop, on the compiled objective. With ``scan`` the line
     search walks the step grid from the longest step, one step at a time, and stops once the values
     rise again after an improvement (the grid's best step when the objective is unimodal along the
     ray) instead of evaluating every step. With ``analytic`` the gradients are _value_grad's (one
-    forward and one backward pass) instead of d forward differences. A start whose objective fell by
-    less than ``stall_tol`` (relative) over its last ``stall_window`` iterations stops (converged).
-    Returns x, f, f0, status
+    forward and one backward pass) instead of d forward differences. Returns x, f, f0, status
     (0 iteration cap, 1 converged, 2 pruned), last_gain, iterations, the number of objective
     evaluations (finite-difference probes included) and the number of analytic gradients."""
     S, d = x0.shape
@@ -943,7 +941,6 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
         f[s_] = ev(x[s_])
     n_evals += S
     fstart = f.copy()
-    fref = f.copy()  # each start's value at its last stall check
     status = np.zeros(S, np.int64)
     last_gain = np.full(S, np.nan)
     iters = np.zeros(S, np.int64)
@@ -989,12 +986,6 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
         for s_ in range(S):
             if not alive[s_]:
                 continue
-            if stall_tol > 0 and iters[s_] > 0 and iters[s_] % stall_window == 0:
-                if fref[s_] - f[s_] <= stall_tol * abs(f[s_]):
-                    status[s_] = 1
-                    alive[s_] = False
-                    continue
-                fref[s_] = f[s_]
             iters[s_] += 1
             nrm = 0.0
             for q in range(d):
@@ -1171,5 +1162,5 @@ class SlotObjective:
         return _bfgs_kernel(np.ascontiguousarray(x0, dtype=float), int(opt["iterations"]), int(opt["line_steps"]),
                             float(opt["line_max"]), float(opt["max_step"]), float(opt["fd_step"]), float(opt["bound"]),
                             float(opt["tol"]), int(opt["prune_after"]), float(opt["prune_gap"]),
-                            LINE_SEARCHES.index(opt["line_search"]), opt["gradient"] == "analytic", int(opt["stall_window"]),
-                            float(opt["stall_tol"]), *self.problem)
+                            LINE_SEARCHES.index(opt["line_search"]), opt["gradient"] == "analytic",
+                            *self.problem)

@@ -90,12 +90,12 @@ class DppOptConfig:
     """The per-slot optimiser's settings: ``training.extra.dpp_opt`` (or keyword arguments), typed and
     range-checked like the config (cosim.config.load_settings)."""
 
-    random_starts: int = _f(4, 0, 1000, doc="perturbed heuristic starts (besides 'equal' and the heuristic)")
-    warm_start: bool = _f(True, doc="also start from the previous slot's solution of the same environment "
-                                    "(within an episode)")
-    first_random_starts: int = _f(0, 0, 1000, doc="random starts run with the others; the rest of the random_starts run "
+    random_starts: int = _f(4, 0, 1000, doc="perturbed heuristic starts (besides 'equal' and the heuristic), at most")
+    first_random_starts: int = _f(1, 0, 1000, doc="random starts run with the others; the rest of the random_starts run "
                                                   "only where the two best starts so far differ by more than ...")
     more_starts_gap: float = _f(1e-3, 0.0, 1e6, doc="... this (relative); 0: every random start runs at once")
+    warm_start: bool = _f(False, doc="also start from the previous slot's solution of the same environment "
+                                     "(within an episode; measured: no better, see the module's docstring)")
     sigma: float = _f(1.0, 0.0, 100.0, doc="std of the perturbation, logit units")
     reference_starts: tuple[str, ...] = _f(("equal",), choices=REFERENCES,
                                            doc="reference decisions used as starts (all are final candidates)")
@@ -106,16 +106,13 @@ class DppOptConfig:
     fd_step: float = _f(1e-6, 1e-12, 1.0, doc="finite-difference step, logit units")
     bound: float = _f(8.0, 1e-3, -LOGIT_FLOOR, doc="logits live in [-bound, bound]")
     tol: float = _f(1e-10, 0.0, 1.0, doc="relative decrease that counts as progress")
-    stall_window: int = _f(5, 1, 100_000, doc="every this many iterations, a start ...")
-    stall_tol: float = _f(0.0, 0.0, 1.0, doc="... stops (converged) if its objective fell by less than this (relative) "
-                                             "since the last check; 0: never")
-    prune_after: int = _f(15, 0, 100_000, doc="from this iteration on, drop starts ...")
+    prune_after: int = _f(30, 0, 100_000, doc="from this iteration on, drop starts ...")
     prune_gap: float = _f(0.02, 0.0, 1e6, doc="... whose objective is this much (relative) behind the best")
     probe_dirs: int = _f(32, 0, 100_000, doc="final probe round: directions (each tried + and -, at 3 scales)")
     history: int = _f(100_000, 1, 100_000_000, doc="slots of diagnostics kept for summary() (oldest dropped first)")
-    line_search: str = _f("scan", choices=("scan", "grid", "first"),
-                          doc="scan: walk the step grid from the longest step, stop once values rise again after "
-                              "an improvement; grid: evaluate every step (numba path only; numpy: grid)")
+    line_search: str = _f("first", choices=("first", "scan", "grid"),
+                          doc="which step of the grid (longest first) is taken: first: the first that improves; "
+                              "scan: the best before the values rise again after an improvement; grid: the best")
     fused: bool = _f(True, doc="numba objective and BFGS (cosim/fused.py) when numba is installed")
     gradient: str = _f("analytic", choices=("analytic", "fd"),
                        doc="analytic: the objective's exact gradient, derived by hand in cosim/fused.py "
@@ -325,6 +322,26 @@ def _fd_gradient(prob: SlotProblem, x: np.ndarray, f: np.ndarray, h: float) -> n
     return (fp - f[:, None]) / step
 
 
+def _line_pick(fc: np.ndarray, f: np.ndarray, tol: float, rule: str) -> np.ndarray:
+    """The step each start takes from its grid values fc (S, steps; longest step first) and current values f:
+    grid: the best; first: the first that improves (by tol, relative); scan: the best before the values
+    rise again after an improvement. (The numba loop evaluates only up to that step.)"""
+    if rule == "grid":
+        return fc.argmin(axis=1)
+    improves = fc < (f - tol * np.abs(f))[:, None]
+    if rule == "first":
+        return np.where(improves.any(axis=1), improves.argmax(axis=1), fc.argmin(axis=1))
+    j = np.zeros(len(fc), int)
+    for s, (row, f_s) in enumerate(zip(fc, f)):
+        best = np.inf
+        for a, v in enumerate(row):
+            if v < best:
+                best, j[s] = v, a
+            elif best < f_s:
+                break
+    return j
+
+
 def bfgs_multistart(prob: SlotProblem, x0: np.ndarray, opt: dict[str, Any]) -> dict[str, np.ndarray]:
     """Minimise from every start (S, d) at once. Returns final x, f, and per-start status."""
     if prob.fused is not None:  # the same loop in numba (cosim/fused.py)
@@ -353,20 +370,12 @@ def bfgs_multistart(prob: SlotProblem, x0: np.ndarray, opt: dict[str, Any]) -> d
     alive = np.ones(S, bool)
     alphas = float(opt["line_max"]) * 2.0 ** -np.arange(int(opt["line_steps"]))
     max_step = float(opt["max_step"])
-    window, stall_tol = int(opt["stall_window"]), float(opt["stall_tol"])
-    fref = f.copy()  # each start's value at its last stall check
     for it in range(int(opt["iterations"])):
         if it >= int(opt["prune_after"]):
             fb = f.min()
             prune = alive & (f > fb + float(opt["prune_gap"]) * abs(fb))
             status[prune] = "pruned"
             alive &= ~prune
-        if stall_tol > 0:  # stalled starts stop; the others remember their value
-            check = alive & (iters > 0) & (iters % window == 0)
-            stalled = check & (fref - f <= stall_tol * np.abs(f))
-            status[stalled] = "converged"
-            alive &= ~stalled
-            fref = np.where(check & ~stalled, f, fref)
         ia = np.flatnonzero(alive)
         if ia.size == 0:
             break
@@ -375,8 +384,8 @@ def bfgs_multistart(prob: SlotProblem, x0: np.ndarray, opt: dict[str, Any]) -> d
         norm = np.linalg.norm(pdir, axis=1, keepdims=True)
         pdir *= np.minimum(1.0, max_step / np.maximum(norm, 1e-300))
         cand = np.clip(x[ia, None, :] + alphas[None, :, None] * pdir[:, None, :], -B, B)
-        fc = prob(cand.reshape(-1, d)).reshape(ia.size, -1)
-        j = fc.argmin(axis=1)
+        fc = prob(cand.reshape(-1, d)).reshape(ia.size, -1)  # every step at once; the rule picks one
+        j = _line_pick(fc, f[ia], tol, opt["line_search"])
         fnew = fc[np.arange(ia.size), j]
         ok = fnew < f[ia] - tol * np.abs(f[ia])
         bad = ia[~ok]
