@@ -642,6 +642,8 @@ class DppOptimizer:
             "max_roundtrip_error": q(col("roundtrip_error"), 1.0),
             "mean_iterations": float(np.mean(col("iterations"))),
             "mean_evals": float(np.mean(col("n_evals"))),
+            "mean_gradients": float(np.mean([s.get("n_grads", 0) for s in h])),  # analytic, besides the evaluations
+            "mean_starts": float(np.mean(col("n_starts"))),
             "mean_seconds": float(np.mean(col("seconds"))),
             "total_seconds": float(np.sum(col("seconds"))),
         }
@@ -656,7 +658,8 @@ class DppOptimizer:
                 f"best start converged in {s['share_converged']:.0%}, "
                 f"final probe improved {s['share_probe_improved']:.0%} of slots (max {s['max_probe_gain']:.1e}), "
                 f"{s['mean_gain_over_references']:.1%} better than the best reference policy on average, "
-                f"{s['mean_evals']:.0f} evaluations and {s['mean_seconds'] * 1e3:.0f} ms per slot")
+                f"{s['mean_starts']:.1f} starts, {s['mean_evals']:.0f} evaluations, {s['mean_gradients']:.0f} gradients "
+                f"and {s['mean_seconds'] * 1e3:.1f} ms per slot")
 
 
 def _env_slice(st: M.QueueState, e: int) -> M.QueueState:
