@@ -66,8 +66,7 @@ starts differ by 5.5% (median), the defaults are 3.0% above the best variant (pr
 default road and half on the congested one, and per slot it helps there (1.8% above the best),
 but it did not lower the 20-episode cost (default 0.9326 with and without; congested 15.14
 against 14.64, where three optimiser seeds of one setting spread over 14.8-15.1): it is off
-by default.
-Sigmoid CPU requests instead of the per-RSU softmax left gaps of 1-10%.
+by default. Sigmoid CPU requests instead of the per-RSU softmax left gaps of 1-10%.
 
 Diagnostics: ``last_stats`` holds one dict per environment of the last slot,
 ``history`` every slot's; :meth:`DppOptimizer.summary` aggregates them (e.g.
@@ -103,8 +102,9 @@ class DppOptConfig:
     range-checked like the config (cosim.config.load_settings)."""
 
     random_starts: int = _f(4, 0, 1000, doc="perturbed heuristic starts (besides 'equal' and the heuristic), at most")
-    first_random_starts: int = _f(1, 0, 1000, doc="random starts run with the others; the rest of the random_starts run "
-                                                  "only where the two best starts so far differ by more than ...")
+    first_random_starts: int = _f(1, 0, 1000, doc="random starts run with the others; the rest of the "
+                                                  "random_starts run only where the two best starts so far "
+                                                  "differ by more than ...")
     more_starts_gap: float = _f(1e-3, 0.0, 1e6, doc="... this (relative); 0: every random start runs at once")
     warm_start: bool = _f(False, doc="also start from the previous slot's solution of the same environment "
                                      "(within an episode; measured: no lower cost, see the module docstring)")
@@ -563,7 +563,7 @@ class DppOptimizer:
         names.append("balanced")
         th_h = prob.theta(x_h)
 
-        def random_starts(j0: int, j1: int) -> None:
+        def add_random_starts(j0: int, j1: int) -> None:
             for j in range(j0, j1):
                 th = th_h + float(opt["sigma"]) * self.rng.standard_normal(th_h.shape)
                 th[:I, 0] = self.rng.uniform(-6.0, -2.0, I)  # a little local work, or none
@@ -572,13 +572,13 @@ class DppOptimizer:
 
         n_rand = int(opt["random_starts"])
         n_first = n_rand if opt["more_starts_gap"] <= 0 else min(n_rand, int(opt["first_random_starts"]))
-        random_starts(0, n_first)
+        add_random_starts(0, n_first)
         run = bfgs_multistart(prob, np.array(starts).reshape(len(starts), d), opt)
         if n_rand > n_first and len(starts) > 1:  # the rest of the random starts where the first ones disagree
             f1, f2 = np.sort(run["f"])[:2]
             if f2 - f1 > float(opt["more_starts_gap"]) * max(abs(f1), 1e-12):
                 n0 = len(starts)
-                random_starts(n_first, n_rand)
+                add_random_starts(n_first, n_rand)
                 more = bfgs_multistart(prob, np.array(starts[n0:]).reshape(len(starts) - n0, d), opt)
                 run = {k: np.concatenate([run[k], more[k]]) for k in run}
 
@@ -670,8 +670,8 @@ class DppOptimizer:
                 f"best start converged in {s['share_converged']:.0%}, "
                 f"final probe improved {s['share_probe_improved']:.0%} of slots (max {s['max_probe_gain']:.1e}), "
                 f"{s['mean_gain_over_references']:.1%} better than the best reference policy on average, "
-                f"{s['mean_starts']:.1f} starts, {s['mean_evals']:.0f} evaluations, {s['mean_gradients']:.0f} gradients "
-                f"and {s['mean_seconds'] * 1e3:.1f} ms per slot")
+                f"{s['mean_starts']:.1f} starts, {s['mean_evals']:.0f} evaluations, "
+                f"{s['mean_gradients']:.0f} gradients and {s['mean_seconds'] * 1e3:.1f} ms per slot")
 
 
 def _env_slice(st: M.QueueState, e: int) -> M.QueueState:

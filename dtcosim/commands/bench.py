@@ -236,12 +236,14 @@ def bench_optimiser(cfg, episodes: int) -> None:
     print()
     print(format_table(rows, [("policy", "policy", "{}"), ("path", "path", "{}"), ("episodes", "episodes", "{:d}"),
                               ("ms", "ms/slot", "{:.2f}"), ("ratio", "x equal split's time", "{:.1f}"),
-                              ("evals", "evaluations + gradients /slot", "{:,.0f}"), ("gap", "median start gap", "{:.2e}"),
+                              ("evals", "evaluations + gradients /slot", "{:,.0f}"),
+                              ("gap", "median start gap", "{:.2e}"),
                               ("cost", "mean cost", "{:.5f}")]))
     if "fused" in by:
         new, old, ref = by["fused"], by["fused, previous method"], by["numpy"]
         print(f"dpp-opt: {new['ratio']:.1f}x the equal split's time (target: at most 10x); "
-              f"{old['ms'] / new['ms']:.1f}x faster than its previous method (cost {new['cost'] / old['cost'] - 1:+.3%}), "
+              f"{old['ms'] / new['ms']:.1f}x faster than its previous method "
+              f"(cost {new['cost'] / old['cost'] - 1:+.3%}), "
               f"{ref['ms'] / new['ms']:.1f}x faster than numpy (cost {new['cost'] / ref['cost'] - 1:+.3%})")
 
 
