@@ -63,10 +63,11 @@ is mostly the iteration cap (most best starts still improve at iteration 80) and
 (max over parts). On ``configs/scenarios/congested.yaml`` (1 episode) the slot is multimodal:
 starts differ by 5.5% (median), the defaults are 3.0% above the best variant (previous method
 5.9%, 12 random starts 1.8%). A warm start was the best start in a third of the slots on the
-default road and half on the congested one, and per slot it helps there (1.8% above the best),
-but it did not lower the 20-episode cost (default 0.9326 with and without; congested 15.14
-against 14.64, where three optimiser seeds of one setting spread over 14.8-15.1): it is off
-by default. Sigmoid CPU requests instead of the per-RSU softmax left gaps of 1-10%.
+default road and half on the congested one, and per slot it helps there (1.8% above the best);
+over 20 episodes it leaves the default road as it is (cost 0.9326, reward -4.753 vs -4.754) and
+on the congested one raises the reward, the objective (-129.0 vs -145.7), but also the cost
+(15.14 vs 14.64; three optimiser seeds of one setting spread over 14.8-15.1). It costs one more
+start in every slot (a quarter more time on the default road), so it is off by default. Sigmoid CPU requests instead of the per-RSU softmax left gaps of 1-10%.
 
 Diagnostics: ``last_stats`` holds one dict per environment of the last slot,
 ``history`` every slot's; :meth:`DppOptimizer.summary` aggregates them (e.g.
