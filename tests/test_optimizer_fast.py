@@ -145,7 +145,7 @@ def test_warm_start_is_used_within_an_episode_and_dropped_between():
         run_episodes(sim, opt, episodes=2, seed=0, progress=False)
         runs.append(list(opt.history))
     assert [s["objective"] for s in runs[0]] == [s["objective"] for s in runs[1]]
-    h = runs[0]
+    h = list(opt.history)
     assert [s["warm_started"] for s in h] == ([False] + [True] * 5) * 2  # none at each episode's first slot
     assert all(s["n_starts"] >= 4 for s in h[1:6])  # 'equal', 'warm', balanced, a random start
     share = opt.summary()["share_warm_best"]
@@ -154,3 +154,18 @@ def test_warm_start_is_used_within_an_episode_and_dropped_between():
     opt.reset()
     assert not opt._warm
     assert not DppOptimizer(_sim(), seed=0).settings.warm_start  # off by default (see cosim/optimizer.py)
+
+
+def test_warm_start_from_the_same_slot_is_not_worse():
+    """Solving the same slot again, the warm start begins where the last solve ended: best-of-starts
+    can only keep or improve that value."""
+    sim = _sim(warm_start=True)
+    sim.reset(3)
+    opt = DppOptimizer(sim, seed=0)
+    sim.step(opt.act_sim(sim))  # t = 1: warm starts are in use from here on
+    first = opt.act_sim(sim)
+    f1 = opt.last_stats[0]["optimised"]
+    opt.act_sim(sim)
+    st = opt.last_stats[0]
+    assert st["warm_started"] and st["optimised"] <= f1 + 1e-12 * abs(f1)
+    assert first.shape == (1, sim.n_cvs, sim.action_dim)
