@@ -501,119 +501,457 @@ def channel_and_observation(sim: Any) -> None:
 
 # ---------------------------------------------------------------------------
 # The per-slot optimiser's objective and its multi-start BFGS (cosim.optimizer), for one environment
+#
+# One environment's slot is compiled once into constants (SlotObjective: per-CV rows CI, per-RSU rows CK,
+# per-link rate coefficients RC, the decision-free part of the drift f0), so that an evaluation is a
+# single pass over I x K parts with no Little's-law window sums, and its intermediate values stay in a
+# small workspace for the analytic gradient. model.slot stays the reference (tests/test_fused.py).
+
+# Rows of CI (per CV), CK (per RSU), and of the workspaces WS (., I, K+1), WI (., I), WK (., K).
+(CI_G, CI_GINS, CI_ITASK, CI_ICO, CI_CPU, CI_ACT, CI_QLOC, CI_QCLOC, CI_LCLOC, CI_Y, CI_DEADLINE, N_CI) = range(12)
+(CK_Q, CK_QC, CK_LC, N_CK) = range(4)
+(WS_SPLIT, WS_BW, WS_B, WS_W, WS_F, WS_TPART, WS_LAM, WS_GSPLIT, WS_GB, WS_GF, N_WS) = range(11)
+(WI_LAMLOC, WI_TLOC, WI_WLOC, WI_ENERGY, WI_SLOW, WI_LS, N_WI) = range(7)
+(WK_LAM, WK_SERVED, WK_W, WK_LS, WK_GLAM, WK_GSERVED, WK_GW, N_WK) = range(8)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _floor_budget(WS, src, dst, i, k_axis, n_idx, floor, budget, scale_in):
+    """model._floor_within_budget along one line of WS: over k (k_axis) of row i, or over i of column i
+    (``i`` is then the RSU); the source values are multiplied by ``scale_in`` first (the CPU allocation's
+    capacity / load). An entry is used where its part of the split is > 0."""
+    n = 0
+    total = 0.0
+    for a in range(n_idx):
+        ii, kk = (i, a) if k_axis else (a, i)
+        if WS[WS_SPLIT, ii, kk + 1] > 0:
+            n += 1
+            total += max(WS[src, ii, kk] * scale_in, floor)
+    scale = 1.0
+    if total > budget:
+        room = total - n * floor
+        scale = (budget - n * floor) / (room if room > 0 else 1.0)
+    for a in range(n_idx):
+        ii, kk = (i, a) if k_axis else (a, i)
+        WS[dst, ii, kk] = (floor + (max(WS[src, ii, kk] * scale_in, floor) - floor) * scale
+                           if WS[WS_SPLIT, ii, kk + 1] > 0 else 0.0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _floor_budget_back(WS, src, gsrc, gdst, i, k_axis, n_idx, floor, budget, scale_in, LN):
+    """Adjoint of _floor_budget: d f / d output in WS[gsrc] -> d f / d (scaled) source into LN[0, :n_idx].
+    Entries held at the floor are constant there; above the budget the shrink factor depends on every
+    used entry's floored value."""
+    n = 0
+    total = 0.0
+    for a in range(n_idx):
+        ii, kk = (i, a) if k_axis else (a, i)
+        if WS[WS_SPLIT, ii, kk + 1] > 0:
+            n += 1
+            total += max(WS[src, ii, kk] * scale_in, floor)
+    scale, over, room = 1.0, False, 1.0
+    if total > budget:
+        room = total - n * floor
+        over = room > 0
+        scale = (budget - n * floor) / (room if over else 1.0)
+    s_ = 0.0
+    if over:
+        for a in range(n_idx):
+            ii, kk = (i, a) if k_axis else (a, i)
+            if WS[WS_SPLIT, ii, kk + 1] > 0:
+                s_ += WS[gsrc, ii, kk] * (max(WS[src, ii, kk] * scale_in, floor) - floor)
+        s_ *= scale / room
+    for a in range(n_idx):
+        ii, kk = (i, a) if k_axis else (a, i)
+        used = WS[WS_SPLIT, ii, kk + 1] > 0
+        LN[gdst, a] = WS[gsrc, ii, kk] * scale - s_ if (used and WS[src, ii, kk] * scale_in > floor) else 0.0
+
 
 @njit(cache=True, error_model="numpy")
-def _decode_eval(X, n0, n1, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size, instr_bits, intensity, co_int,
-                 deadline, cv_cpu, se, active, q_loc, q_rsu, energy_q, hq_loc, hl_loc, hq_rsu, hl_rsu, j,
-                 f_out, S3, B3, S2, SR, MS, sc, rw, tmp, th, ET0, mul):
-    """-R(t) of the parameter vectors X[n0:n1] into f_out: cosim.optimizer.SlotProblem.decode, then
-    model.make_decision and model.slot. The environment's inputs have a leading axis of 1; the scratch
-    (S3 (9, N, I, K+1), B3 (3, N, I, K) bool, S2 (11, N, I), SR (3, N, K), MS (N, I) bool, sc, rw (N,),
-    tmp (I,), th (I+1, 3K+1)) has room for N >= n1 rows.
-
-    Forward-difference probes (``mul`` non-empty): row n is the point whose exp'd parameters ``ET0``
-    have entry free_idx[n] multiplied by mul[n] = e^(+-h), so a probe needs no exponential at all."""
+def _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK):
+    """-R(t) of one candidate from its exponentiated parameters th (I+1, 3K+1): the decode
+    (cosim.optimizer.SlotProblem.decode), model.make_decision and model.slot's reward, with every
+    intermediate the gradient needs left in WS, WB (used, InstrT), WI and WK."""
     I, K = split_mask.shape[0], split_mask.shape[1] - 1
-    D = base.shape[1]
-    lo, hi = -60.0, 60.0  # as optimizer._masked_softmax
-    split = S3[0]
-    bwv, w, b, wd, F = S3[1, :, :, :K], S3[2, :, :, :K], S3[3, :, :, :K], S3[4, :, :, :K], S3[5, :, :, :K]
-    probes = mul.shape[0] > 0
-    for n in range(n0, n1):
-        if probes:
-            for r in range(I + 1):
-                for c in range(D):
-                    th[r, c] = ET0[r, c]
-            th[free_idx[n] // D, free_idx[n] % D] *= mul[n]
-        else:
-            for r in range(I + 1):
-                for c in range(D):
-                    th[r, c] = base[r, c]
-            for q in range(free_idx.shape[0]):
-                th[free_idx[q] // D, free_idx[q] % D] = X[n, q]
-            for r in range(I + 1):  # th now holds the exponentials
-                for c in range(D):
-                    th[r, c] = math.exp(min(max(th[r, c], lo), hi))
-        for i in range(I):  # split: masked softmax, small parts dropped
-            tot = 0.0
-            for k in range(K + 1):
-                v = th[i, sp0 + k] if split_mask[i, k] else 0.0
-                split[n, i, k] = v
-                tot += v
-            for k in range(K + 1):
-                split[n, i, k] = split[n, i, k] / (tot if tot > 0 else 1.0)
-            _drop_small_parts_row(split, pv[P_MINSPLIT], n, i)
-            tot = 0.0
-            for k in range(K):  # bandwidth over the RSUs that get a part
-                v = th[i, bw0 + k] if split[n, i, k + 1] > 0 else 0.0
-                bwv[n, i, k] = v
-                tot += v
-            for k in range(K):
-                bwv[n, i, k] = bwv[n, i, k] / (tot if tot > 0 else 1.0)
-        for k in range(K):  # RSU CPU: softmax over the CVs offloading there and the idle logit (row I)
-            tot = th[I, cpu0 + k]
+    tau, P, kr, kc = pv[P_TAU], pv[P_TX], pv[P_KRSU], pv[P_KCV]
+    for i in range(I):  # split: masked softmax, small parts dropped; bandwidth over the RSUs that get a part
+        tot = 0.0
+        for k in range(K + 1):
+            v = th[i, sp0 + k] if split_mask[i, k] else 0.0
+            WS[WS_SPLIT, i, k] = v
+            tot += v
+        inv = 1.0 / (tot if tot > 0 else 1.0)
+        for k in range(K + 1):
+            WS[WS_SPLIT, i, k] *= inv
+        _drop_small_parts_row(WS, pv[P_MINSPLIT], WS_SPLIT, i)
+        tot = 0.0
+        for k in range(K):
+            v = th[i, bw0 + k] if WS[WS_SPLIT, i, k + 1] > 0 else 0.0
+            WS[WS_BW, i, k] = v
+            tot += v
+        inv = 1.0 / (tot if tot > 0 else 1.0)
+        for k in range(K):
+            WS[WS_BW, i, k] *= inv
+        _floor_budget(WS, WS_BW, WS_B, i, True, K, pv[P_MINBW], 1.0, 1.0)
+    cap = pv[P_CAP]
+    for k in range(K):  # RSU CPU: softmax over the CVs offloading there and the idle logit (row I), allocated
+        tot = th[I, cpu0 + k]
+        for i in range(I):
+            v = th[i, cpu0 + k] if WS[WS_SPLIT, i, k + 1] > 0 else 0.0
+            WS[WS_W, i, k] = v
+            tot += v
+        load = 0.0
+        inv = 1.0 / (tot if tot > 0 else 1.0)
+        for i in range(I):
+            WS[WS_W, i, k] *= inv
+            load += WS[WS_W, i, k]
+        _floor_budget(WS, WS_W, WS_F, k, False, I, pv[P_MINRSU], cap, cap / max(1.0, load))
+    # The slot (model.slot): parts, then the Little's-law windows, delays, cost and drift-plus-penalty.
+    f = f0
+    for k in range(K):
+        WK[WK_LAM, k] = 0.0
+        WK[WK_SERVED, k] = 0.0
+    for i in range(I):
+        a = CI[CI_ACT, i] > 0
+        G, Gins, Ik, co = CI[CI_G, i], CI[CI_GINS, i], CI[CI_ITASK, i], CI[CI_ICO, i]
+        e_off = 0.0
+        for k in range(K):
+            u = WS[WS_SPLIT, i, k + 1] > 0 and a
+            WB[0, i, k] = u
+            WB[1, i, k] = False
+            WS[WS_TPART, i, k] = 0.0
+            WS[WS_LAM, i, k] = 0.0
+            if not u:
+                continue
+            Gk = WS[WS_SPLIT, i, k + 1] * G
+            fF = WS[WS_F, i, k]
+            ir = 1.0 / max(RC[i, k] * WS[WS_B, i, k], _EPS)
+            iF = 1.0 / max(fF, _EPS)
+            d_data = Gk * ir
+            co_cycles = Gk * co
+            d_instr = Gins * ir + co_cycles * iF
+            rsu_cycles = Gk * Ik
+            if d_instr < d_data:  # InstrT
+                WB[1, i, k] = True
+                WS[WS_TPART, i, k] = d_instr + rsu_cycles * iF
+                e_off += P * Gins * ir + kr * (co_cycles + rsu_cycles) * fF * fF
+                lam = Gk * (Ik + co)
+            else:
+                WS[WS_TPART, i, k] = d_data + rsu_cycles * iF
+                e_off += P * d_data + kr * rsu_cycles * fF * fF
+                lam = Gk * Ik
+            WS[WS_LAM, i, k] = lam
+            WK[WK_LAM, k] += lam
+            WK[WK_SERVED, k] += fF
+        loc = WS[WS_SPLIT, i, 0] * G * Ik
+        WI[WI_LAMLOC, i] = loc
+        WI[WI_ENERGY, i] = (kc * loc * CI[CI_CPU, i] ** 2 + e_off) * CI[CI_ACT, i]
+    for k in range(K):
+        ls = WK[WK_LAM, k] + CK[CK_LC, k]
+        WK[WK_LS, k] = ls
+        WK[WK_W, k] = CK[CK_QC, k] / ls if ls > 0 else 0.0
+        f += CK[CK_Q, k] * (WK[WK_LAM, k] - WK[WK_SERVED, k] * tau)
+    V, al, Tr, Er, dlp = pv[P_V], pv[P_ALPHA], pv[P_TREF], pv[P_EREF], pv[P_DLP]
+    for i in range(I):
+        WI[WI_SLOW, i] = -2.0
+        if not CI[CI_ACT, i] > 0:
+            continue
+        ls = WI[WI_LAMLOC, i] + CI[CI_LCLOC, i]
+        WI[WI_LS, i] = ls
+        wl = CI[CI_QCLOC, i] / ls if ls > 0 else 0.0
+        WI[WI_WLOC, i] = wl
+        tl = WI[WI_LAMLOC, i] / CI[CI_CPU, i] + wl if WS[WS_SPLIT, i, 0] > 0 else 0.0
+        WI[WI_TLOC, i] = tl
+        dmax, slow = tl, -1
+        for k in range(K):
+            if WB[0, i, k]:
+                tr = WS[WS_TPART, i, k] + WK[WK_W, k]
+                if tr > dmax:
+                    dmax, slow = tr, k
+        WI[WI_SLOW, i] = slow
+        en = WI[WI_ENERGY, i]
+        c = al * dmax / Tr + (1.0 - al) * en / Er + (dlp if dmax > CI[CI_DEADLINE, i] else 0.0)
+        f += V * c + CI[CI_QLOC, i] * WI[WI_LAMLOC, i] + CI[CI_Y, i] * en
+    return f if math.isfinite(f) else np.inf  # a NaN can never win
+
+
+@njit(cache=True, error_model="numpy")
+def _obj_backward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK, LN, gth):
+    """The gradient of _obj_forward's value with respect to the parameters (logits), derived by hand
+    (reverse mode) from the intermediates _obj_forward left in the workspaces, into gth (I+1, 3K+1).
+
+    The objective is piecewise smooth: which parts are dropped or used, each part's mode (InstrT or
+    DataT), the slowest part of each task (the max over parts) and deadline misses are held fixed,
+    so on a kink this is the derivative of the piece the point lies on."""
+    I, K = split_mask.shape[0], split_mask.shape[1] - 1
+    tau, P, kr, kc = pv[P_TAU], pv[P_TX], pv[P_KRSU], pv[P_KCV]
+    gd = pv[P_V] * pv[P_ALPHA] / pv[P_TREF]          # d f / d delay of an active CV
+    ge = pv[P_V] * (1.0 - pv[P_ALPHA]) / pv[P_EREF]  # d f / d its energy, through the cost
+    for k in range(K):
+        WK[WK_GW, k] = 0.0
+    for i in range(I):  # d f / d w_rsu: the tasks whose slowest part is at that RSU
+        if WI[WI_SLOW, i] >= 0:
+            WK[WK_GW, int(WI[WI_SLOW, i])] += gd
+    for k in range(K):  # d f / d arrivals (drift and w_rsu = Qc / (arrivals + history)), d f / d F_ik
+        WK[WK_GLAM, k] = CK[CK_Q, k] - (WK[WK_GW, k] * WK[WK_W, k] / WK[WK_LS, k] if WK[WK_LS, k] > 0 else 0.0)
+        WK[WK_GSERVED, k] = -CK[CK_Q, k] * tau
+    for r in range(I + 1):
+        for c in range(th.shape[1]):
+            gth[r, c] = 0.0
+    for i in range(I):
+        for k in range(K + 1):
+            WS[WS_GSPLIT, i, k] = 0.0
+            WS[WS_GB, i, k] = 0.0
+            WS[WS_GF, i, k] = 0.0
+        if not CI[CI_ACT, i] > 0:
+            continue
+        G, Gins, Ik, co, cpu = CI[CI_G, i], CI[CI_GINS, i], CI[CI_ITASK, i], CI[CI_ICO, i], CI[CI_CPU, i]
+        gE = ge + CI[CI_Y, i]
+        slow = int(WI[WI_SLOW, i])
+        g_tl = gd if (slow == -1 and WS[WS_SPLIT, i, 0] > 0) else 0.0
+        ls = WI[WI_LS, i]
+        g_cyc = (CI[CI_QLOC, i] - (g_tl * WI[WI_WLOC, i] / ls if ls > 0 else 0.0)  # drift, w_loc
+                 + g_tl / cpu + gE * kc * cpu * cpu)                                # delay, energy
+        WS[WS_GSPLIT, i, 0] = g_cyc * G * Ik
+        for k in range(K):
+            if not WB[0, i, k]:
+                continue
+            Gk, r_, f_ = WS[WS_SPLIT, i, k + 1] * G, RC[i, k] * WS[WS_B, i, k], WS[WS_F, i, k]
+            sr, sF = max(r_, _EPS), max(f_, _EPS)
+            dr = 1.0 if r_ > _EPS else 0.0
+            dF = 1.0 if f_ > _EPS else 0.0
+            gt = gd if slow == k else 0.0
+            if WB[1, i, k]:  # InstrT: D = G_ins/r + Gk (I_co + I_task)/F, E = P G_ins/r + kr Gk (I_co + I_task) F^2
+                c_ = co + Ik
+                gGk = gt * c_ / sF + gE * kr * c_ * f_ * f_ + WK[WK_GLAM, k] * c_
+                g_r = -(gt + gE * P) * Gins / (sr * sr) * dr
+                g_f = -gt * Gk * c_ / (sF * sF) * dF + gE * 2.0 * kr * Gk * c_ * f_ + WK[WK_GSERVED, k]
+            else:  # DataT: D = Gk/r + Gk I_task/F, E = P Gk/r + kr Gk I_task F^2
+                gGk = gt * (1.0 / sr + Ik / sF) + gE * (P / sr + kr * Ik * f_ * f_) + WK[WK_GLAM, k] * Ik
+                g_r = -(gt + gE * P) * Gk / (sr * sr) * dr
+                g_f = -gt * Gk * Ik / (sF * sF) * dF + gE * 2.0 * kr * Gk * Ik * f_ + WK[WK_GSERVED, k]
+            WS[WS_GSPLIT, i, k + 1] = gGk * G
+            WS[WS_GB, i, k] = g_r * RC[i, k]
+            WS[WS_GF, i, k] = g_f
+        # bandwidth: back through the floor b_min within 1, then the softmax over the used links
+        _floor_budget_back(WS, WS_BW, WS_GB, 0, i, True, K, pv[P_MINBW], 1.0, 1.0, LN)
+        s_ = 0.0
+        for k in range(K):
+            s_ += WS[WS_BW, i, k] * LN[0, k]
+        for k in range(K):
+            if WS[WS_SPLIT, i, k + 1] > 0:
+                gth[i, bw0 + k] += WS[WS_BW, i, k] * (LN[0, k] - s_)
+    cap = pv[P_CAP]
+    for k in range(K):  # RSU CPU: back through the allocation (floor within capacity, 1/load), then the softmax
+        load, tot = 0.0, th[I, cpu0 + k]
+        for i in range(I):
+            load += WS[WS_W, i, k]
+            if WS[WS_SPLIT, i, k + 1] > 0:
+                tot += th[i, cpu0 + k]
+        L = max(1.0, load)
+        _floor_budget_back(WS, WS_W, WS_GF, 0, k, False, I, pv[P_MINRSU], cap, cap / L, LN)
+        s_ = 0.0
+        if load > 1.0:
             for i in range(I):
-                v = th[i, cpu0 + k] if split[n, i, k + 1] > 0 else 0.0
-                w[n, i, k] = v
-                tot += v
-            for i in range(I):
-                w[n, i, k] = w[n, i, k] / (tot if tot > 0 else 1.0)
-        make_decision_env(pv, split, bwv, w, b, wd, F, B3[0, 0], tmp, n)
-    slot_env(pv, split, b, F, size, instr_bits, intensity, co_int, deadline, cv_cpu, se, active,
-             q_loc, q_rsu, energy_q, hq_loc, hl_loc, hq_rsu, hl_rsu, j, 0, n0, n1,
-             S3[6, :, :, :K], B3[1], B3[2], S3[7, :, :, :K], S3[8, :, :, :K], S2[0], S3[1, :, :, :K], S2[1], SR[0],
-             S2[2], S2[3], S2[4], MS, S2[5], S3[2, :, :, :K], S2[6], SR[1], S2[7], S2[8], S2[9], SR[2], S2[10],
-             sc, rw)
-    for n in range(n0, n1):
-        f_out[n] = -rw[n] if math.isfinite(rw[n]) else np.inf  # a NaN can never win
+                s_ += LN[0, i] * WS[WS_W, i, k] / L
+        for i in range(I):  # d f / d w_ik
+            LN[0, i] = cap / L * (LN[0, i] - s_)
+        s_ = 0.0
+        for i in range(I):
+            if WS[WS_SPLIT, i, k + 1] > 0:
+                s_ += WS[WS_W, i, k] * LN[0, i]
+        for i in range(I):
+            if WS[WS_SPLIT, i, k + 1] > 0:
+                gth[i, cpu0 + k] += WS[WS_W, i, k] * (LN[0, i] - s_)
+        gth[I, cpu0 + k] -= th[I, cpu0 + k] / tot * s_
+    for i in range(I):  # split: the softmax over the kept parts
+        s_ = 0.0
+        for k in range(K + 1):
+            s_ += WS[WS_SPLIT, i, k] * WS[WS_GSPLIT, i, k]
+        for k in range(K + 1):
+            if WS[WS_SPLIT, i, k] > 0:
+                gth[i, sp0 + k] += WS[WS_SPLIT, i, k] * (WS[WS_GSPLIT, i, k] - s_)
+
+
+@njit(cache=True, error_model="numpy")
+def _slot_constants(pv, size, instr_bits, intensity, co_int, deadline, cv_cpu, se, active, q_loc, q_rsu, energy_q,
+                    hq_loc, hl_loc, hq_rsu, hl_rsu, j):
+    """One environment's slot (inputs with a leading axis of 1) -> the constants of _obj_forward: CI, CK,
+    RC and f0, the part of the drift no decision changes (-sum_i Q_loc C_i tau / W^2 - sum_i Y_i E_max / E_ref^2).
+    The Little's-law windows hold this slot in row j: their queue sums are fixed, their arrival sums
+    are the history's plus this slot's."""
+    I, K = se.shape[1], se.shape[2]
+    m = hq_loc.shape[1]
+    W, Er, tau = pv[P_WREF], pv[P_EREF], pv[P_TAU]
+    CI, CK, RC = np.zeros((N_CI, I)), np.zeros((N_CK, K)), np.empty((I, K))
+    f0 = 0.0
+    for i in range(I):
+        act = 1.0 if active[0, i] else 0.0
+        CI[CI_G, i] = size[0, i] * act
+        CI[CI_GINS, i], CI[CI_ITASK, i], CI[CI_ICO, i] = instr_bits[0, i], intensity[0, i], co_int[0, i]
+        CI[CI_CPU, i], CI[CI_ACT, i], CI[CI_DEADLINE, i] = cv_cpu[0, i], act, deadline[0, i]
+        CI[CI_QLOC, i] = q_loc[0, i] / W / W
+        CI[CI_Y, i] = energy_q[0, i] / Er / Er
+        qs, ls = 0.0, 0.0
+        for r in range(m):
+            qs += q_loc[0, i] if r == j else hq_loc[0, r, i]
+            ls += 0.0 if r == j else hl_loc[0, r, i]
+        CI[CI_QCLOC, i], CI[CI_LCLOC, i] = tau * qs, ls
+        f0 -= CI[CI_QLOC, i] * cv_cpu[0, i] * tau + CI[CI_Y, i] * pv[P_BUDGET]
+        for k in range(K):
+            RC[i, k] = pv[P_SG] * pv[P_BW] * se[0, i, k]
+    for k in range(K):
+        CK[CK_Q, k] = q_rsu[0, k] / W / W
+        qs, ls = 0.0, 0.0
+        for r in range(m):
+            qs += q_rsu[0, k] if r == j else hq_rsu[0, r, k]
+            ls += 0.0 if r == j else hl_rsu[0, r, k]
+        CK[CK_QC, k], CK[CK_LC, k] = tau * qs, ls
+    return CI, CK, RC, f0
+
+
+@njit(cache=True, error_model="numpy")
+def _decision_at(x, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
+    """The decision at one parameter vector: split (I, K+1), bandwidth, CPU request and CPU (I, K)."""
+    I, K = split_mask.shape[0], split_mask.shape[1] - 1
+    WS, WB, WI, WK, LN, th, gth = _workspace(I, K)
+    _exp_params(x, free_idx, eb, th)
+    _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
+    return WS[WS_SPLIT].copy(), WS[WS_B, :, :K].copy(), WS[WS_W, :, :K].copy(), WS[WS_F, :, :K].copy()
+
+
+@njit(cache=True, error_model="numpy")
+def _workspace(I, K):
+    """WS, WB, WI, WK, LN (line buffer), th, gth for I CVs and K RSUs."""
+    L = max(I, K)
+    return (np.zeros((N_WS, I, K + 1)), np.zeros((2, I, K), dtype=np.bool_), np.zeros((N_WI, I)),
+            np.zeros((N_WK, K)), np.zeros((1, L)), np.zeros((I + 1, 3 * K + 1)), np.zeros((I + 1, 3 * K + 1)))
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _exp_params(x, free_idx, eb, th):
+    """th = exp(parameters): the fixed entries' exponentials eb, the free ones exp(x) (clipped to +-60,
+    as optimizer._masked_softmax)."""
+    D = th.shape[1]
+    for r in range(th.shape[0]):
+        for c in range(D):
+            th[r, c] = eb[r, c]
+    for q in range(free_idx.shape[0]):
+        th[free_idx[q] // D, free_idx[q] % D] = math.exp(min(max(x[q], -60.0), 60.0))
+
+
+@njit(cache=True, error_model="numpy")
+def _eval_rows(X, f_out, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
+    """-R(t) of every row of X into f_out."""
+    WS, WB, WI, WK, LN, th, gth = _workspace(split_mask.shape[0], split_mask.shape[1] - 1)
+    for n in range(X.shape[0]):
+        _exp_params(X[n], free_idx, eb, th)
+        f_out[n] = _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
+
+
+@njit(cache=True, error_model="numpy")
+def _probe_kernel(x, u, B, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
+    """cosim.optimizer._probe's candidates and values: each direction u[n] (any length) is tried + and - at
+    a step of 1e-1, 1e-2 or 1e-3 (n mod 3) around x, clipped to [-B, B]. Returns the best candidate and
+    its value."""
+    n_dirs, d = u.shape
+    WS, WB, WI, WK, LN, th, gth = _workspace(split_mask.shape[0], split_mask.shape[1] - 1)
+    xc, xb = np.empty(d), x.copy()
+    fb = np.inf
+    for sgn in (1.0, -1.0):  # the + candidates first, as the numpy version's row order
+        for n in range(n_dirs):
+            nrm = 0.0
+            for q in range(d):
+                nrm += u[n, q] * u[n, q]
+            st = sgn * (1e-1, 1e-2, 1e-3)[n % 3] / math.sqrt(nrm)
+            for q in range(d):
+                xc[q] = min(max(x[q] + st * u[n, q], -B), B)
+            _exp_params(xc, free_idx, eb, th)
+            fc = _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
+            if fc < fb:
+                fb = fc
+                xb[:] = xc
+    return xb, fb
+
+
+@njit(cache=True, error_model="numpy")
+def _value_grad(x, g, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK, LN, th, gth):
+    """-R(t) at x (returned) and its analytic gradient into g (zeros where the value is not finite)."""
+    _exp_params(x, free_idx, eb, th)
+    f = _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
+    if not math.isfinite(f):
+        g[:] = 0.0
+        return f
+    _obj_backward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK, LN, gth)
+    D = th.shape[1]
+    for q in range(free_idx.shape[0]):
+        g[q] = gth[free_idx[q] // D, free_idx[q] % D] if -60.0 < x[q] < 60.0 else 0.0
+    return f
+
+
+@njit(cache=True, error_model="numpy")
+def _fd_grad(x, fx, h, B, g, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK, th):
+    """Forward differences at x (backward where +h would leave the box); each probe reuses the
+    exponentials of x, one entry multiplied by e^(+-h). Returns the evaluations spent (d)."""
+    D = th.shape[1]
+    ET0 = np.empty(th.shape)
+    _exp_params(x, free_idx, eb, ET0)
+    for q in range(x.shape[0]):
+        step = -h if x[q] + h > B else h
+        for r in range(th.shape[0]):
+            for c in range(D):
+                th[r, c] = ET0[r, c]
+        th[free_idx[q] // D, free_idx[q] % D] *= math.exp(step)
+        g[q] = (_obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK) - fx) / step
+    return x.shape[0]
 
 
 @njit(cache=True, error_model="numpy")
 def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prune_after, prune_gap, scan,
-                 free_idx, base, split_mask, sp0, bw0, cpu0, pv, size, instr_bits, intensity, co_int, deadline,
-                 cv_cpu, se, active, q_loc, q_rsu, energy_q, hq_loc, hl_loc, hq_rsu, hl_rsu, j,
-                 S3, B3, S2, SR, MS, sc, rw, tmp, th):
-    """cosim.optimizer.bfgs_multistart, loop for loop, on the fused objective. With ``scan`` the line
-    search walks the step grid from the longest step, 4 steps per call, and stops once the values
+                 analytic, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
+    """cosim.optimizer.bfgs_multistart, loop for loop, on the compiled objective. With ``scan`` the line
+    search walks the step grid from the longest step, one step at a time, and stops once the values
     rise again after an improvement (the grid's best step when the objective is unimodal along the
-    ray) instead of evaluating every step. Returns x, f, f0, status (0 iteration cap, 1 converged, 2 pruned),
-    last_gain, iterations and the number of evaluations."""
+    ray) instead of evaluating every step. With ``analytic`` the gradients are _value_grad's (one
+    forward and one backward pass) instead of d forward differences. Returns x, f, f0, status
+    (0 iteration cap, 1 converged, 2 pruned), last_gain, iterations, the number of objective
+    evaluations (finite-difference probes included) and the number of analytic gradients."""
     S, d = x0.shape
-    cap = S3.shape[1]
+    WS, WB, WI, WK, LN, th, gth = _workspace(split_mask.shape[0], split_mask.shape[1] - 1)
     x = np.empty((S, d))
     for s_ in range(S):
         for q in range(d):
             x[s_, q] = min(max(x0[s_, q], -B), B)
     f = np.empty(S)
-    fbuf = np.empty(cap)
-    P = np.empty((cap, d))  # probe points
 
-    no_mul = np.empty(0)
+    def ev(xv):  # noqa: ANN001 - the objective at one point
+        _exp_params(xv, free_idx, eb, th)
+        return _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
 
-    def ev(Xs, n):  # noqa: ANN001 - evaluates Xs[:n] into fbuf[:n]
-        _decode_eval(Xs, 0, n, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size, instr_bits, intensity,
-                     co_int, deadline, cv_cpu, se, active, q_loc, q_rsu, energy_q, hq_loc, hl_loc, hq_rsu, hl_rsu,
-                     j, fbuf, S3, B3, S2, SR, MS, sc, rw, tmp, th, th, no_mul)
+    def grad(xg, fg, gout):  # noqa: ANN001 - the gradient at xg (value fg) into gout; returns evaluations spent
+        if analytic:
+            _value_grad(xg, gout, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK,
+                        LN, th, gth)
+            return 0
+        return _fd_grad(xg, fg, h, B, gout, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0,
+                        WS, WB, WI, WK, th)
 
-    n_evals = 0
-    for s0 in range(0, S, cap):
-        n = min(cap, S - s0)
-        ev(x[s0:s0 + n], n)
-        f[s0:s0 + n] = fbuf[:n]
-        n_evals += n
-    f0 = f.copy()
+    n_evals, n_grads = 0, 0
+    for s_ in range(S):
+        f[s_] = ev(x[s_])
+    n_evals += S
+    fstart = f.copy()
     status = np.zeros(S, np.int64)
     last_gain = np.full(S, np.nan)
     iters = np.zeros(S, np.int64)
     if d == 0:
         status[:] = 1
-        return x, f, f0, status, np.zeros(S), iters, n_evals
+        return x, f, fstart, status, np.zeros(S), iters, n_evals, n_grads
     g = np.empty((S, d))
     H = np.zeros((S, d, d))
     for s_ in range(S):
-        n_evals += _fd_grad(x[s_], f[s_], h, B, g[s_], P, fbuf, d, free_idx, base, split_mask, sp0, bw0, cpu0,
-                            pv, size, instr_bits, intensity, co_int, deadline, cv_cpu, se, active, q_loc, q_rsu,
-                            energy_q, hq_loc, hl_loc, hq_rsu, hl_rsu, j, S3, B3, S2, SR, MS, sc, rw, tmp, th)
+        n_evals += grad(x[s_], f[s_], g[s_])
+        n_grads += analytic
         for q in range(d):
             H[s_, q, q] = 1.0
     fresh = np.ones(S, np.bool_)
@@ -622,11 +960,13 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
     for a in range(line_steps):
         alphas[a] = line_max * 2.0 ** (-a)
     pdir = np.empty(d)
-    xn = np.empty(d)
+    xp = np.empty(d)
     gn = np.empty(d)
     sv = np.empty(d)
     yv = np.empty(d)
     Hy = np.empty(d)
+    xn = np.empty(d)
+    D = th.shape[1]
     for it in range(iterations):
         if it >= prune_after:
             fb = np.inf
@@ -641,10 +981,8 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
             n_alive += alive[s_]
         if n_alive == 0:
             break
-        # The line searches of every live start (lockstep, as the numpy version).
-        okv = np.zeros(S, np.bool_)
-        fnew = np.empty(S)
-        xnew = np.empty((S, d))
+        # One iteration of every live start: its line search, then its update. (The starts are
+        # independent within an iteration, so this is the numpy version's lockstep order's result.)
         for s_ in range(S):
             if not alive[s_]:
                 continue
@@ -659,45 +997,23 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
             sc_ = min(1.0, max_step / max(math.sqrt(nrm), 1e-300))
             for q in range(d):
                 pdir[q] *= sc_
-            best, jb = np.inf, -1
-            if scan:  # the grid in chunks of 4 steps, longest first, until the values rise again
-                a0 = 0
-                while a0 < line_steps:
-                    nb = min(4, line_steps - a0)
-                    for a in range(nb):
-                        for q in range(d):
-                            P[a, q] = min(max(x[s_, q] + alphas[a0 + a] * pdir[q], -B), B)
-                    ev(P, nb)
-                    n_evals += nb
-                    rose = False
-                    for a in range(nb):
-                        if fbuf[a] < best:
-                            best, jb = fbuf[a], a0 + a
-                            for q in range(d):
-                                xnew[s_, q] = P[a, q]
-                        elif best < f[s_]:
-                            rose = True
-                            break
-                    if rose:
-                        break
-                    a0 += nb
-            else:
-                for a in range(line_steps):
-                    for q in range(d):
-                        P[a, q] = min(max(x[s_, q] + alphas[a] * pdir[q], -B), B)
-                ev(P, line_steps)
-                n_evals += line_steps
-                for a in range(line_steps):
-                    if fbuf[a] < best:
-                        best, jb = fbuf[a], a
+            best = np.inf
+            last_best = False  # the workspace holds the best step's forward pass
+            for a in range(line_steps):
                 for q in range(d):
-                    xnew[s_, q] = P[jb, q]
-            fnew[s_] = best
-            okv[s_] = best < f[s_] - tol * abs(f[s_])
-        for s_ in range(S):
-            if not alive[s_]:
-                continue
-            if not okv[s_]:
+                    xp[q] = min(max(x[s_, q] + alphas[a] * pdir[q], -B), B)
+                fa = ev(xp)
+                n_evals += 1
+                last_best = fa < best
+                if fa < best:
+                    best = fa
+                    for q in range(d):
+                        xn[q] = xp[q]
+                    if scan == 2 and best < f[s_] - tol * abs(f[s_]):
+                        break  # first: the first step that improves
+                elif scan == 1 and best < f[s_]:
+                    break  # scan: the values rise again after an improvement
+            if not best < f[s_] - tol * abs(f[s_]):
                 if fresh[s_]:
                     status[s_] = 1
                     alive[s_] = False
@@ -706,12 +1022,14 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
                         H[s_, q, r] = 1.0 if q == r else 0.0
                 fresh[s_] = True
                 continue
-            for q in range(d):
-                xn[q] = xnew[s_, q]
-            fn = fnew[s_]
-            n_evals += _fd_grad(xn, fn, h, B, gn, P, fbuf, d, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size,
-                                instr_bits, intensity, co_int, deadline, cv_cpu, se, active, q_loc, q_rsu, energy_q,
-                                hq_loc, hl_loc, hq_rsu, hl_rsu, j, S3, B3, S2, SR, MS, sc, rw, tmp, th)
+            fn = best
+            if analytic and last_best:  # only the backward pass is left
+                _obj_backward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK, LN, gth)
+                for q in range(d):
+                    gn[q] = gth[free_idx[q] // D, free_idx[q] % D] if -60.0 < xn[q] < 60.0 else 0.0
+            else:
+                n_evals += grad(xn, fn, gn)
+            n_grads += analytic
             sy, ns, ny = 0.0, 0.0, 0.0
             for q in range(d):
                 sv[q] = xn[q] - x[s_, q]
@@ -738,36 +1056,7 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
                 x[s_, q] = xn[q]
                 g[s_, q] = gn[q]
             f[s_] = fn
-    return x, f, f0, status, last_gain, iters, n_evals
-
-
-@njit(cache=True, error_model="numpy")
-def _fd_grad(x, fx, h, B, g, P, fbuf, d, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size, instr_bits,
-             intensity, co_int, deadline, cv_cpu, se, active, q_loc, q_rsu, energy_q, hq_loc, hl_loc, hq_rsu, hl_rsu,
-             j, S3, B3, S2, SR, MS, sc, rw, tmp, th):
-    """Forward differences at x (backward where +h would leave the box), d probes in one call; the
-    probes reuse the exponentials of x (see _decode_eval)."""
-    D = base.shape[1]
-    ET0 = np.empty(base.shape)
-    for r in range(base.shape[0]):
-        for c in range(D):
-            ET0[r, c] = base[r, c]
-    for q in range(d):
-        ET0[free_idx[q] // D, free_idx[q] % D] = x[q]
-    for r in range(base.shape[0]):
-        for c in range(D):
-            ET0[r, c] = math.exp(min(max(ET0[r, c], -60.0), 60.0))
-    mul = np.empty(d)
-    eh, emh = math.exp(h), math.exp(-h)
-    for q in range(d):
-        mul[q] = emh if x[q] + h > B else eh
-    _decode_eval(P, 0, d, free_idx, base, split_mask, sp0, bw0, cpu0, pv, size, instr_bits, intensity, co_int,
-                 deadline, cv_cpu, se, active, q_loc, q_rsu, energy_q, hq_loc, hl_loc, hq_rsu, hl_rsu, j,
-                 fbuf, S3, B3, S2, SR, MS, sc, rw, tmp, th, ET0, mul)
-    for q in range(d):
-        step = -h if x[q] + h > B else h
-        g[q] = (fbuf[q] - fx) / step
-    return d
+    return x, f, fstart, status, last_gain, iters, n_evals, n_grads
 
 
 @njit(cache=True, error_model="numpy")
@@ -811,57 +1100,67 @@ def _rewards_kernel(pv, split, b, F, size, instr_bits, intensity, co_int, deadli
     return rw
 
 
+LINE_SEARCHES = ("grid", "scan", "first")  # _bfgs_kernel's ``scan`` codes
+
+
 class SlotObjective:
     """The fused form of cosim.optimizer.SlotProblem's objective for one environment: -R(t) of
-    parameter vectors (decode, make_decision, slot in one kernel), and its multi-start BFGS."""
+    parameter vectors (decode, make_decision and the slot's reward in one pass), its analytic
+    gradient and its multi-start BFGS."""
 
     def __init__(self, prob: Any):
         p, st, tk = prob.p, prob.state, prob.tasks
         c = np.ascontiguousarray
-        self.pv = param_vector(p)
+        self.pv = pv = param_vector(p)
         self.free_idx = np.flatnonzero(prob.free.ravel()).astype(np.int64)
-        self.base = c(prob.base, dtype=float)
+        self.eb = np.exp(np.clip(np.asarray(prob.base, dtype=float), -60.0, 60.0))  # fixed entries' exponentials
         self.split_mask = c(prob.split_mask)
         lay = prob.lay
         self.lay = (lay.split.start, lay.bandwidth.start, lay.cpu.start)
-        I = prob.I
+        I, K = prob.I, prob.K
         f2 = lambda a: c(np.asarray(a, dtype=float).reshape(1, -1))  # noqa: E731
+        j = int(st.t % p.window)
         self.inputs = (f2(tk.size), f2(tk.instr), f2(tk.intensity), f2(tk.co_intensity), f2(tk.deadline),
-                       f2(prob.cv_cpu), c(np.asarray(prob.spec_eff, dtype=float).reshape(1, I, prob.K)),
+                       f2(prob.cv_cpu), c(np.asarray(prob.spec_eff, dtype=float).reshape(1, I, K)),
                        c(prob.active.reshape(1, I)), f2(st.q_loc), f2(st.q_rsu), f2(st.energy),
                        c(st.hist_q_loc, dtype=float), c(st.hist_lam_loc, dtype=float), c(st.hist_q_rsu, dtype=float),
-                       c(st.hist_lam_rsu, dtype=float), int(st.t % p.window))
-        self.I, self.K = I, prob.K
-        self._scratch: tuple | None = None
-
-    def scratch(self, n: int) -> tuple:
-        if self._scratch is None or self._scratch[0].shape[1] < n:
-            n = max(n, 64)
-            I, K = self.I, self.K
-            self._scratch = (np.empty((9, n, I, K + 1)), np.empty((3, n, I, K), dtype=bool), np.empty((11, n, I)),
-                             np.empty((3, n, K)), np.empty((n, I), dtype=bool), np.empty(n), np.empty(n),
-                             np.empty(I), np.empty((I + 1, self.base.shape[1])))
-        return self._scratch
+                       c(st.hist_lam_rsu, dtype=float), j)
+        CI, CK, RC, f0 = _slot_constants(self.pv, *self.inputs)
+        self.problem = (self.free_idx, self.eb, self.split_mask, *self.lay, pv, CI, CK, RC, f0)
+        self.I, self.K = I, K
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=float)
-        n = x.shape[0]
-        f = np.empty(n)
-        sc = self.scratch(n)
-        _decode_eval(x, 0, n, self.free_idx, self.base, self.split_mask, *self.lay, self.pv, *self.inputs, f,
-                     *sc, sc[-1], np.empty(0))
+        f = np.empty(x.shape[0])
+        _eval_rows(x, f, *self.problem)
         return f
 
+    def decision(self, x: np.ndarray) -> M.Decision:
+        """The decision (leading axis 1) at one parameter vector x (d,)."""
+        split, b, w, F = _decision_at(np.ascontiguousarray(x, dtype=float), *self.problem)
+        return M.Decision(split=split[None], bandwidth=b[None], cpu_request=w[None], cpu=F[None])
+
+    def probe(self, x: np.ndarray, u: np.ndarray, bound: float) -> tuple[np.ndarray, float]:
+        """The best of x +- s u_n (s = 1e-1, 1e-2, 1e-3 by turns, u normalised) and its value."""
+        xb, fb = _probe_kernel(np.ascontiguousarray(x, dtype=float), np.ascontiguousarray(u, dtype=float),
+                               float(bound), *self.problem)
+        return xb, float(fb)
+
     def rewards(self, dec: M.Decision) -> np.ndarray:
-        """R(t) of N decisions (N, I, ...)."""
+        """R(t) of N decisions (N, I, ...) (model.slot's reward, fused)."""
         c = np.ascontiguousarray
         return _rewards_kernel(self.pv, c(dec.split), c(dec.bandwidth), c(dec.cpu), *self.inputs)
 
+    def value_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """-R(t) at one parameter vector x (d,) and its analytic gradient (_obj_backward)."""
+        x = np.ascontiguousarray(x, dtype=float)
+        g = np.empty(x.shape[0])
+        f = _value_grad(x, g, *self.problem, *_workspace(self.I, self.K))
+        return float(f), g
+
     def bfgs(self, x0: np.ndarray, opt: dict[str, Any]) -> tuple:
-        S, d = x0.shape
-        n = max(S, d, int(opt["line_steps"]), 1)
         return _bfgs_kernel(np.ascontiguousarray(x0, dtype=float), int(opt["iterations"]), int(opt["line_steps"]),
                             float(opt["line_max"]), float(opt["max_step"]), float(opt["fd_step"]), float(opt["bound"]),
                             float(opt["tol"]), int(opt["prune_after"]), float(opt["prune_gap"]),
-                            opt["line_search"] == "scan", self.free_idx, self.base, self.split_mask, *self.lay,
-                            self.pv, *self.inputs, *self.scratch(n))
+                            LINE_SEARCHES.index(opt["line_search"]), opt["gradient"] == "analytic",
+                            *self.problem)

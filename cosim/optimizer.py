@@ -28,34 +28,46 @@ far below ``min_split_share``).
 
 Method (every objective value is one row of a batched call to :func:`cosim.model.slot`,
 candidates stacked along the E axis; with numba installed the same method runs on
-:class:`cosim.fused.SlotObjective`, the decode-and-slot objective and the BFGS loop compiled,
-whose finite-difference probes reuse their point's exponentials, about 1 us per evaluation):
+:class:`cosim.fused.SlotObjective`: the slot compiled once into constants, the decode-and-slot
+objective in one pass (under 1 us), its exact gradient derived by hand (reverse mode: one forward
+and one backward pass instead of d finite-difference probes) and the BFGS loop compiled):
 
 1. Starts: the 'equal' reference decision, a load-balanced heuristic
    (offload evenly over covered RSUs, each RSU's CPU shared evenly by its CVs
-   and an idle share), and ``random_starts`` Gaussian perturbations of it.
-2. BFGS on every start at once, vectorised: forward finite-difference
-   gradients (d probes per start in one call), a line search on a geometric
-   grid of step sizes (one call; ``line_search='scan'`` on the fused path walks it
-   from the longest step, 4 steps at a time, and stops once the values rise again
-   after an improvement), the BFGS inverse-Hessian update. A failed
+   and an idle share), and ``first_random_starts`` Gaussian perturbations of it;
+   the rest of the ``random_starts`` run only where the two best starts so far
+   differ by more than ``more_starts_gap`` (relative): on the default road they
+   agree in most slots, on a congested one they rarely do. With ``warm_start``,
+   the previous slot's solution of the same environment is one more start.
+2. BFGS from every start: gradients (analytic on the fused path, forward finite
+   differences in numpy), a line search on a geometric grid of step sizes, longest
+   first (``line_search``: the first step that improves, by default; the best before
+   the values rise again; or the grid's best), the BFGS inverse-Hessian update. A failed
    line search resets the Hessian; a failure right after a reset stops the
-   start (converged). Starts far behind the best are pruned.
+   start (converged). From iteration ``prune_after`` on, starts far behind the best are pruned.
 3. A final probe round of random directions at several scales around the best
    point: its gain is a convergence certificate (0 means no improvement was
    found near the point).
 4. The decision is turned into raw actions (:func:`raw_from_decision`),
-   projected exactly as the environment will and re-evaluated, together with
-   the reference policies' own raw actions: the returned action is never worse
+   projected exactly as the environment will and re-evaluated, and compared
+   with the reference policies' own raw actions: the returned action is never worse
    on the slot than local, nearest or equal.
 
-Measured (default scenario, 35 held-out slots with empty and non-empty queues)
-against the best of 62 starts x 300 iterations: relative gap mean 2.6e-4, median
-1.3e-4, max 1.7e-3, with ~9000 objective evaluations per slot (~70 ms in numpy,
-~8 ms fused; see the README's Speed section). Most of what is left is BFGS
-stopping on a kink (max over parts): Nelder-Mead restarted from the returned
-point finds about that much more, from the 62-start point under 1e-4. Sigmoid
-CPU requests instead of the per-RSU softmax left gaps of 1-10%.
+Measured with ``scripts/dpp_convergence.py`` (every slot of dpp-opt's own trajectory solved by
+every variant; relative objective above the best variant's on that slot): on the default road
+(2 episodes) the defaults are 8e-5 above the best on average (300 iterations without pruning:
+3e-6), 4x closer than the previous method (finite differences, every random start at once, the
+scanned line search, pruning from iteration 15: 3.2e-4) in about a third of the time. Taking
+the first improving step rather than the grid's best was the larger part of that. What is left
+is mostly the iteration cap (most best starts still improve at iteration 80) and BFGS on kinks
+(max over parts). On ``configs/scenarios/congested.yaml`` (1 episode) the slot is multimodal:
+starts differ by 5.5% (median), the defaults are 3.0% above the best variant (previous method
+5.9%, 12 random starts 1.8%). A warm start was the best start in a third of the slots on the
+default road and half on the congested one, and per slot it helps there (1.8% above the best);
+over 20 episodes it leaves the default road as it is (cost 0.9326, reward -4.753 vs -4.754) and
+on the congested one raises the reward, the objective (-129.0 vs -145.7), but also the cost
+(15.14 vs 14.64; three optimiser seeds of one setting spread over 14.8-15.1). It costs one more
+start in every slot (a quarter more time on the default road), so it is off by default. Sigmoid CPU requests instead of the per-RSU softmax left gaps of 1-10%.
 
 Diagnostics: ``last_stats`` holds one dict per environment of the last slot,
 ``history`` every slot's; :meth:`DppOptimizer.summary` aggregates them (e.g.
@@ -90,7 +102,13 @@ class DppOptConfig:
     """The per-slot optimiser's settings: ``training.extra.dpp_opt`` (or keyword arguments), typed and
     range-checked like the config (cosim.config.load_settings)."""
 
-    random_starts: int = _f(4, 0, 1000, doc="perturbed heuristic starts (besides 'equal' and the heuristic)")
+    random_starts: int = _f(4, 0, 1000, doc="perturbed heuristic starts (besides 'equal' and the heuristic), at most")
+    first_random_starts: int = _f(1, 0, 1000, doc="random starts run with the others; the rest of the "
+                                                  "random_starts run only where the two best starts so far "
+                                                  "differ by more than ...")
+    more_starts_gap: float = _f(1e-3, 0.0, 1e6, doc="... this (relative); 0: every random start runs at once")
+    warm_start: bool = _f(False, doc="also start from the previous slot's solution of the same environment "
+                                     "(within an episode; measured: no lower cost, see the module docstring)")
     sigma: float = _f(1.0, 0.0, 100.0, doc="std of the perturbation, logit units")
     reference_starts: tuple[str, ...] = _f(("equal",), choices=REFERENCES,
                                            doc="reference decisions used as starts (all are final candidates)")
@@ -101,14 +119,18 @@ class DppOptConfig:
     fd_step: float = _f(1e-6, 1e-12, 1.0, doc="finite-difference step, logit units")
     bound: float = _f(8.0, 1e-3, -LOGIT_FLOOR, doc="logits live in [-bound, bound]")
     tol: float = _f(1e-10, 0.0, 1.0, doc="relative decrease that counts as progress")
-    prune_after: int = _f(15, 0, 100_000, doc="from this iteration on, drop starts ...")
+    prune_after: int = _f(30, 0, 100_000, doc="from this iteration on, drop starts ...")
     prune_gap: float = _f(0.02, 0.0, 1e6, doc="... whose objective is this much (relative) behind the best")
     probe_dirs: int = _f(32, 0, 100_000, doc="final probe round: directions (each tried + and -, at 3 scales)")
     history: int = _f(100_000, 1, 100_000_000, doc="slots of diagnostics kept for summary() (oldest dropped first)")
-    line_search: str = _f("scan", choices=("scan", "grid"),
-                          doc="scan: walk the step grid from the longest step, stop once values rise again after "
-                              "an improvement; grid: evaluate every step (numba path only; numpy: grid)")
+    line_search: str = _f("first", choices=("first", "scan", "grid"),
+                          doc="which step of the grid (longest first) is taken: first: the first that improves; "
+                              "scan: the best before the values rise again after an improvement; grid: the best")
     fused: bool = _f(True, doc="numba objective and BFGS (cosim/fused.py) when numba is installed")
+    gradient: str = _f("analytic", choices=("analytic", "fd"),
+                       doc="analytic: the objective's exact gradient, derived by hand in cosim/fused.py "
+                           "(one forward and one backward pass); fd: forward differences (d evaluations). "
+                           "numba path only; numpy: fd")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "DppOptConfig":
@@ -197,6 +219,7 @@ class SlotProblem:
         base[:I, lay.split_rsu] = np.where(self.covered, 0.0, -self.bound)
         self.base = base
         self.n_evals = 0
+        self.n_grads = 0  # analytic gradients (fused path), not counted in n_evals
         self.n_calls = 0
         self._tiled: dict[str, Any] = {}
         self._cap = 0
@@ -227,6 +250,12 @@ class SlotProblem:
         cpu_mask = np.concatenate([used, np.ones(used.shape[:-2] + (1, K), bool)], axis=-2)
         w = _masked_softmax(theta[..., lay.cpu], cpu_mask, axis=-2)[..., :I, :]
         return M.make_decision(p, split, bw, w)
+
+    def decision(self, x: np.ndarray) -> M.Decision:
+        """The decision (leading axis 1) at one parameter vector x (d,): decode(theta(x)), fused when in use."""
+        if self.fused is not None:
+            return self.fused.decision(x)
+        return self.decode(self.theta(np.asarray(x, dtype=float)[None]))
 
     def encode(self, dec: M.Decision, index: int = 0, idle_floor: float = -2.0) -> np.ndarray:
         """Row ``index`` of a decision -> x (clipped to the bounds). The idle CPU logit is
@@ -306,11 +335,32 @@ def _fd_gradient(prob: SlotProblem, x: np.ndarray, f: np.ndarray, h: float) -> n
     return (fp - f[:, None]) / step
 
 
+def _line_pick(fc: np.ndarray, f: np.ndarray, tol: float, rule: str) -> np.ndarray:
+    """The step each start takes from its grid values fc (S, steps; longest step first) and current values f:
+    grid: the best; first: the first that improves (by tol, relative); scan: the best before the values
+    rise again after an improvement. (The numba loop evaluates only up to that step.)"""
+    if rule == "grid":
+        return fc.argmin(axis=1)
+    improves = fc < (f - tol * np.abs(f))[:, None]
+    if rule == "first":
+        return np.where(improves.any(axis=1), improves.argmax(axis=1), fc.argmin(axis=1))
+    j = np.zeros(len(fc), int)
+    for s, (row, f_s) in enumerate(zip(fc, f)):
+        best = np.inf
+        for a, v in enumerate(row):
+            if v < best:
+                best, j[s] = v, a
+            elif best < f_s:
+                break
+    return j
+
+
 def bfgs_multistart(prob: SlotProblem, x0: np.ndarray, opt: dict[str, Any]) -> dict[str, np.ndarray]:
     """Minimise from every start (S, d) at once. Returns final x, f, and per-start status."""
     if prob.fused is not None:  # the same loop in numba (cosim/fused.py)
-        x, f, f0, code, last_gain, iters, n_evals = prob.fused.bfgs(np.asarray(x0, dtype=float), opt)
+        x, f, f0, code, last_gain, iters, n_evals, n_grads = prob.fused.bfgs(np.asarray(x0, dtype=float), opt)
         prob.n_evals += int(n_evals)
+        prob.n_grads += int(n_grads)
         prob.n_calls += 1
         status = np.array(["iteration", "converged", "pruned"])[code]
         return {"x": x, "f": f, "f0": f0, "status": status, "last_gain": last_gain, "iterations": iters}
@@ -347,8 +397,8 @@ def bfgs_multistart(prob: SlotProblem, x0: np.ndarray, opt: dict[str, Any]) -> d
         norm = np.linalg.norm(pdir, axis=1, keepdims=True)
         pdir *= np.minimum(1.0, max_step / np.maximum(norm, 1e-300))
         cand = np.clip(x[ia, None, :] + alphas[None, :, None] * pdir[:, None, :], -B, B)
-        fc = prob(cand.reshape(-1, d)).reshape(ia.size, -1)
-        j = fc.argmin(axis=1)
+        fc = prob(cand.reshape(-1, d)).reshape(ia.size, -1)  # every step at once; the rule picks one
+        j = _line_pick(fc, f[ia], tol, opt["line_search"])
         fnew = fc[np.arange(ia.size), j]
         ok = fnew < f[ia] - tol * np.abs(f[ia])
         bad = ia[~ok]
@@ -388,6 +438,11 @@ def _probe(prob: SlotProblem, x: np.ndarray, f: float, n_dirs: int,
     if d == 0 or n_dirs <= 0:
         return x, f, 0.0
     u = rng.standard_normal((n_dirs, d))
+    if prob.fused is not None:  # the same candidates, compiled
+        prob.n_evals += 2 * n_dirs
+        prob.n_calls += 1
+        xc, fc = prob.fused.probe(x, u, prob.bound)
+        return (xc, fc, (f - fc) / max(abs(f), 1e-12)) if fc < f else (x, f, 0.0)
     u /= np.linalg.norm(u, axis=1, keepdims=True)
     scale = np.array([1e-1, 1e-2, 1e-3])[np.arange(n_dirs) % 3][:, None]
     cand = np.clip(np.concatenate([x + scale * u, x - scale * u]), -prob.bound, prob.bound)
@@ -430,12 +485,14 @@ class DppOptimizer:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self._refs: list[Any] | None = None
+        self._warm: dict[int, np.ndarray] = {}  # env -> the previous slot's solution (parameters theta)
         self.last_stats: list[dict[str, Any]] = []
         self.history: deque[dict[str, Any]] = deque(maxlen=int(self.options["history"]))
 
     # -- policy interface -------------------------------------------------------------------
     def reset(self) -> None:
-        """Called by the runner at the start of every episode chunk (diagnostics are kept)."""
+        """Called by the runner at the start of every episode chunk (diagnostics are kept, warm starts dropped)."""
+        self._warm.clear()
 
     def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         raise CosimError("dpp-opt needs the whole simulator: call act_sim(sim) (the runner does)")
@@ -454,10 +511,12 @@ class DppOptimizer:
         ref_raw = np.stack([r.act(sim.obs) for r in self._references(K)], axis=0)  # (R, E, I, 3K+2)
         out = np.zeros((E, I, M.action_dim(K)))
         self.last_stats = []
+        if sim.t == 0:  # a new episode: the last one's solutions say nothing about it
+            self._warm.clear()
         for e in range(E):
             out[e], stats = self.solve(sim.params, _env_slice(sim.queues, e), _tasks_slice(sim.tasks, e),
                                        sim.cv_cpu[e:e + 1], sim.spec_eff[e:e + 1], sim.covered[e:e + 1],
-                                       sim.mob.active[e:e + 1], ref_raw[:, e])
+                                       sim.mob.active[e:e + 1], ref_raw[:, e], env=e)
             stats.update(env=e, t=int(sim.t))
             self.last_stats.append(stats)
         self.history.extend(self.last_stats)
@@ -466,11 +525,13 @@ class DppOptimizer:
     # -- one environment --------------------------------------------------------------------
     def solve(self, p: M.ModelParams, state: M.QueueState, tasks: M.Tasks, cv_cpu: np.ndarray,
               spec_eff: np.ndarray, covered: np.ndarray, active: np.ndarray,
-              ref_raw: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+              ref_raw: np.ndarray | None = None, env: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """Optimise one environment's slot (arrays with a leading axis of 1).
 
         ``ref_raw`` (3, I, 3K+2): raw actions of the local, nearest and equal policies
-        (starts, and a floor on the result). Returns raw actions (I, 3K+2) and diagnostics.
+        (starts, and a floor on the result). ``env``: with ``warm_start``, the previous solution
+        kept under this key is one more start, and this slot's solution replaces it.
+        Returns raw actions (I, 3K+2) and diagnostics.
         """
         t0 = time.perf_counter()
         opt = self.options
@@ -490,29 +551,50 @@ class DppOptimizer:
         starts, names = [], []
         if ref_raw is not None:
             ref_dec = project(ref_raw)
+            f_ref = prob.evaluate_decision(ref_dec)  # the floor on the result
             for name in opt["reference_starts"]:
                 starts.append(prob.encode(ref_dec, REFERENCES.index(name)))
                 names.append(name)
+        warm = self._warm.get(env) if (env is not None and opt["warm_start"]) else None
+        if warm is not None and warm.shape == prob.base.shape:  # free entries may differ: coverage changed
+            starts.append(np.clip(prob.x_of(warm), -prob.bound, prob.bound))
+            names.append("warm")
         x_h = prob.heuristic()
         starts.append(x_h)
         names.append("balanced")
         th_h = prob.theta(x_h)
-        for j in range(int(opt["random_starts"])):
-            th = th_h + float(opt["sigma"]) * self.rng.standard_normal(th_h.shape)
-            th[:I, 0] = self.rng.uniform(-6.0, -2.0, I)  # a little local work, or none
-            starts.append(np.clip(prob.x_of(th), -prob.bound, prob.bound))
-            names.append(f"random{j}")
+
+        def add_random_starts(j0: int, j1: int) -> None:
+            for j in range(j0, j1):
+                th = th_h + float(opt["sigma"]) * self.rng.standard_normal(th_h.shape)
+                th[:I, 0] = self.rng.uniform(-6.0, -2.0, I)  # a little local work, or none
+                starts.append(np.clip(prob.x_of(th), -prob.bound, prob.bound))
+                names.append(f"random{j}")
+
+        n_rand = int(opt["random_starts"])
+        n_first = n_rand if opt["more_starts_gap"] <= 0 else min(n_rand, int(opt["first_random_starts"]))
+        add_random_starts(0, n_first)
         run = bfgs_multistart(prob, np.array(starts).reshape(len(starts), d), opt)
+        if n_rand > n_first and len(starts) > 1:  # the rest of the random starts where the first ones disagree
+            f1, f2 = np.sort(run["f"])[:2]
+            if f2 - f1 > float(opt["more_starts_gap"]) * max(abs(f1), 1e-12):
+                n0 = len(starts)
+                add_random_starts(n_first, n_rand)
+                more = bfgs_multistart(prob, np.array(starts[n0:]).reshape(len(starts) - n0, d), opt)
+                run = {k: np.concatenate([run[k], more[k]]) for k in run}
 
         order = np.argsort(run["f"], kind="stable")
         b = int(order[0])
         x_b, f_b, probe_gain = _probe(prob, run["x"][b], float(run["f"][b]), int(opt["probe_dirs"]), self.rng)
+        if env is not None and opt["warm_start"]:
+            self._warm[env] = prob.theta(x_b)
 
         # Raw actions, projected as the environment will, against the references' own raws.
-        dec = prob.decode(prob.theta(x_b[None]))
+        dec = prob.decision(x_b)
         raw = raw_from_decision(p, dec.split, dec.bandwidth, dec.cpu_request)
-        cands = raw if ref_raw is None else np.concatenate([raw, ref_raw], axis=0)
-        fc = prob.evaluate_decision(project(cands))
+        fc = prob.evaluate_decision(project(raw))
+        if ref_raw is not None:
+            fc = np.concatenate([fc, f_ref])
         pick = int(np.argmin(fc))  # ties keep the optimiser's own decision (row 0)
 
         f_all = run["f"]
@@ -525,6 +607,7 @@ class DppOptimizer:
             "optimised": f_b,                         # the optimiser's value before the raw round trip
             "roundtrip_error": float(abs(fc[0] - f_b)),
             "best_start": names[b],
+            "warm_started": "warm" in names,
             "fallback": None if pick == 0 else REFERENCES[pick - 1],
             "second_best": f2,
             "start_gap": rel(float(f_all[b]), f2),   # relative gap between the two best starts
@@ -538,10 +621,10 @@ class DppOptimizer:
             "start_improvement": rel(f_b, float(run["f0"][b])),
             "best_reference": best_ref,
             "gain_over_references": rel(float(fc[pick]), best_ref) if ref_raw is not None else float("nan"),
-            "n_evals": prob.n_evals, "n_calls": prob.n_calls, "dim": d,
+            "n_evals": prob.n_evals, "n_grads": prob.n_grads, "n_calls": prob.n_calls, "dim": d,
             "seconds": time.perf_counter() - t0,
         }
-        return (cands[pick] if pick else raw[0]), stats
+        return (ref_raw[pick - 1] if pick else raw[0]), stats
 
     # -- diagnostics ------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -566,9 +649,14 @@ class DppOptimizer:
             "max_probe_gain": q(col("probe_gain"), 1.0),
             "mean_gain_over_references": float(np.nanmean(col("gain_over_references"))),
             "fallbacks": int(sum(s["fallback"] is not None for s in h)),
+            # of the slots with a warm start (all but each episode's first), how often it was the best start
+            "share_warm_best": (float(np.mean([s["best_start"] == "warm" for s in h if s.get("warm_started")]))
+                                if any(s.get("warm_started") for s in h) else float("nan")),
             "max_roundtrip_error": q(col("roundtrip_error"), 1.0),
             "mean_iterations": float(np.mean(col("iterations"))),
             "mean_evals": float(np.mean(col("n_evals"))),
+            "mean_gradients": float(np.mean([s.get("n_grads", 0) for s in h])),  # analytic, besides the evaluations
+            "mean_starts": float(np.mean(col("n_starts"))),
             "mean_seconds": float(np.mean(col("seconds"))),
             "total_seconds": float(np.sum(col("seconds"))),
         }
@@ -583,7 +671,8 @@ class DppOptimizer:
                 f"best start converged in {s['share_converged']:.0%}, "
                 f"final probe improved {s['share_probe_improved']:.0%} of slots (max {s['max_probe_gain']:.1e}), "
                 f"{s['mean_gain_over_references']:.1%} better than the best reference policy on average, "
-                f"{s['mean_evals']:.0f} evaluations and {s['mean_seconds'] * 1e3:.0f} ms per slot")
+                f"{s['mean_starts']:.1f} starts, {s['mean_evals']:.0f} evaluations, "
+                f"{s['mean_gradients']:.0f} gradients and {s['mean_seconds'] * 1e3:.1f} ms per slot")
 
 
 def _env_slice(st: M.QueueState, e: int) -> M.QueueState:

@@ -7,7 +7,9 @@ Follows dpp-opt's own trajectory (default options) for --episodes episodes from
 seed 10000 and, at every slot, also solves the same slot with each variant of
 its options (training.extra.dpp_opt keys). Prints per variant the median
 relative gap between its two best starts and the median and mean relative
-objective (-R(t)) against the best any variant found on that slot.
+objective (-R(t)) against the best any variant found on that slot, its starts
+and time per slot, and for the warm-started variant how often the warm start
+was the best start.
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ from cosim.cli import add_common_args, config_from_args, run_main  # noqa: E402
 from cosim.env import BatchCoSim  # noqa: E402
 from cosim.evaluation import EVAL_SEED  # noqa: E402
 from cosim.optimizer import DppOptimizer  # noqa: E402
+from dtcosim.commands.bench import PREVIOUS_DPP_OPT  # noqa: E402
 
 VARIANTS = {
     "default": {},
+    "+warm start": {"warm_start": True},
     "+local,nearest starts": {"reference_starts": ["equal", "local", "nearest"]},
-    "12 random starts": {"random_starts": 12},
-    "300 iterations, no pruning": {"iterations": 300, "prune_gap": 1e9},
+    "all 4 random starts at once": {"more_starts_gap": 0.0},
+    "12 random starts at once": {"random_starts": 12, "more_starts_gap": 0.0},
+    "300 iterations, no pruning": {"iterations": 300, "prune_gap": 1e6},
+    "previous method (FD, scan)": PREVIOUS_DPP_OPT,
 }
 
 
@@ -56,9 +62,11 @@ def main() -> int:
     print(f"{sum(len(g) for g in gaps.values()) // len(VARIANTS)} slots, {cfg.scenario.n_cvs} CVs")
     for v in VARIANTS:
         rel = (np.array(objs[v]) - best) / np.abs(best)
-        print(f"{v:>28}: two best starts differ by {np.nanmedian(gaps[v]):.2%} (median), "
-              f"objective above the best variant's by {np.median(rel):.3%} median, {np.mean(rel):.3%} mean, "
-              f"{np.mean(opts[v].summary()['mean_seconds']) * 1e3:.0f} ms/slot")
+        s = opts[v].summary()
+        warm = f", warm start best in {s['share_warm_best']:.0%} of slots" if opts[v].settings.warm_start else ""
+        print(f"{v:>28}: two best starts differ by {np.nanmedian(gaps[v]):.3%} (median), "
+              f"objective above the best variant's by {np.median(rel):.4%} median, {np.mean(rel):.4%} mean, "
+              f"{s['mean_starts']:.1f} starts, {s['mean_seconds'] * 1e3:.1f} ms/slot{warm}")
     return 0
 
 

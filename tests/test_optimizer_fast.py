@@ -1,0 +1,171 @@
+"""dpp-opt's compiled solver (cosim/fused.py): the analytic gradient, the line-search rules, adaptive
+random starts, warm starts, and the compiled decode and probe against their numpy forms."""
+
+import numpy as np
+import pytest
+
+from cosim import fused as F
+from cosim.config import load_config
+from cosim.env import BatchCoSim
+from cosim.optimizer import DEFAULTS, DppOptimizer, SlotProblem, _env_slice, _probe, _tasks_slice, bfgs_multistart
+from cosim.runner import run_episodes
+
+pytestmark = pytest.mark.skipif(not F.AVAILABLE, reason="numba is not installed")
+
+# Floors active often (large b_min and F_min), no dropped parts, a deadline penalty: every branch of
+# the backward pass sees use.
+CONFIGS = {
+    "default": {},
+    "floors": {"actions.min_bandwidth_share": 0.25, "compute.min_rsu_share_hz": 3e9, "lyapunov.deadline_penalty": 2.0},
+    "no-drop": {"actions.min_split_share": 0.0},
+}
+
+
+def _problem(seed, **changes):
+    """One environment's slot with non-empty queues and windows, an inactive CV and a CV out of coverage."""
+    cfg = load_config().replace(**changes) if changes else load_config()
+    sim = BatchCoSim(cfg, n_envs=1, seed=seed)
+    sim.reset(seed)
+    rng = np.random.default_rng(seed)
+    p, q = sim.params, sim.queues
+    q.q_loc[:] = rng.uniform(0, 2, q.q_loc.shape) * p.W_ref
+    q.q_rsu[:] = rng.uniform(0, 3, q.q_rsu.shape) * p.W_ref
+    q.energy[:] = rng.uniform(0, 2, q.energy.shape) * p.E_ref
+    for h in (q.hist_q_loc, q.hist_lam_loc, q.hist_q_rsu, q.hist_lam_rsu):
+        h[:] = rng.uniform(0, 2, h.shape) * p.W_ref
+    q.t = 7
+    active = sim.mob.active.copy()
+    active[0, 1] = False
+    covered = sim.covered[:1] & active[..., None]
+    covered[0, 2] = False
+    covered[0, 0] = True  # at least one CV with every RSU: bandwidth and CPU shares over several links
+    args = (p, _env_slice(q, 0), _tasks_slice(sim.tasks, 0), sim.cv_cpu[:1], sim.spec_eff[:1], covered, active)
+    return SlotProblem(*args), SlotProblem(*args).use_fused(), rng
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_analytic_gradient_matches_finite_differences(config):
+    """The hand-derived reverse-mode gradient against central differences on random points of random
+    slots. The objective has kinks (mode switches, the max over parts, floors, dropped parts): a point
+    within h of one makes the difference quotient, not the gradient, wrong, so a few entries may differ;
+    a wrong adjoint would make a whole kind of entry differ at every point."""
+    h = 1e-6
+    tight, total, worst_median = 0, 0, []
+    for seed in range(3):
+        ref, prob, rng = _problem(seed, **CONFIGS[config])
+        obj = prob.fused
+        for _ in range(12):
+            x = np.clip(rng.normal(0.0, 3.0, prob.d), -prob.bound, prob.bound)
+            f, g = obj.value_grad(x)
+            assert f == obj(x[None])[0]  # the value is the line search's, bit for bit
+            np.testing.assert_allclose(f, ref(x[None])[0], rtol=1e-9)  # and model.slot's
+            eye = np.eye(prob.d) * h
+            gc = (obj(x + eye) - obj(x - eye)) / (2 * h)
+            err = np.abs(g - gc) / (np.abs(gc) + 1e-7 * max(1.0, abs(f)))
+            tight += int(np.sum(err < 1e-3))
+            total += err.size
+            worst_median.append(np.median(err))
+    assert tight >= 0.98 * total, (tight, total)
+    assert np.median(worst_median) < 1e-5
+
+
+def test_gradient_is_zero_where_nothing_can_change():
+    """No coverage at all: no free parameter, and the objective is the all-local value."""
+    _, prob, _ = _problem(0)
+    empty = SlotProblem(prob.p, prob.state, prob.tasks, prob.cv_cpu, prob.spec_eff,
+                        np.zeros_like(prob.covered)[None], prob.active[None]).use_fused()
+    assert empty.d == 0
+    f, g = empty.fused.value_grad(np.zeros(0))
+    assert g.shape == (0,) and np.isfinite(f)
+
+
+@pytest.mark.parametrize("rule", ["grid", "scan", "first"])
+def test_line_search_rules_numpy_equals_fused(rule):
+    """Both BFGS loops pick the same step on the same grid by the same rule (finite-difference
+    gradients on both: the numpy reference has no analytic one), so they reach the same values."""
+    ref, prob, rng = _problem(1)
+    x0 = np.stack([ref.heuristic()] + [np.clip(ref.heuristic() + rng.normal(0, 1, ref.d), -8, 8) for _ in range(2)])
+    opt = dict(DEFAULTS, iterations=20, line_search=rule, gradient="fd")
+    a = bfgs_multistart(ref, x0, opt)
+    b = bfgs_multistart(prob, x0, opt)
+    np.testing.assert_allclose(b["f0"], a["f0"], rtol=1e-9)
+    np.testing.assert_allclose(b["f"], a["f"], rtol=1e-6)
+    assert list(b["status"]) == list(a["status"])
+
+
+def test_analytic_bfgs_needs_fewer_evaluations_and_is_not_worse():
+    ref, prob_fd, rng = _problem(2)
+    _, prob_an, _ = _problem(2)
+    x0 = np.stack([ref.heuristic()] + [np.clip(ref.heuristic() + rng.normal(0, 1, ref.d), -8, 8) for _ in range(3)])
+    fd = bfgs_multistart(prob_fd, x0, dict(DEFAULTS, gradient="fd"))
+    an = bfgs_multistart(prob_an, x0, dict(DEFAULTS, gradient="analytic"))
+    assert an["f"].min() <= fd["f"].min() + 1e-4 * abs(fd["f"].min())
+    assert prob_an.n_grads > 0 and prob_fd.n_grads == 0
+    # d - 1 evaluations saved per gradient: the evaluations (a gradient counted as one) per iteration
+    per_it = lambda prob, run: (prob.n_evals + prob.n_grads) / run["iterations"].sum()  # noqa: E731
+    assert per_it(prob_an, an) < per_it(prob_fd, fd) / 3 and prob_an.d > 10
+
+
+def test_compiled_decision_and_probe_equal_numpy():
+    ref, prob, rng = _problem(3)
+    x = np.clip(rng.normal(0.0, 3.0, prob.d), -8, 8)
+    a, b = ref.decision(x), prob.decision(x)
+    for name in ("split", "bandwidth", "cpu_request", "cpu"):
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-12, atol=1e-300, err_msg=name)
+    f = float(ref(x[None])[0])
+    xa, fa, ga = _probe(ref, x, f, 16, np.random.default_rng(5))
+    xb, fb, gb = _probe(prob, x, f, 16, np.random.default_rng(5))
+    np.testing.assert_allclose(xb, xa, rtol=1e-12, atol=1e-15)
+    assert fb == pytest.approx(fa, rel=1e-12) and gb == pytest.approx(ga, rel=1e-6, abs=1e-15)
+
+
+def _sim(**extra):
+    cfg = load_config().replace(**{"scenario.episode_slots": 6, "training.extra": {"dpp_opt": extra}})
+    return BatchCoSim(cfg, n_envs=1, seed=0)
+
+
+def test_random_starts_run_only_where_the_first_starts_disagree():
+    sims = {gap: _sim(random_starts=3, first_random_starts=1, more_starts_gap=gap) for gap in (0.0, 1e6, 1e-300)}
+    counts = {}
+    for gap, sim in sims.items():
+        sim.reset(0)
+        opt = DppOptimizer(sim, seed=0)
+        opt.act_sim(sim)
+        counts[gap] = opt.last_stats[0]["n_starts"]
+    assert counts[0.0] == 2 + 3        # 'equal', the balanced heuristic and every random start at once
+    assert counts[1e6] == 2 + 1        # the first random start only: no two starts differ by 1e6
+    assert counts[1e-300] == 2 + 3     # the starts differ: the rest run too
+
+
+def test_warm_start_is_used_within_an_episode_and_dropped_between():
+    runs = []
+    for _ in range(2):  # the same seeds give the same numbers
+        sim = _sim(warm_start=True)
+        opt = DppOptimizer(sim, seed=0)
+        run_episodes(sim, opt, episodes=2, seed=0, progress=False)
+        runs.append(list(opt.history))
+    assert [s["objective"] for s in runs[0]] == [s["objective"] for s in runs[1]]
+    h = list(opt.history)
+    assert [s["warm_started"] for s in h] == ([False] + [True] * 5) * 2  # none at each episode's first slot
+    assert all(s["n_starts"] >= 4 for s in h[1:6])  # 'equal', 'warm', balanced, a random start
+    share = opt.summary()["share_warm_best"]
+    assert share == np.mean([s["best_start"] == "warm" for s in h if s["warm_started"]]) and 0 <= share <= 1
+    assert opt._warm
+    opt.reset()
+    assert not opt._warm
+    assert not DppOptimizer(_sim(), seed=0).settings.warm_start  # off by default (see cosim/optimizer.py)
+
+
+def test_warm_start_from_the_same_slot_is_not_worse():
+    """Solving the same slot again, the warm start begins where the last solve ended: best-of-starts
+    can only keep or improve that value."""
+    sim = _sim(warm_start=True)
+    sim.reset(3)
+    opt = DppOptimizer(sim, seed=0)
+    sim.step(opt.act_sim(sim))  # t = 1: warm starts are in use from here on
+    first = opt.act_sim(sim)
+    f1 = opt.last_stats[0]["optimised"]
+    opt.act_sim(sim)
+    st = opt.last_stats[0]
+    assert st["warm_started"] and st["optimised"] <= f1 + 1e-12 * abs(f1)
+    assert first.shape == (1, sim.n_cvs, sim.action_dim)
