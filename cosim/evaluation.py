@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .config import Config, CosimError
+from .config import Config, CosimError, to_dict
 from .env import BatchCoSim
 from .model import part_spread
 from .runner import format_table, run_episodes
@@ -42,6 +43,31 @@ def evaluate_policies(cfg: Config, policies: dict[str, Any], episodes: int, seed
             _add_spread(out[name], spreads)
             _add_diagnostics(out[name], policy)
     return out
+
+
+def evaluate_each(policies: dict[str, tuple[Config, Any]], episodes: int, seed: int = EVAL_SEED,
+                  slots: int | None = None, progress: bool = False, **sim_kwargs: Any
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, LongHorizonSummary] | None]:
+    """Policies that each run under a config of their own (a checkpoint under the action and observation
+    options it was trained with: ``agents.config_for``), on the same episodes. Policies whose configs
+    share ``actions`` and ``twin`` share one simulator. With ``slots``, long-horizon episodes and their
+    summaries (:func:`evaluate_long_horizon`). Returns (summaries, long-horizon summaries or None), in the
+    order given."""
+    groups: dict[str, tuple[Config, dict[str, Any]]] = {}
+    for name, (cfg, pol) in policies.items():
+        key = json.dumps({k: to_dict(getattr(cfg, k)) for k in ("actions", "twin")}, sort_keys=True)
+        groups.setdefault(key, (cfg, {}))[1][name] = pol
+    summaries: dict[str, dict[str, Any]] = {}
+    long: dict[str, LongHorizonSummary] | None = {} if slots is not None else None
+    for cfg, group in groups.values():
+        if slots is not None:
+            s, lh = evaluate_long_horizon(cfg, group, episodes, slots, seed=seed, progress=progress, **sim_kwargs)
+            long.update(lh)
+        else:
+            s = evaluate_policies(cfg, group, episodes, seed=seed, progress=progress, **sim_kwargs)
+        summaries.update(s)
+    order = list(policies)
+    return ({n: summaries[n] for n in order}, None if long is None else {n: long[n] for n in order})
 
 
 def _add_spread(summary: dict[str, Any], spreads: list[np.ndarray]) -> None:

@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents import make_policy  # noqa: E402
+from agents import config_for, make_policy  # noqa: E402
 from agents.checkpoint import load_policy, read_policy_file  # noqa: E402
 from cosim.cli import add_debug_arg, add_list_arg, run_main  # noqa: E402
 from cosim.config import CosimError, load_config  # noqa: E402
-from cosim.evaluation import EVAL_SEED, evaluate_long_horizon, long_horizon_table  # noqa: E402
+from cosim.evaluation import EVAL_SEED, evaluate_each, long_horizon_table  # noqa: E402
 from cosim.resources import config_dir  # noqa: E402
 
 DEFAULT_CHECKPOINT = "checkpoints/ly-dtmppo_paper.safetensors"
@@ -67,16 +67,17 @@ def main() -> int:
         if files and not files[0].is_file():
             raise CosimError(f"unknown scenario '{sc}' (no {files[0]})")
         cfg = load_config(files)
-        policies: dict[str, object] = {}
+        policies: dict[str, tuple] = {}  # name -> (its config, policy factory)
         for path in checkpoints:
             meta, _ = read_policy_file(path)
             if (meta.get("n_cvs"), meta.get("n_rsus")) != (cfg.scenario.n_cvs, cfg.n_rsus):
                 print(f"{sc}: {path} is for {meta.get('n_cvs')} CVs x {meta.get('n_rsus')} RSUs, skipped")
                 continue
-            policies[meta["algo"]] = lambda sim, path=path: load_policy(path, env=sim)
+            # under the action and observation options it was trained with
+            policies[meta["algo"]] = (config_for(str(path), cfg), lambda sim, path=path: load_policy(path, env=sim))
         for n in args.policies:
-            policies[n] = lambda sim, n=n: make_policy(n, sim.n_rsus, seed=EVAL_SEED, env=sim)
-        summaries, long = evaluate_long_horizon(cfg, policies, args.episodes, args.slots)
+            policies[n] = (cfg, lambda sim, n=n: make_policy(n, sim.n_rsus, seed=EVAL_SEED, env=sim))
+        summaries, long = evaluate_each(policies, args.episodes, slots=args.slots)
         print(f"\n== {sc}: {cfg.scenario.n_cvs} CVs, {args.episodes} episodes x {args.slots} slots")
         print(long_horizon_table(long))
         for name, s in summaries.items():

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sumo  # noqa: E402
 
-from agents import default_policy, make_policy  # noqa: E402
+from agents import config_for, default_policy, make_policy  # noqa: E402
 from cosim.cli import add_list_arg, add_debug_arg, run_main  # noqa: E402
 from cosim.config import CosimError, load_config  # noqa: E402
 from cosim.env import BatchCoSim  # noqa: E402
@@ -63,23 +63,25 @@ def survey(map_key: dict[str, str], label: str, cvs: int, rsus: int | None, poli
     cfg = load_config(defaults={"backend": "sumo"}).replace(
         **map_key, **{"scenario.n_cvs": cvs, "seed": seed, "sumo.n_rsus": rsus})
     row: dict[str, Any] = {"map": label, "cvs": cvs, "costs": {}, "misses": {}}
-    with BatchCoSim(cfg, n_envs=1, seed=seed) as sim:
-        summary = sim.mobility.map_summary
-        row.update(width_m=summary.width_m, height_m=summary.height_m, vehicles=summary.vehicles,
-                   rsus=sim.n_rsus, placement=summary.placement, vehicle_seconds_covered=summary.covered_share)
-        for name in policies:
+    for name in policies:
+        path = default_policy() if name == "shipped" else name
+        # A checkpoint runs under the action and observation options it was trained with (one SUMO per policy).
+        with BatchCoSim(config_for(path, cfg), n_envs=1, seed=seed) as sim:
+            summary = sim.mobility.map_summary
+            row.update(width_m=summary.width_m, height_m=summary.height_m, vehicles=summary.vehicles,
+                       rsus=sim.n_rsus, placement=summary.placement, vehicle_seconds_covered=summary.covered_share)
             try:
-                policy = make_policy(default_policy() if name == "shipped" else name, sim.n_rsus, seed=seed, env=sim)
+                policy = make_policy(path, sim.n_rsus, seed=seed, env=sim)
             except CosimError as exc:  # a checkpoint for other CV or RSU counts
                 row["costs"][name] = None
                 row.setdefault("notes", {})[name] = str(exc)
                 continue
             result = run_episodes(sim, policy, episodes, seed=seed, progress=False, policy_name=name)
-            s = result.summary
-            row["costs"][name] = s["mean_cost"]
-            row["misses"][name] = s["deadline_miss_rate"]
-            row["active_share"] = s["active_share"]
-            row["covered_share"] = s["covered_share"]
+        s = result.summary
+        row["costs"][name] = s["mean_cost"]
+        row["misses"][name] = s["deadline_miss_rate"]
+        row["active_share"] = s["active_share"]
+        row["covered_share"] = s["covered_share"]
     return row
 
 

@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents import PAPER_CHECKPOINT, SHIPPED_CHECKPOINT, make_policy  # noqa: E402
+from agents import PAPER_CHECKPOINT, SHIPPED_CHECKPOINT, config_for, make_policy  # noqa: E402
 from agents.checkpoint import load_policy, read_policy_file  # noqa: E402
 from cosim.cli import add_debug_arg, run_main  # noqa: E402
 from cosim.config import Config, CosimError, load_config  # noqa: E402
-from cosim.evaluation import EVAL_SEED, evaluate_policies  # noqa: E402
+from cosim.evaluation import EVAL_SEED, evaluate_each  # noqa: E402
 from cosim.resources import config_dir  # noqa: E402
 
 CONFIGS = config_dir() / "transfer"
@@ -78,12 +78,14 @@ def main() -> int:
     for n in names:
         label, files, overrides = SCENARIOS[n]
         cfg = load_config(files, overrides)
-        policies: dict[str, object] = {"set": lambda sim: load_policy(args.checkpoint, env=sim, name="set")}
+        # Each checkpoint under the options it was trained with, the reference policies under the scenario's.
+        policies: dict[str, tuple[Config, object]] = {
+            "set": (config_for(args.checkpoint, cfg), lambda sim: load_policy(args.checkpoint, env=sim, name="set"))}
         if mlp_meta is not None and fits(mlp_meta, cfg):
-            policies["mlp"] = lambda sim: load_policy(args.mlp, env=sim, name="mlp")
+            policies["mlp"] = (config_for(args.mlp, cfg), lambda sim: load_policy(args.mlp, env=sim, name="mlp"))
         for r in (*REFERENCES, *(["dpp-opt"] if args.with_opt else [])):
-            policies[r] = lambda sim, r=r: make_policy(r, sim.n_rsus, seed=args.eval_seed, env=sim)
-        results[n] = evaluate_policies(cfg, policies, args.episodes, seed=args.eval_seed)
+            policies[r] = (cfg, lambda sim, r=r: make_policy(r, sim.n_rsus, seed=args.eval_seed, env=sim))
+        results[n] = evaluate_each(policies, args.episodes, seed=args.eval_seed)[0]
         print(f"{label}: done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
     head = ["scenario", *[{"set": "set policy (shipped)", "mlp": "MLP policy (paper arch)"}.get(c, c) for c in columns],

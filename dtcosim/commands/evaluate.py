@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -33,8 +32,7 @@ from agents import make_policy, policy_names
 from agents.checkpoint import POLICY_FILE, config_for_policy, load_policy, policy_options, read_policy_file
 from cosim.cli import add_common_args, add_list_arg, config_from_args, save_run_config
 from cosim.config import Config, CosimError, flat_overrides, to_dict
-from cosim.evaluation import (EVAL_SEED, comparison_table, evaluate_long_horizon, evaluate_policies,
-                              long_horizon_table)
+from cosim.evaluation import EVAL_SEED, comparison_table, evaluate_each, long_horizon_table
 from cosim.outputs import OutputDir
 from cosim.runner import strict_json
 
@@ -100,24 +98,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     checkpoints: dict[str, str] = {}  # label -> the path it was read from
     metas = [read_policy_file(path)[0] for path in args.checkpoint]  # a bad file fails here, before any episode
     # Each checkpoint runs under the action and observation options it was trained with (unless --config/--set
-    # name them); the reference policies under the config's. Policies that share options share one simulator.
+    # name them); the reference policies under the config's.
     explicit = flat_overrides(args.config, args.overrides)
-    groups: dict[str, tuple[Config, dict[str, object]]] = {}
-
-    def add(label: str, run_cfg: Config, policy: object) -> None:
-        key = json.dumps({k: to_dict(getattr(run_cfg, k)) for k in ("actions", "twin")}, sort_keys=True)
-        groups.setdefault(key, (run_cfg, {}))[1][label] = policy
-        policies[label] = policy
-
+    configs: dict[str, Config] = {}
     for path, label, meta in zip(args.checkpoint, checkpoint_labels(args.checkpoint, [m["algo"] for m in metas]),
                                  metas):
         checkpoints[label] = str(path)
-        add(label, config_for_policy(cfg, meta, explicit),
-            lambda sim, path=path, label=label: load_policy(path, env=sim, name=label))
+        configs[label] = config_for_policy(cfg, meta, explicit)
+        policies[label] = lambda sim, path=path, label=label: load_policy(path, env=sim, name=label)
     for n in names:
         if n in policies:
             raise CosimError(f"--policies {n} has the same name as a checkpoint's row; leave it out")
-        add(n, cfg, lambda sim, n=n: make_policy(n, sim.n_rsus, seed=args.eval_seed, env=sim))
+        configs[n] = cfg
+        policies[n] = lambda sim, n=n: make_policy(n, sim.n_rsus, seed=args.eval_seed, env=sim)
 
     final = Path(args.out) if args.out else Path("runs") / f"eval__{time.strftime('%Y%m%d-%H%M%S')}"
     with OutputDir(final) as staged:  # locked; files land in --out only when the evaluation completes
@@ -126,33 +119,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if "dpp-opt" in names:  # the optimiser's resolved settings, as run_cosim saves them
             from cosim.optimizer import EXTRA_SECTION, DppOptConfig
             settings[EXTRA_SECTION] = DppOptConfig.from_config(cfg)
-        long = None
         if args.slots is not None:
             cfg = cfg.replace(**{"scenario.episode_slots": args.slots})
-            long = {}
         save_run_config(cfg, out, settings=settings)
-        summaries: dict[str, dict] = {}
-        for group_cfg, group in groups.values():
-            if args.slots is not None:
-                group_cfg = group_cfg.replace(**{"scenario.episode_slots": args.slots})
-                s, lh = evaluate_long_horizon(group_cfg, group, args.episodes, args.slots, seed=args.eval_seed,
-                                              progress=not args.quiet)
-                long.update(lh)
-            else:
-                s = evaluate_policies(group_cfg, group, args.episodes, seed=args.eval_seed, progress=not args.quiet)
-            summaries.update(s)
-            for label in group:
-                if group_cfg.actions != cfg.actions or group_cfg.twin != cfg.twin:
-                    summaries[label]["options"] = policy_options({"config": to_dict(group_cfg)})
-        summaries = {label: summaries[label] for label in policies}  # the order given
-        if long is not None:
-            long = {label: long[label] for label in policies}
+        summaries, long = evaluate_each({n: (configs[n], p) for n, p in policies.items()}, args.episodes,
+                                        seed=args.eval_seed, slots=args.slots, progress=not args.quiet)
+        base = policy_options({"config": to_dict(cfg)})
+        for label in checkpoints:
+            options = policy_options({"config": to_dict(configs[label])})
+            if options != base:
+                summaries[label]["options"] = options
         for label, path in checkpoints.items():
             summaries[label]["checkpoint"] = path
         print(f"{args.episodes} episodes per policy on {cfg.backend}, {cfg.scenario.n_cvs} CVs, {cfg.n_rsus} RSUs, "
               f"seeds {args.eval_seed}..{args.eval_seed + args.episodes - 1}")
         print(comparison_table(summaries))
-        base = policy_options({"config": to_dict(cfg)})
         for label, s in summaries.items():
             if "options" in s:
                 differ = " ".join(f"{k}={v}" for k, v in s["options"].items() if v != base[k])
