@@ -26,7 +26,7 @@ def test_global_view_counts_the_others_each_rsu_covers():
         cycles = sim.tasks.size * sim.tasks.intensity / p.W_ref
         for e, i, k in np.ndindex(cov.shape):
             mates = [j for j in range(sim.n_cvs) if j != i and cov[e, j, k]]
-            want_cycles = sum(cycles[e, j] for j in mates)
+            want_cycles = sum(cycles[e, j] for j in mates) / OTHERS_SCALE
             want_se = np.mean([sim.spec_eff[e, j, k] for j in mates]) / SPEC_EFF_SCALE if mates else 0.0
             assert obs[e, i, lay["dt_others_cycles"]][k] == pytest.approx(want_cycles, rel=1e-5, abs=1e-6)
             assert obs[e, i, lay["dt_others_spec_eff"]][k] == pytest.approx(want_se, rel=1e-5, abs=1e-6)
