@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents import PAPER_CHECKPOINT, SHIPPED_CHECKPOINT, config_for, make_policy  # noqa: E402
+from agents import DEFAULT_CHECKPOINT, SHIPPED_CHECKPOINT, config_for, make_policy  # noqa: E402
 from agents.checkpoint import load_policy, read_policy_file  # noqa: E402
 from cosim.cli import add_debug_arg, run_main  # noqa: E402
 from cosim.config import Config, CosimError, load_config  # noqa: E402
@@ -53,7 +53,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT),
                     help="the set-structured policy (default: the shipped one)")
-    ap.add_argument("--mlp", default=str(PAPER_CHECKPOINT),
+    ap.add_argument("--mlp", default=str(DEFAULT_CHECKPOINT),
                     help="the paper-architecture policy to compare where it runs ('' for none)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of {', '.join(SCENARIOS)}")
     ap.add_argument("--episodes", type=int, default=20, help="evaluation episodes per cell (default 20)")
@@ -88,7 +88,7 @@ def main() -> int:
         results[n] = evaluate_each(policies, args.episodes, seed=args.eval_seed)[0]
         print(f"{label}: done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
-    head = ["scenario", *[{"set": "set policy (shipped)", "mlp": "MLP policy (paper arch)"}.get(c, c) for c in columns],
+    head = ["scenario", *[{"set": "set policy (shipped)", "mlp": "MLP policy (paper arch, ly-dtmppo_default)"}.get(c, c) for c in columns],
             "set vs best reference"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n in names:
