@@ -284,9 +284,11 @@ def check_compatible(meta: dict[str, Any], env: Any, where: str) -> None:
     if meta.get("actor", {}).get("arch", "mlp") == "set":
         have_sig, want_sig = meta["actor"]["entity"], env.layout.signature()
         if (have_sig["own"], have_sig["token"]) != (want_sig["own"], want_sig["token"]):
+            view = policy_options(meta)["twin.view"]
             raise CosimError(f"checkpoint {where} reads RSU tokens {have_sig['token']} and own blocks "
                              f"{[b for b, _ in have_sig['own']]}, env has {want_sig['token']} and "
-                             f"{[b for b, _ in want_sig['own']]}")
+                             f"{[b for b, _ in want_sig['own']]} (it was trained with twin.view={view}: "
+                             f"--set twin.view={view}, or build the env with agents.config_for)")
         return
     have = (meta["n_cvs"], meta["obs_dim"], meta["action_dim"], meta["n_rsus"])
     want = (env.n_cvs, env.obs_dim, env.action_dim, env.n_rsus)

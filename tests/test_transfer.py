@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents import PAPER_CHECKPOINT, SHIPPED_CHECKPOINT, default_policy, make_trainer
+from agents import PAPER_CHECKPOINT, SHIPPED_CHECKPOINT, config_for, default_policy, make_trainer
 from agents.checkpoint import load_policy, read_policy_file, save_policy
 from agents.common import fit
 from agents.entity import PER_CV, PER_RSU, SetActor, SetCritic, expand_log_std
@@ -242,7 +242,8 @@ def test_shipped_set_checkpoint_is_the_default_and_runs_any_fleet_and_layout():
     meta, _ = read_policy_file(SHIPPED_CHECKPOINT)
     assert meta["arch"] == "set" and meta["config"]["training"]["scenarios"]["enabled"] is True
     for n_cvs, xs in ((2, [200, 350, 500]), (16, [200, 350, 500]), (5, [200, 500]), (5, [40, 180, 330, 470, 640])):
-        with BatchCoSim(load_config(overrides=rsu_layout(xs)), n_envs=1, n_cvs=n_cvs, seed=3) as sim:
+        cfg = config_for(str(SHIPPED_CHECKPOINT), load_config(overrides=rsu_layout(xs)))  # its options
+        with BatchCoSim(cfg, n_envs=1, n_cvs=n_cvs, seed=3) as sim:
             res = run_episodes(sim, load_policy(SHIPPED_CHECKPOINT, env=sim), 1, seed=10_000)
             equal = run_episodes(sim, EqualPolicy(sim.n_rsus), 1, seed=10_000)
             assert res.summary["mean_cost"] < 3 * equal.summary["mean_cost"]  # a working policy, not noise
