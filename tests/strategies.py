@@ -23,3 +23,20 @@ def random_slot(data, n_envs: int = 2, n_cvs: int = 3, raw_bound: float = 1e6, n
     active = data.draw(arrays(bool, shape))
     seed = data.draw(st.integers(0, 2**31 - 1))
     return x, y, fading, raw, active, seed
+
+
+def busy_queues(sim, seed: int) -> tuple[np.ndarray, np.random.Generator]:
+    """Fill the first environment's queues and Little's-law windows with random backlogs at t = 7 (an
+    optimiser's slot is hardest then); returns active flags with CV 1 inactive and the generator, to
+    draw the rest of the slot from."""
+    rng = np.random.default_rng(seed)
+    p, q = sim.params, sim.queues
+    q.q_loc[:] = rng.uniform(0, 2, q.q_loc.shape) * p.W_ref
+    q.q_rsu[:] = rng.uniform(0, 3, q.q_rsu.shape) * p.W_ref
+    q.energy[:] = rng.uniform(0, 2, q.energy.shape) * p.E_ref
+    for h in (q.hist_q_loc, q.hist_lam_loc, q.hist_q_rsu, q.hist_lam_rsu):
+        h[:] = rng.uniform(0, 2, h.shape) * p.W_ref
+    q.t = 7
+    active = sim.mob.active.copy()
+    active[0, 1] = False  # an inactive CV
+    return active, rng

@@ -10,6 +10,7 @@ from cosim import make_batch_env
 from cosim import model as M
 from cosim.env import BatchCoSim
 from cosim.mobility import MobilityState
+from strategies import busy_queues
 
 pytestmark = pytest.mark.skipif(not F.AVAILABLE, reason="numba is not installed (pip install dtcosim[fast])")
 
@@ -163,16 +164,8 @@ def _slot_problem(seed):
     from cosim.optimizer import SlotProblem, _env_slice, _tasks_slice
     sim = make_batch_env(n_envs=1, seed=seed)
     sim.reset(seed)
-    rng = np.random.default_rng(seed)
+    active, rng = busy_queues(sim, seed)
     p, q = sim.params, sim.queues
-    q.q_loc[:] = rng.uniform(0, 2, q.q_loc.shape) * p.W_ref
-    q.q_rsu[:] = rng.uniform(0, 3, q.q_rsu.shape) * p.W_ref
-    q.energy[:] = rng.uniform(0, 2, q.energy.shape) * p.E_ref
-    for h in (q.hist_q_loc, q.hist_lam_loc, q.hist_q_rsu, q.hist_lam_rsu):
-        h[:] = rng.uniform(0, 2, h.shape) * p.W_ref
-    q.t = 7
-    active = sim.mob.active.copy()
-    active[0, 1] = False  # an inactive CV
     args = (p, _env_slice(q, 0), _tasks_slice(sim.tasks, 0), sim.cv_cpu[:1], sim.spec_eff[:1],
             sim.covered[:1] & active[..., None], active)
     return SlotProblem(*args), SlotProblem(*args).use_fused(), rng

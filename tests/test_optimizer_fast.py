@@ -9,6 +9,7 @@ from cosim.config import load_config
 from cosim.env import BatchCoSim
 from cosim.optimizer import DEFAULTS, DppOptimizer, SlotProblem, _env_slice, _probe, _tasks_slice, bfgs_multistart
 from cosim.runner import run_episodes
+from strategies import busy_queues
 
 pytestmark = pytest.mark.skipif(not F.AVAILABLE, reason="numba is not installed")
 
@@ -26,16 +27,8 @@ def _problem(seed, **changes):
     cfg = load_config().replace(**changes) if changes else load_config()
     sim = BatchCoSim(cfg, n_envs=1, seed=seed)
     sim.reset(seed)
-    rng = np.random.default_rng(seed)
+    active, rng = busy_queues(sim, seed)
     p, q = sim.params, sim.queues
-    q.q_loc[:] = rng.uniform(0, 2, q.q_loc.shape) * p.W_ref
-    q.q_rsu[:] = rng.uniform(0, 3, q.q_rsu.shape) * p.W_ref
-    q.energy[:] = rng.uniform(0, 2, q.energy.shape) * p.E_ref
-    for h in (q.hist_q_loc, q.hist_lam_loc, q.hist_q_rsu, q.hist_lam_rsu):
-        h[:] = rng.uniform(0, 2, h.shape) * p.W_ref
-    q.t = 7
-    active = sim.mob.active.copy()
-    active[0, 1] = False
     covered = sim.covered[:1] & active[..., None]
     covered[0, 2] = False
     covered[0, 0] = True  # at least one CV with every RSU: bandwidth and CPU shares over several links
