@@ -111,6 +111,7 @@ def test_a_checkpoint_brings_its_action_and_view_options(tmp_path):
     # The equal split under the config's (paper) actions, as if evaluated alone.
     alone = run("scripts/evaluate.py", "--episodes", "1", "--policies", "equal", "--cvs", "2",
                 "--out", str(tmp_path / "alone"), "--quiet")
+    assert alone.returncode == 0, alone.stderr
     assert json.loads((tmp_path / "alone" / "summary.json").read_text())["equal"]["mean_cost"] == \
         summary["equal"]["mean_cost"]
     # Set explicitly, the run's choice wins and says so.
