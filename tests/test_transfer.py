@@ -262,3 +262,22 @@ def test_evaluate_takes_cvs_and_config_and_refuses_only_what_cannot_run(tmp_path
             "--policies", "", "--quiet", "--out", str(tmp_path))
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
     assert "has 5 CVs x 34 obs, env has 4 CVs x 34" in p.stderr and "set-architecture" in p.stderr
+
+
+def test_shipped_checkpoints_carry_the_shipped_options():
+    """ly-dtmppo_default and ly-mappo_default are one recipe with and without the twin, and with the set
+    policy carry configs/shipped.yaml's options; the paper's file keeps the paper's."""
+    from agents import DEFAULT_CHECKPOINT, MAPPO_CHECKPOINT
+    from agents.checkpoint import policy_options
+    from cosim.config import flat_overrides
+    shipped = flat_overrides([ROOT / "configs" / "shipped.yaml"])
+    for path in (DEFAULT_CHECKPOINT, MAPPO_CHECKPOINT, SHIPPED_CHECKPOINT):
+        opts = policy_options(read_policy_file(path)[0])
+        assert {k: opts[k] for k in shipped} == shipped, path
+    dt, mappo = read_policy_file(DEFAULT_CHECKPOINT)[0], read_policy_file(MAPPO_CHECKPOINT)[0]
+    assert (dt["algo"], dt["twin"], mappo["algo"], mappo["twin"]) == ("ly-dtmppo", True, "ly-mappo", False)
+    strip = lambda c: {k: v for k, v in c.items() if k != "twin"}  # noqa: E731
+    assert strip(dt["config"]) == strip(mappo["config"])  # trained the same way
+    assert policy_options(read_policy_file(PAPER_CHECKPOINT)[0]) == {
+        "actions.bandwidth": "paper", "actions.split": "paper", "actions.cpu": "paper", "twin.view": "paper",
+        "twin.hide": []}
