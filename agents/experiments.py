@@ -39,8 +39,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from cosim.config import (Config, ConfigError, CosimError, _f, flat_overrides, load_config, load_settings, read_json,
-                          read_yaml, to_dict)
+from cosim.config import (Config, ConfigError, CosimError, _f, flat_overrides, flatten, load_config, load_settings,
+                          read_json, read_yaml, to_dict)
 from cosim.evaluation import EVAL_SEED
 from cosim.resources import REPO_ROOT, config_dir
 
@@ -88,7 +88,7 @@ class Experiment:
                 sweep[k] = {str(name): _variant(where, k, str(name), spec) for name, spec in v.items()}
             else:
                 sweep[k] = tuple(_normalise(k, x) for x in (v if isinstance(v, list) else [v]))
-        fixed = {k: _normalise(k, v) for k, v in _flatten(exp.fixed).items()}
+        fixed = {k: _normalise(k, v) for k, v in flatten(exp.fixed).items()}
         # Variant names are strings (YAML may read a name such as 0 as a number): so are their mentions.
         exclude = tuple({k: str(v) if isinstance(sweep.get(k), dict) else v for k, v in e.items()}
                         for e in exp.exclude)
@@ -155,17 +155,6 @@ def _matches(entry: Mapping[str, Any], algo: str, labels: Mapping[str, Any]) -> 
     return all((algo == v) if k == ALGO_AXIS else (labels.get(k) == v) for k, v in entry.items())
 
 
-def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested sections to dotted keys (``{twin: {view: global}}`` -> ``twin.view``); training.extra stays whole."""
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        if isinstance(v, Mapping) and v and not str(k).endswith("extra"):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _field_type(key: str) -> Any:
     """The type of a dotted config key's field (None if it is not one: the config reports that later)."""
     tp: Any = Config
@@ -199,7 +188,6 @@ def _normalise(key: str, value: Any) -> Any:
 
 def _preset_file(spec: str) -> Path | None:
     """A preset named by path: as given (absolute or from the current folder), else under configs/."""
-    from cosim.resources import config_dir
     p = Path(spec)
     cands = [p] if p.is_absolute() else [p, config_dir() / p]
     if not p.is_absolute() and p.parts and p.parts[0] == "configs":
@@ -218,7 +206,7 @@ def _variant(where: str, axis: str, name: str, spec: Any) -> dict[str, Any]:
             raise ConfigError(f"{at}: preset file {spec} not found (looked in the current folder and configs/)")
         ov = flat_overrides([f])
     elif isinstance(spec, Mapping):
-        ov = _flatten(spec)
+        ov = flatten(spec)
     else:
         raise ConfigError(f"{at} must be a mapping of config overrides, a preset file or empty, got {spec!r}")
     ov = {k: _normalise(k, v) for k, v in ov.items()}

@@ -604,16 +604,19 @@ def flat_overrides(files: Iterable[str | Path] = (), overrides: Iterable[str] = 
     for f in files:
         data = deep_merge(data, read_yaml(f))
     data = deep_merge(data, parse_overrides(overrides))
-    flat: dict[str, Any] = {}
+    return flatten(data)
 
-    def walk(node: Mapping[str, Any], prefix: str) -> None:
-        for k, v in node.items():
-            if isinstance(v, Mapping) and k != "extra" and v:
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[prefix + k] = v
-    walk(data, "")
-    return flat
+
+def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections to dotted keys (``{twin: {view: global}}`` -> ``twin.view``); ``training.extra``
+    stays whole (also when written as one dotted key)."""
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if isinstance(v, Mapping) and v and str(k).split(".")[-1] != "extra":
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = (),
