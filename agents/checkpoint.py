@@ -22,7 +22,7 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -307,16 +307,22 @@ def check_compatible(meta: dict[str, Any], env: Any, where: str) -> None:
 POLICY_OPTIONS = ("actions.bandwidth", "actions.split", "actions.cpu", "twin.view", "twin.hide")
 
 
-def policy_options(meta: dict[str, Any]) -> dict[str, Any]:
-    """The ``POLICY_OPTIONS`` a policy file was trained with (older files: the paper's)."""
-    cfg = meta.get("config") or {}
+def options_of(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``POLICY_OPTIONS`` of a config as a plain mapping (``to_dict(cfg)``, or a policy header's
+    config; keys it lacks, as in older files, are the paper's)."""
     defaults = {"actions.bandwidth": "paper", "actions.split": "paper", "actions.cpu": "paper",
                 "twin.view": "paper", "twin.hide": []}
     out = {}
     for key in POLICY_OPTIONS:
         section, name = key.split(".")
-        out[key] = (cfg.get(section) or {}).get(name, defaults[key])
+        out[key] = (config.get(section) or {}).get(name, defaults[key])
+    out["twin.hide"] = sorted(out["twin.hide"])  # a set of blocks: one spelling
     return out
+
+
+def policy_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``POLICY_OPTIONS`` a policy file was trained with."""
+    return options_of(meta.get("config") or {})
 
 
 def config_for_policy(cfg: Config, meta: dict[str, Any], explicit: Iterable[str] = ()) -> Config:
@@ -330,16 +336,12 @@ def warn_action_options(meta: dict[str, Any], env: Any, where: str) -> None:
     """One line on stderr when the environment projects actions differently from how the policy was
     trained (``actions.*``), or hides other twin blocks from it (``twin.hide``): allowed (deploying
     under other options is an experiment), never silent."""
-    cfg = meta.get("config") or {}
     here_cfg = getattr(env, "cfg", None)
     if here_cfg is None:
         return
-    trained = {f"actions.{k}": (cfg.get("actions") or {}).get(k, "paper")  # older files: the paper's
-               for k in ("bandwidth", "split", "cpu")}
-    here = {f"actions.{k}": v for k, v in to_dict(here_cfg.actions).items() if f"actions.{k}" in trained}
-    trained["twin.hide"] = sorted((cfg.get("twin") or {}).get("hide") or [])
-    here["twin.hide"] = sorted(here_cfg.twin.hide)
-    keys = [k for k in trained if k in here and trained[k] != here[k]]
+    trained, here = policy_options(meta), options_of(to_dict(here_cfg))
+    # (another twin.view is another observation layout: check_compatible refuses it)
+    keys = [k for k in POLICY_OPTIONS if k != "twin.view" and trained[k] != here[k]]
     if keys:
         show = lambda v: "[" + ",".join(v) + "]" if isinstance(v, list) else v  # noqa: E731
         was = " ".join(f"{k}={show(trained[k])}" for k in keys)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from agents import make_policy, policy_names
-from agents.checkpoint import POLICY_FILE, config_for_policy, load_policy, policy_options, read_policy_file
+from agents.checkpoint import POLICY_FILE, config_for_policy, load_policy, options_of, read_policy_file
 from cosim.cli import add_common_args, add_list_arg, config_from_args, save_run_config
 from cosim.config import Config, CosimError, flat_overrides, to_dict
 from cosim.evaluation import EVAL_SEED, comparison_table, evaluate_each, long_horizon_table
@@ -124,9 +124,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         save_run_config(cfg, out, settings=settings)
         summaries, long = evaluate_each({n: (configs[n], p) for n, p in policies.items()}, args.episodes,
                                         seed=args.eval_seed, slots=args.slots, progress=not args.quiet)
-        base = policy_options({"config": to_dict(cfg)})
+        base = options_of(to_dict(cfg))
         for label in checkpoints:
-            options = policy_options({"config": to_dict(configs[label])})
+            options = options_of(to_dict(configs[label]))
             if options != base:
                 summaries[label]["options"] = options
         for label, path in checkpoints.items():
