@@ -45,6 +45,12 @@ def evaluate_policies(cfg: Config, policies: dict[str, Any], episodes: int, seed
     return out
 
 
+def options_key(cfg: Config) -> str:
+    """What a policy may bring to its config (``actions``, ``twin``) as one string: policies whose configs
+    share it can share one simulator."""
+    return json.dumps({k: to_dict(getattr(cfg, k)) for k in ("actions", "twin")}, sort_keys=True)
+
+
 def evaluate_each(policies: dict[str, tuple[Config, Any]], episodes: int, seed: int = EVAL_SEED,
                   slots: int | None = None, progress: bool = False, **sim_kwargs: Any
                   ) -> tuple[dict[str, dict[str, Any]], dict[str, LongHorizonSummary] | None]:
@@ -55,8 +61,7 @@ def evaluate_each(policies: dict[str, tuple[Config, Any]], episodes: int, seed: 
     order given."""
     groups: dict[str, tuple[Config, dict[str, Any]]] = {}
     for name, (cfg, pol) in policies.items():
-        key = json.dumps({k: to_dict(getattr(cfg, k)) for k in ("actions", "twin")}, sort_keys=True)
-        groups.setdefault(key, (cfg, {}))[1][name] = pol
+        groups.setdefault(options_key(cfg), (cfg, {}))[1][name] = pol
     summaries: dict[str, dict[str, Any]] = {}
     long: dict[str, LongHorizonSummary] | None = {} if slots is not None else None
     for cfg, group in groups.values():

@@ -28,8 +28,9 @@ import sumo  # noqa: E402
 
 from agents import config_for, default_policy, make_policy  # noqa: E402
 from cosim.cli import add_list_arg, add_debug_arg, run_main  # noqa: E402
-from cosim.config import CosimError, load_config  # noqa: E402
+from cosim.config import Config, CosimError, load_config  # noqa: E402
 from cosim.env import BatchCoSim  # noqa: E402
+from cosim.evaluation import options_key  # noqa: E402
 from cosim.runner import run_episodes  # noqa: E402
 
 GAME = Path(sumo.SUMO_HOME) / "tools" / "game"
@@ -63,25 +64,29 @@ def survey(map_key: dict[str, str], label: str, cvs: int, rsus: int | None, poli
     cfg = load_config(defaults={"backend": "sumo"}).replace(
         **map_key, **{"scenario.n_cvs": cvs, "seed": seed, "sumo.n_rsus": rsus})
     row: dict[str, Any] = {"map": label, "cvs": cvs, "costs": {}, "misses": {}}
+    # A checkpoint runs under the action and observation options it was trained with: one SUMO per set of options.
+    groups: dict[str, tuple[Config, list[tuple[str, str]]]] = {}
     for name in policies:
         path = default_policy() if name == "shipped" else name
-        # A checkpoint runs under the action and observation options it was trained with (one SUMO per policy).
-        with BatchCoSim(config_for(path, cfg), n_envs=1, seed=seed) as sim:
+        run_cfg = config_for(path, cfg)
+        groups.setdefault(options_key(run_cfg), (run_cfg, []))[1].append((name, path))
+    for run_cfg, members in groups.values():
+        with BatchCoSim(run_cfg, n_envs=1, seed=seed) as sim:
             summary = sim.mobility.map_summary
             row.update(width_m=summary.width_m, height_m=summary.height_m, vehicles=summary.vehicles,
                        rsus=sim.n_rsus, placement=summary.placement, vehicle_seconds_covered=summary.covered_share)
-            try:
-                policy = make_policy(path, sim.n_rsus, seed=seed, env=sim)
-            except CosimError as exc:  # a checkpoint for other CV or RSU counts
-                row["costs"][name] = None
-                row.setdefault("notes", {})[name] = str(exc)
-                continue
-            result = run_episodes(sim, policy, episodes, seed=seed, progress=False, policy_name=name)
-        s = result.summary
-        row["costs"][name] = s["mean_cost"]
-        row["misses"][name] = s["deadline_miss_rate"]
-        row["active_share"] = s["active_share"]
-        row["covered_share"] = s["covered_share"]
+            for name, path in members:
+                try:
+                    policy = make_policy(path, sim.n_rsus, seed=seed, env=sim)
+                except CosimError as exc:  # a checkpoint for other CV or RSU counts
+                    row["costs"][name] = None
+                    row.setdefault("notes", {})[name] = str(exc)
+                    continue
+                s = run_episodes(sim, policy, episodes, seed=seed, progress=False, policy_name=name).summary
+                row["costs"][name] = s["mean_cost"]
+                row["misses"][name] = s["deadline_miss_rate"]
+                row["active_share"] = s["active_share"]
+                row["covered_share"] = s["covered_share"]
     return row
 
 
