@@ -516,32 +516,9 @@ def channel_and_observation(sim: Any) -> None:
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _floor_budget(WS, src, dst, i, k_axis, n_idx, floor, budget, scale_in):
-    """model._floor_within_budget along one line of WS: over k (k_axis) of row i, or over i of column i
-    (``i`` is then the RSU); the source values are multiplied by ``scale_in`` first (the CPU allocation's
-    capacity / load). An entry is used where its part of the split is > 0."""
-    n = 0
-    total = 0.0
-    for a in range(n_idx):
-        ii, kk = (i, a) if k_axis else (a, i)
-        if WS[WS_SPLIT, ii, kk + 1] > 0:
-            n += 1
-            total += max(WS[src, ii, kk] * scale_in, floor)
-    scale = 1.0
-    if total > budget:
-        room = total - n * floor
-        scale = (budget - n * floor) / (room if room > 0 else 1.0)
-    for a in range(n_idx):
-        ii, kk = (i, a) if k_axis else (a, i)
-        WS[dst, ii, kk] = (floor + (max(WS[src, ii, kk] * scale_in, floor) - floor) * scale
-                           if WS[WS_SPLIT, ii, kk + 1] > 0 else 0.0)
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _floor_budget_back(WS, src, gsrc, gdst, i, k_axis, n_idx, floor, budget, scale_in, LN):
-    """Adjoint of _floor_budget: d f / d output in WS[gsrc] -> d f / d (scaled) source into LN[0, :n_idx].
-    Entries held at the floor are constant there; above the budget the shrink factor depends on every
-    used entry's floored value."""
+def _floor_shrink(WS, src, i, k_axis, n_idx, floor, budget, scale_in):
+    """The shrink of _floor_budget's line: (factor on the part above the floor, the room above the floors,
+    whether the line is over its budget with room to shrink)."""
     n = 0
     total = 0.0
     for a in range(n_idx):
@@ -554,6 +531,27 @@ def _floor_budget_back(WS, src, gsrc, gdst, i, k_axis, n_idx, floor, budget, sca
         room = total - n * floor
         over = room > 0
         scale = (budget - n * floor) / (room if over else 1.0)
+    return scale, room, over
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _floor_budget(WS, src, dst, i, k_axis, n_idx, floor, budget, scale_in):
+    """model._floor_within_budget along one line of WS: over k (k_axis) of row i, or over i of column i
+    (``i`` is then the RSU); the source values are multiplied by ``scale_in`` first (the CPU allocation's
+    capacity / load). An entry is used where its part of the split is > 0."""
+    scale = _floor_shrink(WS, src, i, k_axis, n_idx, floor, budget, scale_in)[0]
+    for a in range(n_idx):
+        ii, kk = (i, a) if k_axis else (a, i)
+        WS[dst, ii, kk] = (floor + (max(WS[src, ii, kk] * scale_in, floor) - floor) * scale
+                           if WS[WS_SPLIT, ii, kk + 1] > 0 else 0.0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _floor_budget_back(WS, src, gsrc, gdst, i, k_axis, n_idx, floor, budget, scale_in, LN):
+    """Adjoint of _floor_budget: d f / d output in WS[gsrc] -> d f / d (scaled) source into LN[0, :n_idx].
+    Entries held at the floor are constant there; above the budget the shrink factor depends on every
+    used entry's floored value."""
+    scale, room, over = _floor_shrink(WS, src, i, k_axis, n_idx, floor, budget, scale_in)
     s_ = 0.0
     if over:
         for a in range(n_idx):
