@@ -63,6 +63,30 @@ def add_common_args(ap: argparse.ArgumentParser, backend_default: str | None = N
     add_debug_arg(ap)
 
 
+def add_map_args(ap: argparse.ArgumentParser) -> None:
+    """The map flags of the commands that run SUMO: --map, --sumocfg, --net, --routes, --rsus, --penetration."""
+    g = ap.add_argument_group("SUMO map (default: the paper's road)")
+    g.add_argument("--map", default=None, metavar="NAME",
+                   help="a named map, e.g. resco/ingolstadt21 (dtcosim maps lists them; sumo.map)")
+    g.add_argument("--sumocfg", default=None, help="another SUMO map: its .sumocfg")
+    g.add_argument("--net", default=None, help="another SUMO map: its .net.xml (with --routes, or random trips)")
+    g.add_argument("--routes", default=None, help="route file for --net")
+    g.add_argument("--rsus", type=int, default=None, metavar="K",
+                   help="other maps: place K RSUs where the traffic is (sumo.n_rsus)")
+    g.add_argument("--penetration", type=float, default=None, metavar="P",
+                   help="other maps: each vehicle is a CV with probability P, anywhere on the map "
+                        "(sumo.cv_pool = penetration, sumo.penetration = P)")
+
+
+def map_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config changes the map flags ask for (empty when none is given)."""
+    out = {k: v for k, v in (("sumo.map", args.map), ("sumo.sumocfg", args.sumocfg), ("sumo.net", args.net),
+                             ("sumo.routes", args.routes), ("sumo.n_rsus", args.rsus)) if v is not None}
+    if args.penetration is not None:
+        out.update({"sumo.cv_pool": "penetration", "sumo.penetration": args.penetration})
+    return out
+
+
 def add_debug_arg(ap: argparse.ArgumentParser) -> None:
     """``--debug``: show the full traceback of an error (run_main reads it from the command line)."""
     ap.add_argument("--debug", action="store_true",

@@ -23,6 +23,10 @@ import yaml
 from .resources import config_dir
 
 DEFAULT_CONFIG_PATH = config_dir() / "default.yaml"
+# Sanity bounds, not capacity limits: what fits is a question of memory, which building an
+# environment checks (cosim.env.check_env_memory) and refuses in one line.
+MAX_AGENTS = 100_000
+MAX_RSUS = 10_000
 
 
 class CosimError(Exception):
@@ -55,7 +59,8 @@ class RSUConfig:
 
 @dataclass(frozen=True)
 class ScenarioConfig:
-    n_cvs: int = _f(5, 1, 64, doc="client vehicles I (the agents)")
+    n_cvs: int = _f(5, 1, MAX_AGENTS, doc="client vehicles I (the agents); the real limit is memory, checked "
+                                           "when an environment is built (cosim.env.check_env_memory)")
     road_length_m: float = _f(700.0, 10.0, 100_000.0)
     lanes_per_direction: int = _f(2, 1, 8)
     lane_width_m: float = _f(3.75, 1.0, 10.0)
@@ -142,8 +147,8 @@ class ScenarioRangeConfig:
     """Training across scenarios: each iteration (episode batch) draws its fleet and RSU layout."""
 
     enabled: bool = _f(False, doc="draw a scenario per episode batch (false: train on scenario.* only)")
-    n_cvs: tuple[int, int] = _f((2, 12), 1, 64, doc="number of CVs, uniform integer in [lo, hi]")
-    n_rsus: tuple[int, int] = _f((2, 6), 1, 32, doc="number of RSUs, uniform integer in [lo, hi]")
+    n_cvs: tuple[int, int] = _f((2, 12), 1, MAX_AGENTS, doc="number of CVs, uniform integer in [lo, hi]")
+    n_rsus: tuple[int, int] = _f((2, 6), 1, MAX_RSUS, doc="number of RSUs, uniform integer in [lo, hi]")
     rsu_x_m: Range = _f((100.0, 600.0), 0.0, 100_000.0,
                         doc="RSU positions along the road, uniform in [lo, hi] (m, within scenario.road_length_m)")
     min_gap_m: float = _f(60.0, 0.0, 10_000.0, doc="least distance between two drawn RSUs, m")
@@ -191,6 +196,8 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class SumoConfig:
+    map: str | None = _f(None, doc="a named map, e.g. resco/ingolstadt21 (dtcosim maps lists them); "
+                                    "null: sumo.sumocfg, sumo.net or the paper's road")
     sumocfg: str | None = _f(None, doc=".sumocfg of the map; null: the paper's road in sumo_net/road")
     net: str | None = _f(None, doc=".net.xml of another map (with routes, or random trips)")
     routes: str | None = _f(None)
@@ -198,18 +205,35 @@ class SumoConfig:
     cv_vtype: str | None = _f(None, doc="CVs are vehicles of this vType; null: the first I vehicles to depart")
     background_vehicles: int = _f(0, 0, 100_000, doc="non-CV vehicles on the paper's road")
     rsu_spacing_m: float = _f(300.0, 10.0, 100_000.0,
-                              doc="automatic RSU placement: least distance between RSUs (shrinks on small maps)")
+                              doc="automatic RSU placement: least distance between RSUs (shrinks on small maps, "
+                                  "never below the larger of the RSU radius and half the spacing an even "
+                                  "spread over the roads would give)")
     rsu_placement: str = _f("fit", choices=("fit", "config", "auto"),
                             doc="fit: scenario.rsus where they lie on the map, else auto; config: scenario.rsus "
-                                "or fail; auto: greedy maximum coverage of the map's vehicle-seconds")
-    n_rsus: int | None = _f(None, 1, 64, doc="RSUs placed automatically (null: as many as scenario.rsus)")
-    cv_pool: str = _f("coverage", choices=("coverage", "departure"),
-                      doc="other maps: CV slots go to vehicles inside (or entering) RSU coverage, handed over "
-                          "when they leave; departure: the first vehicles to depart, kept until they arrive")
+                                "or fail; auto: maximum coverage of the map's vehicle-seconds, each RSU's load "
+                                "capped (sumo.rsu_load_cap)")
+    rsu_sites: str = _f("both", choices=("both", "roads", "junctions"),
+                        doc="automatic placement: candidate RSU sites along the roads, at junctions, or both")
+    rsu_load_cap: float = _f(2.0, 0.0, 1000.0,
+                             doc="automatic placement: an RSU counts at most this many times its fair share "
+                                 "(surveyed vehicle-seconds / RSUs) as its gain, so that the busiest places get "
+                                 "several RSUs and the rest are covered too; 0: no cap (plain greedy coverage)")
+    n_rsus: int | None = _f(None, 1, MAX_RSUS, doc="RSUs placed automatically (null: as many as scenario.rsus)")
+    cv_pool: str = _f("coverage", choices=("coverage", "departure", "penetration"),
+                      doc="other maps: coverage: CV slots go to vehicles inside (or entering) RSU coverage, "
+                          "handed over when they leave, the RSU with the fewest CVs first; departure: the first "
+                          "vehicles to depart, kept until they arrive; penetration: each vehicle is a CV with "
+                          "probability sumo.penetration, anywhere on the map, and CVs without a slot wait for one")
+    penetration: float = _f(0.2, 1e-6, 1.0, doc="cv_pool penetration: the share of vehicles that are CVs")
     random_trips_period_s: float = _f(2.0, 0.01, 1000.0)
     warmup_s: float | None = _f(None, 0.0, 86_400.0,
-                                doc="other maps: SUMO runs this long before the first slot (null: 60 s; the "
+                                doc="other maps: SUMO runs this long before the first slot (null: until the "
+                                    "number of vehicles has levelled off, at most sumo.warmup_max_s; the "
                                     "paper's road: always 0)")
+    warmup_max_s: float = _f(1800.0, 0.0, 86_400.0, doc="the longest automatic warm-up")
+    warmup_tolerance: float = _f(0.05, 0.0, 10.0,
+                                 doc="automatic warm-up: traffic has levelled off when the mean number of "
+                                     "vehicles over 120 s rises by at most this share over the 120 s before")
     use_libsumo: bool = _f(True, doc="libsumo headless; TraCI when false (always TraCI with the GUI)")
     restart_on_crash: bool = _f(False)
     extra_args: tuple[str, ...] = _f((), doc="further SUMO command-line arguments")
@@ -453,6 +477,9 @@ _WAITING_SUMO_OPTIONS = ("--remote-port", "--num-clients")
 
 
 def _check_sumo(s: SumoConfig) -> None:
+    given = [f"sumo.{k} ({getattr(s, k)})" for k in ("map", "sumocfg", "net") if getattr(s, k) is not None]
+    if s.map is not None and len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)} are all set: give one map, a name, a .sumocfg or a .net.xml")
     if s.net is not None and s.sumocfg is not None:
         raise ConfigError(f"sumo.net ({s.net}) and sumo.sumocfg ({s.sumocfg}) are both set: give one map, "
                           f"a .sumocfg or a .net.xml (with routes)")

@@ -88,6 +88,7 @@ from traci.exceptions import FatalTraCIError, TraCIException
 
 from sumo_net import generate_road as road
 
+from . import maps
 from .config import Config, ConfigError, CosimError, RSUConfig, ScenarioConfig, with_rsus
 from .gui import LabelMetrics, layout_labels
 from .mobility import BatchMobility, MobilityState, draw_road_start, stack_states
@@ -143,6 +144,8 @@ class _Map:
     net: Path
     demand: tuple[Path, ...]     # route and additional files: where vTypes are defined
     road: Any = None             # generate_road.RoadSpec on the paper's road, else None
+    begin: float = 0.0           # simulation time at which the map starts (s)
+    set_begin: bool = False      # pass --begin: the demand starts after the .sumocfg's begin, or there is none
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ class _NetInfo:
     bbox: tuple[float, float, float, float]  # x0, y0, x1, y1
     # (length, shape) of each road passenger cars may use, one per pair of opposite edges, longest first
     roads: tuple[tuple[float, tuple[tuple[float, float], ...]], ...]
+    junctions: tuple[tuple[float, float], ...] = ()  # where three or more of those roads meet
 
 
 @lru_cache(maxsize=16)
@@ -176,8 +180,13 @@ def _read_net_info(path: str) -> _NetInfo:
             roads[key] = (edge.getLength(), tuple(edge.getShape()))
     if not roads:
         raise CosimError(f"network {path} has no road that passenger cars may use")
+    degree: dict[str, int] = {}
+    for key in roads:
+        for node in key:
+            degree[node] = degree.get(node, 0) + 1
+    junctions = tuple(net.getNode(n).getCoord()[:2] for n in sorted(degree) if degree[n] >= 3)
     (x0, y0), (x1, y1) = net.getBBoxXY()
-    return _NetInfo((x0, y0, x1, y1), tuple(sorted(roads.values(), key=lambda r: -r[0])))
+    return _NetInfo((x0, y0, x1, y1), tuple(sorted(roads.values(), key=lambda r: -r[0])), junctions)
 
 
 def _existing(value: str, key: str) -> Path:
@@ -211,7 +220,8 @@ def _sumocfg_inputs(path: Path) -> dict[str, list[Path]]:
 
 def _random_trips(net: Path, out_dir: Path, cfg: Config) -> Path:
     trips = out_dir / "random.trips.xml"
-    episode_s = _warmup_s(cfg, False) + cfg.scenario.episode_slots * cfg.scenario.slot_s  # trips span both
+    warmup = cfg.sumo.warmup_s if cfg.sumo.warmup_s is not None else cfg.sumo.warmup_max_s
+    episode_s = warmup + cfg.scenario.episode_slots * cfg.scenario.slot_s  # trips span both
     cmd = [sys.executable, os.path.join(sumo.SUMO_HOME, "tools", "randomTrips.py"),
            "--net-file", str(net.resolve()), "--output-trip-file", str(trips), "--seed", str(cfg.seed),
            "--begin", "0", "--end", repr(episode_s), "--period", repr(cfg.sumo.random_trips_period_s),
@@ -225,16 +235,25 @@ def _random_trips(net: Path, out_dir: Path, cfg: Config) -> Path:
 
 def _resolve_map(cfg: Config, workdir: Path) -> _Map:
     s = cfg.sumo
-    if s.sumocfg:
-        path = _existing(s.sumocfg, "sumo.sumocfg")
+    sumocfg = str(maps.resolve(s.map).sumocfg) if s.map else s.sumocfg
+    if sumocfg:
+        path = _existing(sumocfg, "sumo.sumocfg")
         inputs = _sumocfg_inputs(path)
-        return _Map(str(path), ("-c", str(path)), inputs["net-file"][0],
-                    tuple(inputs["route-files"] + inputs["additional-files"]))
+        # A .sumocfg whose begin lies before its demand's first departure starts at that departure.
+        own = _sumocfg_begin(path)
+        first = maps.demand_begin(inputs["route-files"] + inputs["additional-files"])
+        later = first is not None and first > own
+        return _Map(s.map or str(path), ("-c", str(path)), inputs["net-file"][0],
+                    tuple(inputs["route-files"] + inputs["additional-files"]), begin=first if later else own,
+                    set_begin=later)
     if s.net:
         net = _existing(s.net, "sumo.net")
         _net_info(str(net), net.stat().st_mtime)  # a broken network fails here, not inside randomTrips.py
         routes = _existing(s.routes, "sumo.routes") if s.routes else _random_trips(net, workdir, cfg)
-        return _Map(str(net), ("-n", str(net), "-r", str(routes)), net, (routes,))
+        # Real demand often starts hours into the day (RESCO's at 25200 or 57600 s): begin with it.
+        first = maps.demand_begin([routes]) if s.routes else None
+        return _Map(str(net), ("-n", str(net), "-r", str(routes)), net, (routes,), begin=first or 0.0,
+                    set_begin=bool(first))
     sc = cfg.scenario
     spec = road.RoadSpec(length_m=sc.road_length_m, lanes_per_direction=sc.lanes_per_direction,
                          lane_width_m=sc.lane_width_m, rsus=tuple((r.x, r.y, r.radius) for r in sc.rsus))
@@ -270,14 +289,7 @@ def _rsus_in_box(rsus: Sequence[RSUConfig], net: _NetInfo, name: str) -> tuple[R
     return tuple(rsus)
 
 
-def _warmup_s(cfg: Config, on_road: bool) -> float:
-    """Seconds SUMO runs before the first slot: 0 on the paper's road, else ``sumo.warmup_s`` (null: 60)."""
-    if on_road:
-        return 0.0
-    return cfg.sumo.warmup_s if cfg.sumo.warmup_s is not None else DEFAULT_WARMUP_S
-
-
-DEFAULT_WARMUP_S = 60.0
+WARMUP_WINDOW_S = 120.0  # the automatic warm-up compares the vehicle count's means over windows this long
 _MAX_CANDIDATES = 2000   # candidate RSU sites along the roads
 _MAX_SAMPLES = 10_000    # vehicle positions the greedy choice weighs (a seeded subsample beyond)
 
@@ -297,13 +309,21 @@ class MapSummary:
     covered_share: float     # of the window's vehicle-seconds within some RSU's radius
     window_s: tuple[float, float]  # surveyed simulation time, relative to the map's begin
     reason: str = ""         # why RSUs were placed automatically
+    begin_s: float = 0.0     # the map's begin (simulation time, s)
+    warmup_s: float = 0.0    # SUMO runs this long before an episode's first slot
+    warmup: str = "given"    # "given" (sumo.warmup_s), "levelled" (levelled off) or "cap" (sumo.warmup_max_s)
+    busiest_share: float = 0.0  # the largest share of covered vehicle-seconds one RSU is nearest to
 
     def line(self) -> str:
         rsus = (f"{self.n_rsus} RSUs placed where the traffic is ({self.reason}), >= {self.spacing_m:.0f} m apart"
                 if self.placement == "auto" else f"{self.n_rsus} RSUs from scenario.rsus")
-        return (f"map {Path(self.name).name}: {self.width_m:.0f} x {self.height_m:.0f} m, {self.vehicles} vehicles "
+        how = {"given": "sumo.warmup_s", "levelled": "traffic levelled off",
+               "cap": "sumo.warmup_max_s; traffic had not levelled off"}[self.warmup]
+        return (f"map {Path(self.name).name}: {self.width_m:.0f} x {self.height_m:.0f} m, begins at "
+                f"{self.begin_s:g} s, warm-up {self.warmup_s:g} s ({how}); {self.vehicles} vehicles "
                 f"in {self.window_s[0]:g}..{self.window_s[1]:g} s; {rsus}; they cover "
-                f"{self.covered_share:.1%} of {self.vehicle_seconds:.0f} vehicle-seconds")
+                f"{self.covered_share:.1%} of {self.vehicle_seconds:.0f} vehicle-seconds, the busiest RSU "
+                f"{self.busiest_share:.0%} of them")
 
 
 def _sumocfg_begin(path: Path) -> float:
@@ -313,24 +333,60 @@ def _sumocfg_begin(path: Path) -> float:
     return float(sumolib.miscutils.parseTime(element.get("value", "0")))
 
 
-def _traffic_survey(m: "_Map", cfg: Config, workdir: Path) -> tuple[np.ndarray, int, tuple[float, float]]:
-    """Run the map's own demand through the warm-up and one episode in a separate SUMO; return the
-    CV candidates' positions at every slot of the episode window (N, 2), how many distinct vehicles
-    that is, and the window (s after the map's begin)."""
-    warmup = _warmup_s(cfg, False)
+@dataclass(frozen=True)
+class _Survey:
+    samples: np.ndarray            # CV candidates' positions at every slot of the episode window (N, 2)
+    vehicles: int                  # distinct vehicles among them
+    window: tuple[float, float]    # s after the map's begin
+    warmup_s: float
+    warmup: str                    # MapSummary.warmup
+
+
+def _begin_args(m: "_Map") -> list[str]:
+    return ["--begin", repr(m.begin)] if m.set_begin else []
+
+
+def _traffic_survey(m: "_Map", cfg: Config, workdir: Path) -> _Survey:
+    """Run the map's own demand in a separate SUMO through the warm-up (given, or until the number of
+    vehicles has levelled off) and one episode; refuse a window without vehicles, naming a warm-up
+    that has some."""
+    given = cfg.sumo.warmup_s
     episode_s = cfg.scenario.episode_slots * cfg.scenario.slot_s
-    begin = _sumocfg_begin(Path(m.args[1])) if m.args[0] == "-c" else 0.0
-    fcd = workdir / "survey.fcd.xml"
-    argv = [_binary("sumo"), *m.args, "--end", repr(begin + warmup + episode_s), "--seed", str(cfg.seed),
+    span = (given if given is not None else cfg.sumo.warmup_max_s) + episode_s
+    fcd, summary = workdir / "survey.fcd.xml", workdir / "survey.summary.xml"
+    argv = [_binary("sumo"), *m.args, *_begin_args(m), "--end", repr(m.begin + span), "--seed", str(cfg.seed),
             "--no-step-log", "true", "--no-warnings", "true", "--fcd-output", str(fcd),
-            "--device.fcd.period", repr(cfg.scenario.slot_s), "--fcd-output.attributes", "x,y,type"]
+            "--device.fcd.period", repr(cfg.scenario.slot_s), "--fcd-output.attributes", "x,y,type",
+            "--summary-output", str(summary)]
     if cfg.sumo.step_length_s is not None:
         argv += ["--step-length", repr(cfg.sumo.step_length_s)]
     done = subprocess.run(argv, capture_output=True, text=True, env=_sumo_env())
-    if done.returncode != 0 or not fcd.is_file():
+    if done.returncode != 0 or not fcd.is_file() or not summary.is_file():
         raise CosimError(f"SUMO could not load {_argv_map(m.args)}: {_error_line(done.stderr) or 'no message'} "
                          f"(running the map to place the RSUs)")
-    lo, hi = begin + warmup - 1e-6, begin + warmup + episode_s + 1e-6
+    times, running = [], []
+    for _, element in ET.iterparse(summary):
+        if element.tag == "step":
+            times.append(float(element.get("time", "0")) - m.begin)
+            running.append(float(element.get("running", "0")))
+            element.clear()
+    summary.unlink()
+    if given is None:
+        warmup, levelled = maps.levelled_off(times, running, WARMUP_WINDOW_S, cfg.sumo.warmup_tolerance,
+                                             cfg.sumo.warmup_max_s)
+        how = "levelled" if levelled else "cap"
+    else:
+        warmup, how = given, "given"
+    lo, hi = warmup - 1e-6, warmup + episode_s + 1e-6
+    if not any(lo <= t <= hi and n > 0 for t, n in zip(times, running)):
+        fcd.unlink()
+        busy = [t for t, n in zip(times, running) if n > 0]
+        where = (f"sumo.map, sumo.routes or the .sumocfg's begin: its demand puts no vehicle on the road within "
+                 f"{span:g} s of its begin at {m.begin:g} s" if not busy else
+                 f"set sumo.warmup_s to at most {max(busy[-1] - episode_s, busy[0]):g} s (vehicles are on the "
+                 f"road from {busy[0]:g} to {busy[-1]:g} s after the begin at {m.begin:g} s)")
+        raise CosimError(f"no vehicle is on {Path(m.name).name} in the episode window {warmup:g}..{warmup + episode_s:g} s "
+                         f"after its begin: {where}")
     xy: list[tuple[float, float]] = []
     seen: set[str] = set()
     vtype = cfg.sumo.cv_vtype
@@ -338,7 +394,9 @@ def _traffic_survey(m: "_Map", cfg: Config, workdir: Path) -> tuple[np.ndarray, 
     for event, element in ET.iterparse(fcd, events=("start", "end")):
         if element.tag == "timestep":
             if event == "start":
-                t = float(element.get("time", "0"))
+                t = float(element.get("time", "0")) - m.begin
+                if t > hi:
+                    break  # the rest of the file lies past the window
             else:
                 element.clear()  # the survey of a large map is long
         elif event == "start" and element.tag == "vehicle" and lo <= t <= hi and \
@@ -346,7 +404,7 @@ def _traffic_survey(m: "_Map", cfg: Config, workdir: Path) -> tuple[np.ndarray, 
             xy.append((float(element.get("x", "nan")), float(element.get("y", "nan"))))
             seen.add(element.get("id", ""))
     fcd.unlink()
-    return np.asarray(xy, dtype=float).reshape(-1, 2), len(seen), (warmup, warmup + episode_s)
+    return _Survey(np.asarray(xy, dtype=float).reshape(-1, 2), len(seen), (warmup, warmup + episode_s), warmup, how)
 
 
 def _road_candidates(net: _NetInfo, radius: float) -> np.ndarray:
@@ -361,12 +419,15 @@ def _road_candidates(net: _NetInfo, radius: float) -> np.ndarray:
 
 
 def greedy_max_coverage(candidates: np.ndarray, samples: np.ndarray, radii: Sequence[float],
-                        spacing: float) -> tuple[list[int], float]:
+                        spacing: float, cap: float | None = None) -> tuple[list[int], float]:
     """Pick one candidate per radius, each covering the most samples not yet covered.
 
     A pick keeps at least ``spacing`` from the others; when no candidate does, the spacing
-    halves until one does (ties go to the lowest index). Returns the picked indices and the
-    spacing that held for all of them.
+    halves until one does. With ``cap``, a pick's gain counts at most ``cap`` samples and it takes
+    only the ``cap`` open samples nearest to it: the rest of a busy place stays open for another RSU
+    nearby, so the busiest places get several RSUs and no RSU is credited with more than its share.
+    Ties go to the candidate with more open samples, then to the lowest index. Returns the picked
+    indices and the spacing that held for all of them.
     """
     cover: dict[float, np.ndarray] = {}
     for r in set(radii):
@@ -379,16 +440,22 @@ def greedy_max_coverage(candidates: np.ndarray, samples: np.ndarray, radii: Sequ
     chosen: list[int] = []
     held = spacing
     for r in radii:
-        gain = cover[r][:, ~covered].sum(axis=1)
+        open_ = cover[r][:, ~covered].sum(axis=1).astype(float)
+        gain = open_ if cap is None else np.minimum(open_, cap)
+        score = gain * (len(samples) + 1.0) + open_  # lexicographic: gain, then open samples
         if chosen:
             gap = np.hypot(candidates[:, None, 0] - candidates[None, chosen, 0],
                            candidates[:, None, 1] - candidates[None, chosen, 1]).min(axis=1)
             while not (gap >= held).any() and held > 1e-3:
                 held /= 2.0
-            gain = np.where(gap >= held, gain, -1)
-        best = int(np.argmax(gain))
+            score = np.where(gap >= held, score, -1.0)
+        best = int(np.argmax(score))
         chosen.append(best)
-        covered |= cover[r][best]
+        taken = np.flatnonzero(cover[r][best] & ~covered)
+        if cap is not None and len(taken) > cap:
+            d = np.hypot(samples[taken, 0] - candidates[best, 0], samples[taken, 1] - candidates[best, 1])
+            taken = taken[np.argsort(d, kind="stable")[:max(int(cap), 1)]]
+        covered[taken] = True
     return chosen, held
 
 
@@ -402,18 +469,47 @@ def covered_share(rsus: Sequence[RSUConfig], samples: np.ndarray) -> float:
     return float(hit.mean())
 
 
+def rsu_loads(rsus: Sequence[RSUConfig], samples: np.ndarray) -> np.ndarray:
+    """How many of the sample positions (N, 2) each RSU is the nearest covering RSU of, shape (K,)."""
+    if len(samples) == 0 or not len(rsus):
+        return np.zeros(len(rsus), dtype=np.int64)
+    d = np.stack([np.hypot(samples[:, 0] - r.x, samples[:, 1] - r.y) for r in rsus], axis=1)
+    d = np.where(d <= np.array([r.radius for r in rsus]), d, np.inf)
+    inside = np.isfinite(d).any(axis=1)
+    return np.bincount(d[inside].argmin(axis=1), minlength=len(rsus))
+
+
+def busiest_share(rsus: Sequence[RSUConfig], samples: np.ndarray) -> float:
+    """The largest share of the covered samples that one RSU is nearest to (1/K at a perfect balance)."""
+    loads = rsu_loads(rsus, samples)
+    return float(loads.max() / loads.sum()) if loads.sum() else 0.0
+
+
+def _candidates(net: _NetInfo, radius: float, sites: str) -> np.ndarray:
+    road_sites = _road_candidates(net, radius) if sites != "junctions" else np.zeros((0, 2))
+    junctions = np.asarray(net.junctions, dtype=float).reshape(-1, 2) if sites != "roads" else np.zeros((0, 2))
+    found = np.concatenate([junctions, road_sites])
+    return found if len(found) else _road_candidates(net, radius)  # a map without junctions: its roads
+
+
 def _place_by_traffic(template: Sequence[RSUConfig], net: _NetInfo, samples: np.ndarray,
-                      spacing: float, seed: int) -> tuple[tuple[RSUConfig, ...], float]:
-    """Greedy maximum coverage of the sampled vehicle positions by RSUs on the roads."""
+                      spacing: float, seed: int, sites: str = "roads",
+                      load_cap: float = 0.0) -> tuple[tuple[RSUConfig, ...], float]:
+    """Maximum coverage of the sampled vehicle positions by RSUs at junctions and along the roads,
+    each RSU's gain capped at ``load_cap`` fair shares (0: uncapped)."""
     radii = [t.radius for t in template]
-    candidates = _road_candidates(net, min(radii))
+    candidates = _candidates(net, min(radii), sites)
     x0, y0, x1, y1 = net.bbox
-    # Smaller maps get closer RSUs: at most the map's larger side over the number of RSUs.
-    spacing = min(spacing, max(x1 - x0, y1 - y0, 1.0) / len(template))
+    k = len(template)
+    # Smaller maps get closer RSUs, at most the map's larger side over the number of RSUs; but never
+    # closer than the smaller of the radius and half the spacing of K RSUs spread evenly over the map.
+    even = 0.5 * math.sqrt(max((x1 - x0) * (y1 - y0), 1.0) / k)
+    spacing = min(spacing, max(max(x1 - x0, y1 - y0, 1.0) / k, min(min(radii), even)))
     weighed = samples if len(samples) else candidates  # no traffic seen: cover the roads themselves
     if len(weighed) > _MAX_SAMPLES:
         weighed = weighed[np.random.default_rng(seed).choice(len(weighed), _MAX_SAMPLES, replace=False)]
-    chosen, held = greedy_max_coverage(candidates, weighed, radii, spacing)
+    cap = load_cap * len(weighed) / k if load_cap > 0 else None
+    chosen, held = greedy_max_coverage(candidates, weighed, radii, spacing, cap)
     rsus = tuple(RSUConfig(float(candidates[c, 0]), float(candidates[c, 1]), t.height, t.radius)
                  for c, t in zip(chosen, template))
     return rsus, held
@@ -429,10 +525,14 @@ def _resolve_rsus(cfg: Config, m: "_Map", net: _NetInfo,
     Other maps are surveyed (and RSUs placed) once per process and configuration.
     """
     s = cfg.sumo
-    if m.road is not None or s.rsu_placement == "config":
+    if m.road is not None:
         return _rsus_in_box(cfg.scenario.rsus, net, m.name), None
     given: tuple[RSUConfig, ...] = ()
-    if s.rsu_placement == "auto":
+    if s.rsu_placement == "config":
+        given, reason = _rsus_in_box(cfg.scenario.rsus, net, m.name), ""
+        if s.warmup_s is not None:  # nothing to place or measure (record_traces.py's workers)
+            return given, None
+    elif s.rsu_placement == "auto":
         reason = "sumo.rsu_placement = auto"
     elif s.n_rsus is not None:
         reason = f"sumo.n_rsus = {s.n_rsus}"
@@ -446,17 +546,21 @@ def _resolve_rsus(cfg: Config, m: "_Map", net: _NetInfo,
             reason = str(exc).split(", which")[0]
     key = (m.name, cfg.seed, repr(s), repr(dataclasses.replace(cfg.scenario, n_cvs=1)))  # any CV count
     if key not in _placements:
-        samples, vehicles, window = _traffic_survey(m, cfg, workdir)
+        survey = _traffic_survey(m, cfg, workdir)
+        samples = survey.samples
         if given:
             rsus, held, how = given, 0.0, "config"
         else:
             k = s.n_rsus if s.n_rsus is not None else len(cfg.scenario.rsus)
             template = tuple(cfg.scenario.rsus[i % len(cfg.scenario.rsus)] for i in range(k))
-            rsus, held = _place_by_traffic(template, net, samples, s.rsu_spacing_m, cfg.seed)
+            rsus, held = _place_by_traffic(template, net, samples, s.rsu_spacing_m, cfg.seed, s.rsu_sites,
+                                           s.rsu_load_cap)
             how = "auto"
         x0, y0, x1, y1 = net.bbox
-        summary = MapSummary(m.name, x1 - x0, y1 - y0, vehicles, len(samples) * cfg.scenario.slot_s, len(rsus),
-                             how, held, covered_share(rsus, samples), window, reason)
+        summary = MapSummary(m.name, x1 - x0, y1 - y0, survey.vehicles, len(samples) * cfg.scenario.slot_s,
+                             len(rsus), how, held, covered_share(rsus, samples), survey.window, reason,
+                             begin_s=m.begin, warmup_s=survey.warmup_s, warmup=survey.warmup,
+                             busiest_share=busiest_share(rsus, samples))
         _placements[key] = (rsus, summary)
         print(summary.line(), file=sys.stderr)  # once per map and configuration
     return _placements[key]
@@ -468,7 +572,10 @@ def placed_config(cfg: Config) -> Config:
         return cfg
     mob = SumoMobility(cfg)
     mob.close()
-    return with_rsus(cfg, mob.rsu_configs())
+    placed = with_rsus(cfg, mob.rsu_configs())
+    if mob.map_summary is not None and cfg.sumo.warmup_s is None:  # measured once: later runs need not
+        placed = placed.replace(**{"sumo.warmup_s": mob.map_summary.warmup_s})
+    return placed
 
 
 # ---------------------------------------------------------------------------
@@ -715,7 +822,7 @@ class SumoMobility:
         extra = list(cfg.sumo.extra_args)
         size = extra[extra.index("--window-size") + 1] if "--window-size" in extra[:-1] else None
         try:
-            self._window = tuple(int(v) for v in size.split(",")) if size else road.WINDOW_SIZE
+            self._window = tuple(int(v) for v in size.split(",")) if size else self._fitting_window()
         except ValueError:
             raise ConfigError(f"sumo.extra_args: --window-size {size!r} is not WIDTH,HEIGHT in pixels") from None
         self._px_per_m = 1.0
@@ -731,7 +838,12 @@ class SumoMobility:
         self._state: MobilityState | None = None
         self._frame = 0
         # Other maps: CV slots go to vehicles inside RSU coverage and are handed over when they leave.
-        self._pool = self._map.road is None and cfg.sumo.cv_pool == "coverage"
+        self._pool_kind = "road" if self._map.road is not None else cfg.sumo.cv_pool
+        self._pool = self._pool_kind == "coverage"
+        self._waiting: dict[str, None] = {}  # penetration: CVs without a slot yet, in departure order
+        self._cv_rng = np.random.default_rng(0)  # penetration: which vehicles are CVs (seeded per episode)
+        self._warmup = (self.map_summary.warmup_s if self.map_summary is not None
+                        else 0.0 if self._map.road is not None else cfg.sumo.warmup_s)
         self._labels_drawn: list[tuple[str, str]] = []  # ('poi'|'polygon', id) of the labels drawn now
         self._view: tuple[float, float, float, float] | None = None  # what sumo-gui shows, m
 
@@ -858,13 +970,7 @@ class SumoMobility:
 
     def _fit_view(self) -> None:
         """Show the area the RSUs cover (on the paper's road: all of it), centred, with a small margin."""
-        x0, y0, x1, y1 = self._net.bbox
-        cx0 = max(x0, min(r.x - r.radius for r in self._rsus))
-        cx1 = min(x1, max(r.x + r.radius for r in self._rsus))
-        cy0 = max(y0, min(r.y - r.radius for r in self._rsus))
-        cy1 = min(y1, max(r.y + r.radius for r in self._rsus))
-        if cx1 <= cx0 or cy1 <= cy0:  # RSUs beside the map: show the map
-            cx0, cy0, cx1, cy1 = x0, y0, x1, y1
+        cx0, cy0, cx1, cy1 = self._view_area()
         pad = 0.02 * max(cx1 - cx0, cy1 - cy0)
         gui = self._sumo.api.gui
         gui.setBoundary(gui.DEFAULT_VIEW, cx0 - pad, cy0 - pad, cx1 + pad, cy1 + pad)
@@ -876,6 +982,32 @@ class SumoMobility:
         (vx0, vy0), (vx1, vy1) = gui.getBoundary(gui.DEFAULT_VIEW)
         self._view = (vx0, vy0, vx1, vy1)
         self._px_per_m = (self._window[0] - _GUI_FRAME_PX[0]) / max(vx1 - vx0, 1e-9)
+
+    @property
+    def window_size(self) -> tuple[int, int]:
+        """sumo-gui's window, px (fitted to the map's shape on other maps)."""
+        return self._window
+
+    def _fitting_window(self) -> tuple[int, int]:
+        """The road's window on the paper's road; elsewhere as wide, and as high as the area the RSUs
+        cover needs at that width (within 400..900 px of view), so a city is not a strip."""
+        if self._map.road is not None:
+            return road.WINDOW_SIZE
+        x0, y0, x1, y1 = self._view_area()
+        width = road.WINDOW_SIZE[0]
+        view_h = (width - _GUI_FRAME_PX[0]) * (y1 - y0) / max(x1 - x0, 1e-9)
+        return width, int(round(min(max(view_h, 400.0), 900.0))) + _GUI_FRAME_PX[1]
+
+    def _view_area(self) -> tuple[float, float, float, float]:
+        """The area the RSUs cover (on the paper's road: all of it), within the map."""
+        x0, y0, x1, y1 = self._net.bbox
+        cx0 = max(x0, min(r.x - r.radius for r in self._rsus))
+        cx1 = min(x1, max(r.x + r.radius for r in self._rsus))
+        cy0 = max(y0, min(r.y - r.radius for r in self._rsus))
+        cy1 = min(y1, max(r.y + r.radius for r in self._rsus))
+        if cx1 <= cx0 or cy1 <= cy0:  # RSUs beside the map: show the map
+            return x0, y0, x1, y1
+        return cx0, cy0, cx1, cy1
 
     def screenshot(self, path: str | Path) -> None:
         """Save sumo-gui's view to ``path``. SUMO writes the file during its next step."""
@@ -894,7 +1026,7 @@ class SumoMobility:
         if self.gui:
             # Top left, so that the dashboard (cosim/dashboard.py) can sit right below it.
             options.update({"--start": "true", "--quit-on-end": "true", "--window-pos": "0,0",
-                            "--window-size": ",".join(map(str, road.WINDOW_SIZE))})
+                            "--window-size": ",".join(map(str, self._window))})
             if self._map.road is None:  # other maps: the road's view settings, which the CV labels need
                 options["--gui-settings-file"] = str(road.ROAD_DIR / f"{road.NAME}.view.xml")
         if start is not None:
@@ -903,7 +1035,7 @@ class SumoMobility:
             options["--route-files"] = str(self._episode_routes)
         extra = list(self.cfg.sumo.extra_args)
         given = {a for a in extra if a.startswith("-")}  # SUMO rejects an option given twice
-        argv = list(self._map.args)
+        argv = list(self._map.args) + [a for a in _begin_args(self._map) if "--begin" not in given]
         for key, value in options.items():
             if key not in given:
                 argv += [key, value]
@@ -918,6 +1050,8 @@ class SumoMobility:
         self._sumo.load(argv)
         self._slot_vehicle = [None] * self.n_cvs
         self._slot_of = {}
+        self._waiting = {}
+        self._cv_rng = np.random.default_rng(sumo_seed)
         try:
             api = self._sumo.api
             api.simulation.subscribe(_SIM_VARS)
@@ -928,7 +1062,7 @@ class SumoMobility:
             if self.gui:
                 self._fit_view()
             # Other maps start empty: let traffic build up before the first slot.
-            warmup = round(_warmup_s(self.cfg, self._map.road is not None) / self.step_length)
+            warmup = round(self._warmup / self.step_length)
             return self._steps(1 + warmup)
         except self._sumo.errors as exc:  # SUMO reads route files as it goes: a bad one fails here
             message = self._sumo.failure(exc)
@@ -968,12 +1102,12 @@ class SumoMobility:
 
     def _hand_over(self) -> None:
         """Give each CV slot whose vehicle is gone or outside every RSU's coverage to a free vehicle
-        inside coverage (the nearest to an RSU first) or, with none, to one heading into it (the
-        closest to the edge first); a CV that is itself entering keeps its slot against another
-        entering one, and with nobody free a slot keeps its vehicle."""
+        inside coverage (at the RSU that has the fewest CVs, the nearest to it first) or, with none, to
+        one heading into it (the closest to the edge first); a CV that is itself entering keeps its
+        slot against another entering one, and with nobody free a slot keeps its vehicle."""
         api = self._sumo.api
         vtype = self.cfg.sumo.cv_vtype
-        rank: dict[str, tuple[int, float]] = {}  # (0 inside | 1 entering, distance to the RSU or its edge)
+        rank: dict[str, tuple[int, float, int]] = {}  # (0 inside | 1 entering, distance to RSU or edge, RSU)
         for k, r in enumerate(self._rsus):
             for vehicle, v in api.poi.getContextSubscriptionResults(f"{_RSU_POI}{k}").items():
                 if vtype is not None and v[tc.VAR_TYPE] != vtype:
@@ -981,28 +1115,38 @@ class SumoMobility:
                 x, y = v[tc.VAR_POSITION]
                 d = math.hypot(x - r.x, y - r.y)
                 if d <= r.radius:
-                    here = (0, d)
+                    here = (0, d, k)
                 else:
                     a = math.radians(v[tc.VAR_ANGLE])  # SUMO: clockwise from north
                     if math.sin(a) * (r.x - x) + math.cos(a) * (r.y - y) <= 0.0:
                         continue  # heading away
-                    here = (1, d - r.radius)
-                if here < rank.get(vehicle, (2, 0.0)):
+                    here = (1, d - r.radius, k)
+                if here < rank.get(vehicle, (2, 0.0, -1)):
                     rank[vehicle] = here
-        free = sorted((rk, vehicle) for vehicle, rk in rank.items() if vehicle not in self._slot_of)
-        free.reverse()  # pop() takes the best
+        load = [0] * len(self._rsus)  # CVs inside each RSU's coverage (at their nearest RSU)
+        for vehicle in self._slot_vehicle:
+            if vehicle in rank and rank[vehicle][0] == 0:
+                load[rank[vehicle][2]] += 1
+        free = [(rk, vehicle) for vehicle, rk in rank.items() if vehicle not in self._slot_of]
+
+        def order(j: int) -> tuple:
+            (inside, d, k), vehicle = free[j]
+            return inside, load[k] if inside == 0 else 0, d, vehicle
+
         for slot, vehicle in enumerate(self._slot_vehicle):
             if not free:
                 break
-            have = rank.get(vehicle, (2, 0.0)) if vehicle is not None else (3, 0.0)
-            if have[0] <= free[-1][0][0]:
+            have = rank.get(vehicle, (2, 0.0, -1)) if vehicle is not None else (3, 0.0, -1)
+            if have[0] <= min(rk[0] for rk, _ in free):
                 continue  # inside, or entering with only entering ones to swap for
+            rk, new = free.pop(min(range(len(free)), key=order))
             if vehicle is not None:
                 del self._slot_of[vehicle]
                 api.vehicle.unsubscribe(vehicle)
                 if self.gui:
                     api.vehicle.setColor(vehicle, _FREED_COLOR)
-            new = free.pop()[1]
+            if rk[0] == 0:
+                load[rk[2]] += 1
             self._slot_vehicle[slot] = new
             self._slot_of[new] = slot
             api.vehicle.subscribe(new, _VEHICLE_VARS)
@@ -1010,9 +1154,17 @@ class SumoMobility:
     def _update_slots(self, sim: dict[int, Any]) -> None:
         self.sim_time = sim[tc.VAR_TIME]
         for vehicle in sim[tc.VAR_ARRIVED_VEHICLES_IDS]:
+            self._waiting.pop(vehicle, None)
             slot = self._slot_of.pop(vehicle, None)
             if slot is not None:
                 self._slot_vehicle[slot] = None
+        if self._waiting and None in self._slot_vehicle:  # penetration: CVs that waited longest first
+            for slot in [i for i, v in enumerate(self._slot_vehicle) if v is None][:len(self._waiting)]:
+                vehicle = next(iter(self._waiting))
+                del self._waiting[vehicle]
+                self._slot_vehicle[slot] = vehicle
+                self._slot_of[vehicle] = slot
+                self._sumo.api.vehicle.subscribe(vehicle, _VEHICLE_VARS)
         for vehicle in sim[tc.VAR_DEPARTED_VEHICLES_IDS]:
             slot = self._slot_for(vehicle)
             if slot is not None:
@@ -1025,9 +1177,19 @@ class SumoMobility:
             return int(vehicle[2:]) if vehicle.startswith("cv") else None
         if self._pool:  # slots are handed out by coverage at the end of each slot
             return None
+        vtype = self.cfg.sumo.cv_vtype
+        if self._pool_kind == "penetration":
+            # One draw per departing vehicle (of the CV vType), in SUMO's order: the same seed, the same CVs.
+            if vtype is not None and self._sumo.api.vehicle.getTypeID(vehicle) != vtype:
+                return None
+            if self._cv_rng.random() >= self.cfg.sumo.penetration:
+                return None
+            if None not in self._slot_vehicle:
+                self._waiting[vehicle] = None
+                return None
+            return self._slot_vehicle.index(None)
         if None not in self._slot_vehicle:
             return None
-        vtype = self.cfg.sumo.cv_vtype
         if vtype is not None and self._sumo.api.vehicle.getTypeID(vehicle) != vtype:
             return None
         return self._slot_vehicle.index(None)

@@ -4,6 +4,7 @@
     python scripts/record_traces.py --out traces/road --episodes 200                 # the paper's road
     python scripts/record_traces.py --out traces/cross --sumocfg path/to/cross.sumocfg --cvs 5 --episodes 100
     python scripts/record_traces.py --out traces/road --episodes 1000 --ray local    # or --ray ADDRESS
+    python scripts/record_traces.py --out traces/ingolstadt21 --map resco/ingolstadt21 --cvs 64 --rsus 8 --penetration 0.3
     python scripts/train.py --algo ly-dtmppo --traces traces/road                    # train on the recording
     python scripts/evaluate.py --checkpoint runs/<run>/policy.safetensors --traces traces/road   # held-out part
 
@@ -26,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cosim.cli import add_common_args, config_from_args, run_main  # noqa: E402
+from cosim.cli import add_common_args, add_map_args, config_from_args, map_overrides, run_main  # noqa: E402
 from cosim.config import Config, CosimError, with_rsus  # noqa: E402
 from cosim.resources import REPO_ROOT  # noqa: E402
 from cosim.trace_mobility import record_episodes, split_episodes, write_meta, write_traces  # noqa: E402
@@ -38,10 +39,12 @@ def resolve_map(cfg: Config) -> tuple[Config, Any]:
 
     mob = SumoMobility(cfg)
     try:
-        rsus, name = mob.rsu_configs(), mob._map.name
+        rsus, name, summary = mob.rsu_configs(), mob._map.name, mob.map_summary
     finally:
         mob.close()
     fixed = with_rsus(cfg, rsus).replace(**{"sumo.rsu_placement": "config"})  # workers: no placement run
+    if summary is not None:  # ... and no survey for the warm-up either
+        fixed = fixed.replace(**{"sumo.warmup_s": summary.warmup_s})
     return fixed, (rsus, name)
 
 
@@ -80,17 +83,12 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="worker processes, one SUMO each (default 2)")
     ap.add_argument("--chunk", type=int, default=None, help="episodes per task (default: spread over the workers)")
     ap.add_argument("--ray", default=None, metavar="ADDRESS", help="run the tasks on Ray ('local' or an address)")
-    ap.add_argument("--sumocfg", default=None, help="another SUMO map: its .sumocfg")
-    ap.add_argument("--net", default=None, help="another SUMO map: its .net.xml (with --routes, or random trips)")
-    ap.add_argument("--routes", default=None, help="route file for --net")
-    ap.add_argument("--rsus", type=int, default=None, metavar="K", help="other maps: place K RSUs (sumo.n_rsus)")
+    add_map_args(ap)
     args = ap.parse_args()
     if args.episodes < 1 or args.workers < 1 or (args.chunk is not None and args.chunk < 1):
         ap.error("--episodes, --workers and --chunk must be at least 1")
     cfg = config_from_args(args, defaults={"backend": "sumo"})
-    sumo_map = {k: v for k, v in (("sumo.sumocfg", args.sumocfg), ("sumo.net", args.net),
-                                  ("sumo.routes", args.routes), ("sumo.n_rsus", args.rsus)) if v is not None}
-    cfg = cfg.replace(**sumo_map, backend="sumo")
+    cfg = cfg.replace(**map_overrides(args), backend="sumo")
     out = Path(args.out)
     if list(out.glob("traces_*.npz")):
         raise CosimError(f"--out: {out} already holds traces; choose a new folder")

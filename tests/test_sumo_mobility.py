@@ -291,13 +291,18 @@ def test_broken_files(tmp_path: Path, road_cfg: Config) -> None:
     (tmp_path / "cut.net.xml").write_text(text[: len(text) // 2])
     with pytest.raises(CosimError, match="cut.net.xml does not parse"):
         SumoMobility(load_config().replace(**{"sumo.net": str(tmp_path / "cut.net.xml")}))
-    # Route files are SUMO's to read: its own message, naming the file, comes back.
+    # A route file that is not XML fails when its first departure is read, naming the file...
     text = (road / "road.rou.xml").read_text()
     (tmp_path / "cut.rou.xml").write_text(text[: len(text) // 2])
+    cfg = road_cfg.replace(**{"sumo.net": str(road / "road.net.xml"), "sumo.routes": str(tmp_path / "cut.rou.xml")})
+    with pytest.raises(CosimError, match=r"cut.rou.xml is not valid XML \(unclosed token"):
+        SumoMobility(cfg)
+    # ...and one that is XML but not SUMO's is SUMO's to read: its own message, naming the file, comes back.
+    (tmp_path / "odd.rou.xml").write_text('<routes><vehicle id="a" depart="0" route="nowhere"/></routes>')
     for libsumo in (True, False):
         cfg = road_cfg.replace(**{"sumo.net": str(road / "road.net.xml"), "sumo.use_libsumo": libsumo,
-                                  "sumo.routes": str(tmp_path / "cut.rou.xml")})
-        with pytest.raises(CosimError, match=r"SUMO could not load .*cut.rou.xml: Error: .*In file .*cut.rou.xml"):
+                                  "sumo.routes": str(tmp_path / "odd.rou.xml")})
+        with pytest.raises(CosimError, match=r"SUMO could not load .*odd.rou.xml: Error: .*nowhere"):
             SumoMobility(cfg).reset(0)  # fails placing the RSUs, which runs the map first
     assert not sumo_children()
 

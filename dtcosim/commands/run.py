@@ -5,6 +5,7 @@
     dtcosim run --gui --record frames/   # and record sumo-gui, the dashboard and a GIF
     dtcosim run --backend analytic --record frames/   # headless: the dashboard alone
     dtcosim run --sumocfg my/map.sumocfg    # RSUs placed where its traffic is, CVs inside coverage
+    dtcosim run --map resco/ingolstadt21 --cvs 200 --rsus 20 --penetration 0.7   # a real city (maps extra)
     dtcosim run --net my.net.xml --rsus 5 --cvs 8
     dtcosim run --backend analytic --episodes 3 --policy nearest
     dtcosim run --cvs 9 --config configs/transfer/rsu5.yaml   # the shipped policy, any fleet/layout
@@ -20,18 +21,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from agents import FALLBACK_POLICY, config_for, default_policy, make_policy
-from cosim.cli import add_common_args, config_from_args, save_run_config
+from cosim.cli import add_common_args, add_map_args, config_from_args, map_overrides, save_run_config
 from cosim.config import Config, CosimError, flat_overrides
 from cosim.env import BatchCoSim, StepOutput
 from cosim.gui import SlotDecisions, decision_colors, decision_label, short_label, slot_line
 from cosim.outputs import OutputDir
 from cosim.runner import episode_table, run_episodes, write_summary
-from sumo_net.generate_road import WINDOW_SIZE
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap, backend_default="sumo")
+    add_map_args(ap)
     ap.add_argument("--policy", default=None,
                     help="local | nearest | equal | random | dpp-opt | a checkpoint path "
                          "(default: the shipped set-structured Ly-DTMPPO checkpoint, any --cvs and RSU layout)")
@@ -46,11 +47,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                          "(default: on with --gui)")
     ap.add_argument("--fps", type=float, default=2.0, help="slots per second of the --record animation (default 2)")
     ap.add_argument("--delay", type=int, default=200, metavar="MS", help="sumo-gui delay per step, ms (default 200)")
-    ap.add_argument("--sumocfg", default=None, help="run another SUMO map: its .sumocfg")
-    ap.add_argument("--net", default=None, help="run another SUMO map: its .net.xml (with --routes, or random trips)")
-    ap.add_argument("--routes", default=None, help="route file for --net")
-    ap.add_argument("--rsus", type=int, default=None, metavar="K",
-                    help="other maps: place K RSUs where the traffic is (sumo.n_rsus)")
     ap.add_argument("--print-slots", action="store_true", help="print one line per slot (on by default with --gui)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -59,10 +55,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if not args.fps > 0:
         ap.error("--fps must be above 0")
     show_dashboard = args.dashboard if args.dashboard is not None else args.gui
-    sumo_map = {k: v for k, v in (("sumo.sumocfg", args.sumocfg), ("sumo.net", args.net),
-                                  ("sumo.routes", args.routes), ("sumo.n_rsus", args.rsus)) if v is not None}
+    sumo_map = map_overrides(args)
     if args.gui or sumo_map:
-        needs = "--gui" if args.gui else "--sumocfg/--net/--routes"
+        needs = "--gui" if args.gui else "--map/--sumocfg/--net/--routes"
         if args.backend not in (None, "sumo"):
             raise CosimError(f"{needs} needs the SUMO backend, not --backend {args.backend}")
         args.backend = "sumo"
@@ -109,7 +104,8 @@ def _run(args: argparse.Namespace, cfg: Config, policy_name: str, out: Path, rec
         if show_dashboard or record is not None:  # off in a plain headless run: it costs ~0.2 s a slot
             from cosim.dashboard import Dashboard
             title = f"{Path(policy_name).stem} on {cfg.backend}, {sim.n_cvs} CVs, {sim.n_rsus} RSUs"
-            below_gui = (0, WINDOW_SIZE[1] + 30) if args.gui else None  # sumo-gui's window is at the top left
+            # sumo-gui's window is at the top left
+            below_gui = (0, sim.mobility.envs[0].window_size[1] + 30) if args.gui else None
             dashboard = Dashboard(sim, show=show_dashboard, record_dir=record, title=title, window_pos=below_gui)
         frame = 0
 
@@ -143,7 +139,7 @@ def _run(args: argparse.Namespace, cfg: Config, policy_name: str, out: Path, rec
     if record is not None:
         from cosim.dashboard import write_animation
         animation = write_animation(record, fps=args.fps)
-    where = {"sumo": cfg.sumo.sumocfg or cfg.sumo.net or "the paper's road", "analytic": "analytic road",
+    where = {"sumo": cfg.sumo.map or cfg.sumo.sumocfg or cfg.sumo.net or "the paper's road", "analytic": "analytic road",
              "trace": f"traces in {cfg.trace.dir}, {cfg.trace.part} part"}.get(cfg.backend, cfg.backend)
     print(f"{policy_name} on {cfg.backend} ({where}), "
           f"{sim.n_cvs} CVs, {sim.n_rsus} RSUs, {args.episodes} episode(s) of {cfg.scenario.episode_slots} slots")
