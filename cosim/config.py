@@ -214,10 +214,12 @@ class SumoConfig:
                                 "capped (sumo.rsu_load_cap)")
     rsu_sites: str = _f("both", choices=("both", "roads", "junctions"),
                         doc="automatic placement: candidate RSU sites along the roads, at junctions, or both")
-    rsu_load_cap: float = _f(2.0, 0.0, 1000.0,
+    rsu_load_cap: float = _f(0.0, 0.0, 1000.0,
                              doc="automatic placement: an RSU counts at most this many times its fair share "
                                  "(surveyed vehicle-seconds / RSUs) as its gain, so that the busiest places get "
                                  "several RSUs and the rest are covered too; 0: no cap (plain greedy coverage)")
+    rsu_balance: bool = _f(True, doc="automatic placement: then move RSUs near the busiest one while that lowers "
+                                     "its share of the covered vehicle-seconds and costs at most 1 % of coverage")
     n_rsus: int | None = _f(None, 1, MAX_RSUS, doc="RSUs placed automatically (null: as many as scenario.rsus)")
     cv_pool: str = _f("coverage", choices=("coverage", "departure", "penetration"),
                       doc="other maps: coverage: CV slots go to vehicles inside (or entering) RSU coverage, "

@@ -22,8 +22,9 @@ from pettingzoo import ParallelEnv
 
 from . import fused as F
 from . import model as M
-from .config import Config, CosimError, load_config, with_rsus
+from .config import Config, ConfigError, CosimError, load_config, with_rsus
 from .mobility import BatchMobility, MobilityState, make_mobility
+from .resources import available_memory_mb
 from .twin import DigitalTwin, ObsLayout
 
 ACTION_BOUND = 10.0  # raw actions in [-10, 10] already saturate every softmax and sigmoid
@@ -41,6 +42,24 @@ class StepOutput:
     result: M.SlotResult      # everything the model computed this slot
     decision: M.Decision      # the projected decision
     mobility: MobilityState   # where the CVs were during the slot
+
+
+# Bytes one slot of the batch environment holds per (environment, CV, RSU) and per (environment, CV),
+# measured with tracemalloc at 4-16 environments, 50-400 CVs and 5-40 RSUs (330-490 and about 2,500),
+# with a margin: the observation and the critic's state grow with the RSUs, the rest with CVs x RSUs.
+ENV_BYTES_PER_CV_RSU = 800
+ENV_BYTES_PER_CV = 4000
+
+
+def check_env_memory(n_envs: int, n_cvs: int, n_rsus: int) -> None:
+    """Refuse, in one line, a batch environment whose arrays would not fit this machine's free memory."""
+    need_mb = n_envs * n_cvs * (ENV_BYTES_PER_CV_RSU * n_rsus + ENV_BYTES_PER_CV) / 2**20
+    have = available_memory_mb()
+    if have is not None and need_mb > 0.8 * have:
+        fits = int(0.8 * have * 2**20 / (n_envs * (ENV_BYTES_PER_CV_RSU * n_rsus + ENV_BYTES_PER_CV)))
+        raise ConfigError(f"{n_envs} environment(s) x {n_cvs} CVs x {n_rsus} RSUs need about {need_mb:,.0f} MB per "
+                          f"slot, over 80 % of the {have:,.0f} MB available: use at most {max(fits, 0):,} CVs (or "
+                          f"fewer environments or RSUs)")
 
 
 class BatchCoSim:
@@ -68,6 +87,7 @@ class BatchCoSim:
         self.backend = cfg.backend
         self.n_envs = n_envs
         self.n_cvs = cfg.scenario.n_cvs
+        check_env_memory(n_envs, self.n_cvs, len(cfg.scenario.rsus) if cfg.sumo.n_rsus is None else cfg.sumo.n_rsus)
         self.mobility: BatchMobility = mobility if mobility is not None else make_mobility(
             cfg, self.backend, n_envs, self.n_cvs, **sumo_kwargs)
         rsus = tuple(self.mobility.rsu_configs())

@@ -29,3 +29,15 @@ def config_dir() -> Path:
 
 def checkpoint_dir() -> Path:
     return resource_dir("checkpoints")
+
+
+def available_memory_mb() -> float | None:
+    """The memory this machine has available now (Linux's MemAvailable), MB; None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None

@@ -165,6 +165,7 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
     """
     E = sim.n_envs
     totals = dict.fromkeys(EpisodeSums.KEYS, 0.0) | {"slots": 0, "active": 0, "covered": 0}
+    rsu_load = np.zeros(sim.n_rsus, dtype=np.int64)
     result = RunResult()
     writer = None
     fh = open(csv_path, "w", newline="") if csv_path else None
@@ -188,8 +189,13 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
                 acc.add(out)
                 m = out.mobility  # active CV-slots, and those some RSU covers
                 totals["active"] += int(m.active[:n_here].sum())
-                totals["covered"] += int(M.coverage(sim.params, M.horizontal_distance(sim.params, m.x, m.y),
-                                                    m.active).any(-1)[:n_here].sum())
+                hd = M.horizontal_distance(sim.params, m.x, m.y)[:n_here]
+                cov = M.coverage(sim.params, hd, m.active[:n_here])
+                totals["covered"] += int(cov.any(-1).sum())
+                # Each covered CV-slot counts for its nearest covering RSU: how evenly the RSUs are loaded.
+                near = np.where(cov, hd, np.inf)
+                inside = cov.any(-1)
+                rsu_load += np.bincount(near[inside].argmin(-1), minlength=sim.n_rsus)
                 if writer is not None:
                     writer.writerows(slot_rows(out, chunk * E, slot_idx, n_here))
                 for e in range(n_here):
@@ -219,6 +225,8 @@ def run_episodes(sim: BatchCoSim, policy: Any, episodes: int, seed: int = 0, csv
         "deadline_miss_rate": _div(totals["misses"], totals["tasks"]),
         "active_share": _div(totals["active"], totals["slots"] * sim.n_cvs),
         "covered_share": _div(totals["covered"], totals["active"]),  # of active CV-slots
+        # of covered CV-slots, at the busiest RSU (each counted at its nearest covering RSU); 1/K is even
+        "busiest_rsu_share": _div(float(rsu_load.max(initial=0)), float(rsu_load.sum())),
         "cost_ci95": float(ci95(costs)),
         "episodes": episodes, "slots": totals["slots"], "tasks": int(totals["tasks"]),
         "n_cvs": sim.n_cvs, "n_rsus": sim.n_rsus, "backend": sim.backend,

@@ -93,6 +93,7 @@ from .config import Config, ConfigError, CosimError, RSUConfig, ScenarioConfig, 
 from .gui import LabelMetrics, layout_labels
 from .mobility import BatchMobility, MobilityState, draw_road_start, stack_states
 from .outputs import remove_stale_temp_dirs
+from .resources import available_memory_mb
 from .palette import pale, rsu_hue
 
 
@@ -485,6 +486,60 @@ def busiest_share(rsus: Sequence[RSUConfig], samples: np.ndarray) -> float:
     return float(loads.max() / loads.sum()) if loads.sum() else 0.0
 
 
+BALANCE_SLACK = 0.01     # balancing may give up this share of the covered vehicle-seconds
+_BALANCE_SAMPLES = 5000  # vehicle positions the balancing weighs (a seeded subsample beyond)
+
+
+def balance_loads(candidates: np.ndarray, samples: np.ndarray, chosen: Sequence[int], radii: Sequence[float],
+                  spacing: float, slack: float = BALANCE_SLACK, rounds: int = 30) -> list[int]:
+    """Local search after the greedy placement: move the busiest RSU, or one near it, to a nearby
+    candidate site while that lowers the busiest RSU's share of the covered samples (each counted at
+    its nearest covering RSU) and keeps the covered share within ``slack`` of where it started and
+    the RSUs ``spacing`` apart. Returns the new picks (the same order, so the same radii)."""
+    chosen = list(chosen)
+    k = len(chosen)
+    if k < 2 or not len(samples):
+        return chosen
+    r = np.asarray(radii, dtype=float)[:, None]
+
+    def dist(c: int) -> np.ndarray:
+        return np.hypot(samples[:, 0] - candidates[c, 0], samples[:, 1] - candidates[c, 1])
+
+    def score(d: np.ndarray) -> tuple[float, float, np.ndarray]:
+        near = np.where(d <= r, d, np.inf)
+        inside = np.isfinite(near).any(axis=0)
+        loads = np.bincount(near[:, inside].argmin(axis=0), minlength=k)
+        return float(inside.mean()), float(loads.max() / max(inside.sum(), 1)), loads
+
+    d = np.stack([dist(c) for c in chosen])
+    floor, busiest, loads = score(d)
+    floor -= slack
+    for _ in range(rounds):
+        b = int(np.argmax(loads))
+        site = candidates[chosen]
+        movers = np.flatnonzero(np.hypot(*(site - site[b]).T) <= 2.5 * r.max())
+        best: tuple[float, int, int] | None = None
+        for j in movers:
+            others = np.delete(site, j, axis=0)
+            gap = np.hypot(candidates[:, None, 0] - others[None, :, 0], candidates[:, None, 1] - others[None, :, 1])
+            near = np.flatnonzero((np.hypot(*(candidates - site[j]).T) <= 1.5 * r[j, 0]) & (gap.min(axis=1) >= spacing))
+            for c in near[np.linspace(0, len(near) - 1, min(len(near), 24)).astype(int)] if len(near) else []:
+                if c == chosen[j]:
+                    continue
+                trial = d.copy()
+                trial[j] = dist(c)
+                cov, bus, _ = score(trial)
+                if cov >= floor and bus < (best[0] if best else busiest) - 1e-9:
+                    best = (bus, int(j), int(c))
+        if best is None:
+            break
+        _, j, c = best
+        chosen[j] = c
+        d[j] = dist(c)
+        _, busiest, loads = score(d)
+    return chosen
+
+
 def _candidates(net: _NetInfo, radius: float, sites: str) -> np.ndarray:
     road_sites = _road_candidates(net, radius) if sites != "junctions" else np.zeros((0, 2))
     junctions = np.asarray(net.junctions, dtype=float).reshape(-1, 2) if sites != "roads" else np.zeros((0, 2))
@@ -493,8 +548,8 @@ def _candidates(net: _NetInfo, radius: float, sites: str) -> np.ndarray:
 
 
 def _place_by_traffic(template: Sequence[RSUConfig], net: _NetInfo, samples: np.ndarray,
-                      spacing: float, seed: int, sites: str = "roads",
-                      load_cap: float = 0.0) -> tuple[tuple[RSUConfig, ...], float]:
+                      spacing: float, seed: int, sites: str = "roads", load_cap: float = 0.0,
+                      balance: bool = False) -> tuple[tuple[RSUConfig, ...], float]:
     """Maximum coverage of the sampled vehicle positions by RSUs at junctions and along the roads,
     each RSU's gain capped at ``load_cap`` fair shares (0: uncapped)."""
     radii = [t.radius for t in template]
@@ -510,12 +565,18 @@ def _place_by_traffic(template: Sequence[RSUConfig], net: _NetInfo, samples: np.
         weighed = weighed[np.random.default_rng(seed).choice(len(weighed), _MAX_SAMPLES, replace=False)]
     cap = load_cap * len(weighed) / k if load_cap > 0 else None
     chosen, held = greedy_max_coverage(candidates, weighed, radii, spacing, cap)
+    if balance:
+        few = weighed
+        if len(few) > _BALANCE_SAMPLES:
+            few = few[np.random.default_rng(seed + 1).choice(len(few), _BALANCE_SAMPLES, replace=False)]
+        chosen = balance_loads(candidates, few, chosen, radii, held)
     rsus = tuple(RSUConfig(float(candidates[c, 0]), float(candidates[c, 1]), t.height, t.radius)
                  for c, t in zip(chosen, template))
     return rsus, held
 
 
 _placements: dict[tuple, tuple[tuple[RSUConfig, ...], MapSummary]] = {}
+_survey_samples: dict[str, np.ndarray] = {}  # map name -> the last survey's vehicle positions (map pictures)
 
 
 def _resolve_rsus(cfg: Config, m: "_Map", net: _NetInfo,
@@ -554,7 +615,7 @@ def _resolve_rsus(cfg: Config, m: "_Map", net: _NetInfo,
             k = s.n_rsus if s.n_rsus is not None else len(cfg.scenario.rsus)
             template = tuple(cfg.scenario.rsus[i % len(cfg.scenario.rsus)] for i in range(k))
             rsus, held = _place_by_traffic(template, net, samples, s.rsu_spacing_m, cfg.seed, s.rsu_sites,
-                                           s.rsu_load_cap)
+                                           s.rsu_load_cap, s.rsu_balance)
             how = "auto"
         x0, y0, x1, y1 = net.bbox
         summary = MapSummary(m.name, x1 - x0, y1 - y0, survey.vehicles, len(samples) * cfg.scenario.slot_s,
@@ -562,6 +623,7 @@ def _resolve_rsus(cfg: Config, m: "_Map", net: _NetInfo,
                              begin_s=m.begin, warmup_s=survey.warmup_s, warmup=survey.warmup,
                              busiest_share=busiest_share(rsus, samples))
         _placements[key] = (rsus, summary)
+        _survey_samples[m.name] = samples
         print(summary.line(), file=sys.stderr)  # once per map and configuration
     return _placements[key]
 
@@ -1239,20 +1301,9 @@ SUMO_OPEN_FILES = 4   # a TraCI socket, its log file and SUMO's pipes, per simul
 _RESERVED_FILES = 64  # what Python, torch and the outputs keep open
 
 
-def _available_memory_mb() -> float | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def check_sumo_capacity(n_envs: int) -> None:
     """Refuse an ``n_envs`` whose SUMO processes would not fit this machine's memory or open-file limit."""
-    mem = _available_memory_mb()
+    mem = available_memory_mb()
     if mem is not None and n_envs * SUMO_MEMORY_MB > mem:
         raise ConfigError(f"training.n_envs = {n_envs} would start {n_envs} SUMO processes, about "
                           f"{n_envs * SUMO_MEMORY_MB:,} MB at {SUMO_MEMORY_MB} MB each, but {mem:,.0f} MB of memory is "

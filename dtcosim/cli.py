@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("reproduce", "run the paper's experiment grid (resumable)"),
     "plot": ("plot", "figures and results.md from a reproduction folder"),
     "bench": ("bench", "speed ratios of the environments, the optimiser and training"),
+    "maps": ("maps", "list the named SUMO maps, draw one with its RSUs, generate a synthetic city"),
 }
 
 

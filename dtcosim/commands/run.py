@@ -149,7 +149,9 @@ def _run(args: argparse.Namespace, cfg: Config, policy_name: str, out: Path, rec
           f"energy {s['mean_energy_j']:.2f} J, InstrT {s['instr_share']:.1%}, "
           f"deadline misses {s['deadline_miss_rate']:.1%}")
     if cfg.backend != "analytic":
-        print(f"CV slots active {s['active_share']:.1%}, of them covered by an RSU {s['covered_share']:.1%}")
+        print(f"CV slots active {s['active_share']:.1%}, of them covered by an RSU {s['covered_share']:.1%}; "
+              f"the busiest RSU is the nearest of {s['busiest_rsu_share']:.1%} of the covered ones "
+              f"({s['busiest_rsu_share'] * sim.n_rsus:.1f}x its fair share)")
     if hasattr(policy, "summary_text"):  # the per-slot optimiser says how converged its solutions are
         print(policy.summary_text())
     if getattr(sim.mobility, "map_summary", None) is not None:  # other maps: size, traffic, RSU coverage
