@@ -105,6 +105,7 @@ _RSU_POI = "cosim_rsu"                # other maps: POI ids of the RSUs
 _FREED_COLOR = (255, 255, 0, 255)     # sumo-gui: a vehicle that is no longer a CV gets SUMO's default yellow
 _GUI_FRAME_PX = (10, 215)             # sumo-gui's window minus its view (menus, tool bars, status bar), measured
 _labels = itertools.count()
+GUI_LABEL_LIMIT = 40                  # sumo-gui: more active CVs than this are drawn in colour only, no labels
 # libsumo runs one simulation per process: the _Sumo that holds it, if any.
 _libsumo_holder: "_Sumo | None" = None
 
@@ -970,9 +971,11 @@ class SumoMobility:
                 if labels is not None:
                     self._sumo.api.vehicle.setParameter(vehicle, road.DECISION_PARAM, labels[slot])
         if tags is not None and self.gui:
+            if sum(v is not None for v in self._slot_vehicle) > GUI_LABEL_LIMIT:
+                tags = None  # too many to read: the vehicles' colours alone say what each CV does
             self._draw_labels(colors, tags, labels)
 
-    def _draw_labels(self, colors: Sequence[Sequence[int]], tags: Sequence[str],
+    def _draw_labels(self, colors: Sequence[Sequence[int]], tags: Sequence[str] | None,
                      details: Sequence[str] | None) -> None:
         api = self._sumo.api
         for kind, name in self._labels_drawn:
@@ -996,7 +999,7 @@ class SumoMobility:
             ny = r.y + (road.RSU_NAME_OFFSET_M if spec is not None else 0.0) - metrics.drop_px / self._px_per_m
             obstacles.append((r.x - w / 2, ny - h / 2, r.x + w / 2, ny + h / 2))
             self._add_box(f"cosim_rsu{k}_box", obstacles[-1], pale(rsu_hue(k)), 4.5)
-        if not slots:
+        if not slots or tags is None:  # no labels: the RSU boxes only
             return
         # Where each CV will be when sumo-gui draws the frame: one slot on at its present velocity
         # (exact on the paper's road away from its ends).

@@ -20,11 +20,11 @@ def dtcosim(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
 def test_lists_its_commands_and_refuses_unknown_ones():
     p = dtcosim("--help")
     assert p.returncode == 0
-    for name in ("run", "train", "evaluate", "reproduce", "plot", "bench"):
+    for name in ("run", "train", "evaluate", "reproduce", "plot", "bench", "maps"):
         assert f"\n  {name} " in p.stdout
     p = dtcosim("fly")
     assert p.returncode == 2 and p.stderr.strip() == "error: unknown command 'fly' (choose run, train, evaluate, " \
-                                                     "reproduce, plot, bench)"
+                                                     "reproduce, plot, bench, maps)"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -447,18 +447,24 @@ def test_sumo_map_faults(tmp_path):
                      str(tmp_path / "o"), timeout=60), "sets remote-port, which makes SUMO wait")
     finally:
         (road / "_test_remote.sumocfg").unlink()
-    # Vehicles that depart after the episode: no CV is ever active.
+    # One vehicle, departing at 5000 s: the map begins then, and a warm-up past its trip is refused before
+    # any episode runs, with one that works.
     (tmp_path / "late.rou.xml").write_text('<routes><vType id="car" vClass="passenger"/><vehicle id="late" '
                                            'type="car" depart="5000"><route edges="eastbound"/></vehicle></routes>')
     one_line(run("scripts/run_cosim.py", "--net", str(road / "road.net.xml"), "--routes",
                  str(tmp_path / "late.rou.xml"), "--policy", "equal", "--quiet", "--out", str(tmp_path / "o"),
-                 timeout=120),
-             "no vehicle became a CV in 1 episode(s)")
+                 "--set", "sumo.warmup_s=100", timeout=120),
+             "no vehicle is on road.net.xml in the episode window 100..130 s after its begin: set sumo.warmup_s to "
+             "at most 2 s (vehicles are on the road from 0 to 32 s after the begin at 5000 s)")
     assert not (tmp_path / "o").exists()
+    # A window with vehicles that are never CVs (no vehicle of the CV vType): no CV is ever active.
+    (tmp_path / "typed.rou.xml").write_text('<routes><vType id="car" vClass="passenger"/><vType id="cv"/>'
+                                            '<vehicle id="v" type="car" depart="0"><route edges="eastbound"/>'
+                                            '</vehicle></routes>')
     from agents import train
-    cfg = load_config().replace(**{"backend": "sumo", "sumo.net": str(road / "road.net.xml"),
-                                   "sumo.routes": str(tmp_path / "late.rou.xml"), "training.n_envs": 1,
-                                   "scenario.n_cvs": 2, "scenario.episode_slots": 5})
+    cfg = load_config().replace(**{"backend": "sumo", "sumo.net": str(road / "road.net.xml"), "sumo.warmup_s": 0.0,
+                                   "sumo.routes": str(tmp_path / "typed.rou.xml"), "training.n_envs": 1,
+                                   "sumo.cv_vtype": "cv", "scenario.n_cvs": 2, "scenario.episode_slots": 5})
     with pytest.raises(CosimError, match="no vehicle became a CV in the first 1 training episodes"):
         train("ly-dtmppo", cfg, out=tmp_path / "t", progress=False, tensorboard=False)
 
