@@ -55,7 +55,7 @@ class RSUConfig:
 
 @dataclass(frozen=True)
 class ScenarioConfig:
-    n_cvs: int = _f(5, 1, 64, doc="client vehicles I (the agents)")
+    n_cvs: int = _f(5, 1, 10_000, doc="client vehicles I (the agents)")
     road_length_m: float = _f(700.0, 10.0, 100_000.0)
     lanes_per_direction: int = _f(2, 1, 8)
     lane_width_m: float = _f(3.75, 1.0, 10.0)
