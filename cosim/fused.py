@@ -967,14 +967,20 @@ def _fd_grad(x, fx, h, B, g, free_idx, eb, split_mask, SP, sp0, bw0, cpu0, pv, C
 
 @njit(cache=True, error_model="numpy")
 def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prune_after, prune_gap, scan,
-                 analytic, free_idx, eb, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
+                 analytic, memory, free_idx, eb, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
     """cosim.optimizer.bfgs_multistart, loop for loop, on the compiled objective. With ``scan`` the line
     search walks the step grid from the longest step, one step at a time, and stops once the values
     rise again after an improvement (the grid's best step when the objective is unimodal along the
     ray) instead of evaluating every step. With ``analytic`` the gradients are _value_grad's (one
     forward and one backward pass) instead of d forward differences. Returns x, f, f0, status
     (0 iteration cap, 1 converged, 2 pruned), last_gain, iterations, the number of objective
-    evaluations (finite-difference probes included) and the number of analytic gradients."""
+    evaluations (finite-difference probes included) and the number of analytic gradients.
+
+    ``memory`` < 0: the dense inverse Hessian H (O(d^2) per iteration); m >= 0: limited-memory BFGS, H
+    applied to the gradient by the two-loop recursion over the last m steps and gradient changes (0:
+    every one since the last reset) on the identity (O(pairs d) per iteration). With every pair kept it
+    is the dense method's H, so the same iterates within rounding. A reset (failed line search) forgets
+    the pairs, as the dense method sets H = identity."""
     S, d = x0.shape
     WS, WB, WI, WK, LN, th, gth = _workspace(eb)
     x = np.empty((S, d))
@@ -1007,12 +1013,21 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
         status[:] = 1
         return x, f, fstart, status, np.zeros(S), iters, n_evals, n_grads
     g = np.empty((S, d))
-    H = np.zeros((S, d, d))
+    dense = memory < 0
+    H = np.zeros((S, d, d) if dense else (S, 1, 1))
+    # L-BFGS pairs: a ring of the last m steps and gradient changes per start (every step: m = iterations)
+    m = memory if memory > 0 else max(iterations, 1)
+    if dense:
+        m = 1
+    Sm, Ym = np.empty((S, m, d)), np.empty((S, m, d))
+    rho_m, al_m = np.empty((S, m)), np.empty(m)
+    n_pairs, head = np.zeros(S, np.int64), np.zeros(S, np.int64)
     for s_ in range(S):
         n_evals += grad(x[s_], f[s_], g[s_])
         n_grads += analytic
-        for q in range(d):
-            H[s_, q, q] = 1.0
+        if dense:
+            for q in range(d):
+                H[s_, q, q] = 1.0
     fresh = np.ones(S, np.bool_)
     alive = np.ones(S, np.bool_)
     alphas = np.empty(line_steps)
@@ -1047,12 +1062,35 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
                 continue
             iters[s_] += 1
             nrm = 0.0
-            for q in range(d):
-                acc = 0.0
-                for r in range(d):
-                    acc += H[s_, q, r] * g[s_, r]
-                pdir[q] = -acc
-                nrm += acc * acc
+            if dense:
+                for q in range(d):
+                    acc = 0.0
+                    for r in range(d):
+                        acc += H[s_, q, r] * g[s_, r]
+                    pdir[q] = -acc
+                    nrm += acc * acc
+            else:  # two-loop recursion: pdir = -H g
+                for q in range(d):
+                    pdir[q] = g[s_, q]
+                for j in range(n_pairs[s_]):  # newest first
+                    c = (head[s_] - 1 - j + m) % m
+                    acc = 0.0
+                    for q in range(d):
+                        acc += Sm[s_, c, q] * pdir[q]
+                    al_m[c] = rho_m[s_, c] * acc
+                    for q in range(d):
+                        pdir[q] -= al_m[c] * Ym[s_, c, q]
+                for j in range(n_pairs[s_] - 1, -1, -1):  # oldest first
+                    c = (head[s_] - 1 - j + m) % m
+                    acc = 0.0
+                    for q in range(d):
+                        acc += Ym[s_, c, q] * pdir[q]
+                    bet = al_m[c] - rho_m[s_, c] * acc
+                    for q in range(d):
+                        pdir[q] += bet * Sm[s_, c, q]
+                for q in range(d):
+                    pdir[q] = -pdir[q]
+                    nrm += pdir[q] * pdir[q]
             sc_ = min(1.0, max_step / max(math.sqrt(nrm), 1e-300))
             for q in range(d):
                 pdir[q] *= sc_
@@ -1076,9 +1114,11 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
                 if fresh[s_]:
                     status[s_] = 1
                     alive[s_] = False
-                for q in range(d):
-                    for r in range(d):
-                        H[s_, q, r] = 1.0 if q == r else 0.0
+                if dense:
+                    for q in range(d):
+                        for r in range(d):
+                            H[s_, q, r] = 1.0 if q == r else 0.0
+                n_pairs[s_] = 0
                 fresh[s_] = True
                 continue
             fn = best
@@ -1096,7 +1136,16 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
                 sy += sv[q] * yv[q]
                 ns += sv[q] * sv[q]
                 ny += yv[q] * yv[q]
-            if sy > 1e-12 * math.sqrt(ns) * math.sqrt(ny):
+            if sy > 1e-12 * math.sqrt(ns) * math.sqrt(ny) and not dense:  # L-BFGS: one more pair
+                c = head[s_]
+                for q in range(d):
+                    Sm[s_, c, q] = sv[q]
+                    Ym[s_, c, q] = yv[q]
+                rho_m[s_, c] = 1.0 / sy
+                head[s_] = (c + 1) % m
+                n_pairs[s_] = min(n_pairs[s_] + 1, m)
+                fresh[s_] = False
+            elif sy > 1e-12 * math.sqrt(ns) * math.sqrt(ny):  # dense: the BFGS update of H
                 rho = 1.0 / sy
                 yHy = 0.0
                 for q in range(d):
@@ -1227,4 +1276,4 @@ class SlotObjective:
                             float(opt["line_max"]), float(opt["max_step"]), float(opt["fd_step"]), float(opt["bound"]),
                             float(opt["tol"]), int(opt["prune_after"]), float(opt["prune_gap"]),
                             LINE_SEARCHES.index(opt["line_search"]), opt["gradient"] == "analytic",
-                            *self.problem)
+                            int(opt["memory"]) if opt["method"] == "lbfgs" else -1, *self.problem)
