@@ -8,7 +8,8 @@ import pytest
 from cosim import fused as F
 from cosim.config import load_config
 from cosim.env import BatchCoSim
-from cosim.optimizer import DEFAULTS, DppOptimizer, SlotProblem, _env_slice, _probe, _tasks_slice, bfgs_multistart
+from cosim.optimizer import (AUTO_DENSE_MAX_DIM, DEFAULTS, DppOptConfig, DppOptimizer, SlotProblem, _env_slice,
+                             _probe, _tasks_slice, bfgs_multistart, resolve_method)
 from cosim.runner import run_episodes
 from strategies import busy_queues
 from test_optimizer import _check_feasible
@@ -208,16 +209,29 @@ SLOTS_VS_DENSE = [  # (CVs, RSUs, seed): the default road, and 10 RSUs of radius
     (5, None, 0), (5, None, 1), (5, None, 2), (20, None, 3), (50, None, 4), (50, _spread_rsus(10, 200.0), 5)]
 
 
+def test_method_auto_picks_by_size():
+    """The default: dense on small slots (faster there), L-BFGS keeping every pair above AUTO_DENSE_MAX_DIM
+    parameters; a limited memory is always L-BFGS."""
+    assert DppOptConfig().method == "auto" and DppOptConfig().memory == 0
+    opt = DEFAULTS
+    assert resolve_method(opt, AUTO_DENSE_MAX_DIM) == "dense" and resolve_method(opt, AUTO_DENSE_MAX_DIM + 1) == "lbfgs"
+    assert resolve_method(dict(opt, memory=10), 5) == "lbfgs" and resolve_method(dict(opt, method="dense"), 10**4) == "dense"
+    small, big = _busy_sim(5, None, 0), _busy_sim(50, None, 4)
+    for sim, method in ((small, "dense"), (big, "lbfgs")):
+        pol = DppOptimizer(sim, seed=0, iterations=3)
+        pol.act_sim(sim)
+        assert pol.last_stats[0]["method"] == method, pol.last_stats[0]["dim"]
+
+
 def test_lbfgs_objective_within_half_a_percent_of_dense():
-    """dpp-opt's default (L-BFGS keeping every pair since the last reset) against the dense method on
+    """L-BFGS keeping every pair since the last reset (the default above 50 parameters) against the dense method on
     seeded slots of up to 50 CVs: it takes the same steps in exact arithmetic, so only rounding can make
     them part. Worst seen: 1.8e-15 above dense here (mean -2e-14), 1.8e-14 on 20 more slots of 5-50 CVs
     and 3-10 RSUs. Its decisions meet the constraints and it is never worse than the reference policies."""
     rel = []
     for n_cvs, rsus, seed in SLOTS_VS_DENSE:
         sim = _busy_sim(n_cvs, rsus, seed)
-        new, dense = DppOptimizer(sim, seed=seed), DppOptimizer(sim, seed=seed, method="dense")
-        assert new.settings.method == "lbfgs" and new.settings.memory == 0
+        new, dense = DppOptimizer(sim, seed=seed, method="lbfgs"), DppOptimizer(sim, seed=seed, method="dense")
         raw = new.act_sim(sim)
         dense.act_sim(sim)
         f_new, f_dense = new.last_stats[0]["objective"], dense.last_stats[0]["objective"]
@@ -251,6 +265,7 @@ def test_city_slot_200_cvs_20_rsus():
     assert raw.shape == (1, 200, sim.action_dim) and np.all(np.isfinite(raw))
     _check_feasible(sim.params, sim.project(raw), sim.covered, sim.mob.active)
     assert st["gain_over_references"] >= 0 and st["roundtrip_error"] < 1e-9 * abs(st["objective"])
+    assert st["method"] == "lbfgs"
     assert st["dim"] < 4 * int(ncov.sum()) + 200 + 20  # parameters only where an RSU covers a CV
     args = (sim.params, _env_slice(sim.queues, 0), _tasks_slice(sim.tasks, 0), sim.cv_cpu[:1], sim.spec_eff[:1],
             sim.covered[:1], sim.mob.active[:1])
