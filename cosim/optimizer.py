@@ -22,15 +22,20 @@ Parameterisation (:class:`SlotProblem`), chosen so that no share saturates:
   requests directly stalls: at a saturated RSU the requests' scale is
   degenerate and the sigmoids saturate.)
 
-Entries that cannot matter (uncovered RSUs, inactive CVs) are not optimised.
-All logits are kept in [-bound, bound] (default 8: e^-16 relative shares are
-far below ``min_split_share``).
+Entries that cannot matter (uncovered RSUs, inactive CVs) are not optimised:
+the parameters are one local logit per covered CV, three per link (a covered
+CV-RSU pair: split, bandwidth unless it is the CV's only link, CPU) and one
+idle logit per RSU in use, so d grows with the links, not with I x K. All
+logits are kept in [-bound, bound] (default 8: e^-16 relative shares are far
+below ``min_split_share``).
 
 Method (every objective value is one row of a batched call to :func:`cosim.model.slot`,
 candidates stacked along the E axis; with numba installed the same method runs on
 :class:`cosim.fused.SlotObjective`: the slot compiled once into constants, the decode-and-slot
-objective in one pass (under 1 us), its exact gradient derived by hand (reverse mode: one forward
-and one backward pass instead of d finite-difference probes) and the BFGS loop compiled):
+objective in one pass (under 1 us on the default road), its exact gradient derived by hand (reverse
+mode: one forward and one backward pass instead of d finite-difference probes) and the BFGS loop
+compiled; the forward and backward passes visit the links only, O(links + I + K) per evaluation, so
+a city-sized slot, where each CV sees 0-2 of many RSUs, costs what its links cost):
 
 1. Starts: the 'equal' reference decision, a load-balanced heuristic
    (offload evenly over covered RSUs, each RSU's CPU shared evenly by its CVs
@@ -45,6 +50,16 @@ and one backward pass instead of d finite-difference probes) and the BFGS loop c
    the values rise again; or the grid's best), the BFGS inverse-Hessian update. A failed
    line search resets the Hessian; a failure right after a reset stops the
    start (converged). From iteration ``prune_after`` on, starts far behind the best are pruned.
+   The inverse Hessian H is held in one of two forms (``method``): dense, the d x d matrix
+   (O(d^2) per iteration: what stops it at city size), or limited-memory (L-BFGS): the
+   steps and gradient changes since the last reset, H g applied by the two-loop recursion on
+   the identity, O(pairs d) per iteration. Keeping every pair (``memory`` 0, at most
+   ``iterations``) makes L-BFGS the dense method's H exactly, so both take the same steps
+   (within rounding) and the default, ``auto``, only picks the cheaper: dense on small slots
+   (up to AUTO_DENSE_MAX_DIM parameters), L-BFGS above. A shorter memory is another, cheaper
+   method that ends measurably worse, and so is the textbook initial scaling s'y / y'y
+   (it leaves the dense method's path; on these kinked objectives the unscaled steps explore
+   further), which is why neither is the default.
 3. A final probe round of random directions at several scales around the best
    point: its gain is a convergence certificate (0 means no improvement was
    found near the point).
