@@ -56,7 +56,8 @@ a city-sized slot, where each CV sees 0-2 of many RSUs, costs what its links cos
    the identity, O(pairs d) per iteration. Keeping every pair (``memory`` 0, at most
    ``iterations``) makes L-BFGS the dense method's H exactly, so both take the same steps
    (within rounding) and the default, ``auto``, only picks the cheaper: dense on small slots
-   (up to AUTO_DENSE_MAX_DIM parameters), L-BFGS above. A shorter memory is another, cheaper
+   (up to 0.625 x ``iterations`` parameters: the recursion's cost grows with the pairs kept, the
+   dense update's with d^2), L-BFGS above. A shorter memory is another, cheaper
    method that ends measurably worse, and so is the textbook initial scaling s'y / y'y
    (it leaves the dense method's path; on these kinked objectives the unscaled steps explore
    further), which is why neither is the default.
@@ -111,7 +112,9 @@ REFERENCES = ("local", "nearest", "equal")
 
 EXTRA_SECTION = "dpp_opt"  # training.extra key of the settings below
 METHODS = ("auto", "lbfgs", "dense")
-AUTO_DENSE_MAX_DIM = 50  # method auto: the dense inverse Hessian up to this many parameters (see DppOptConfig)
+# method auto: the dense inverse Hessian up to this many parameters per iteration allowed (see DppOptConfig;
+# L-BFGS's two-loop recursion costs grow with the pairs kept, at most ``iterations``, dense's with d)
+AUTO_DENSE_DIM_PER_ITERATION = 0.625
 
 
 @dataclass(frozen=True)
@@ -133,10 +136,11 @@ class DppOptConfig:
                      doc="lbfgs: limited-memory BFGS, the inverse Hessian applied to the gradient by the "
                          "two-loop recursion (O(pairs d) per iteration); with memory 0 the same iterates as "
                          "dense, within rounding. dense: the d x d inverse Hessian (O(d^2) per iteration), the "
-                         "reference. auto: dense for slots of at most AUTO_DENSE_MAX_DIM (50) parameters when "
-                         "memory is 0, lbfgs otherwise: measured, dense is faster below about 55 parameters "
-                         "(1.4 vs 1.8 ms per slot on the default 5-CV road), lbfgs above (3x at 40 CVs, "
-                         "8-10x at 50 CVs x 10 RSUs and 200 x 20)")
+                         "reference. auto: dense for slots of at most 0.625 x iterations parameters (50 at "
+                         "80 iterations) when memory is 0, lbfgs otherwise. Measured (80 iterations): dense is "
+                         "faster below about 55 parameters (1.4 vs 1.8 ms per slot on the default 5-CV road), "
+                         "lbfgs above (3x at 40 CVs, 8-10x at 50 CVs x 10 RSUs and 200 x 20); at 300 "
+                         "iterations the two cross between 110 and 230 parameters")
     memory: int = _f(0, 0, 100_000, doc="L-BFGS: the last this many steps and gradient changes are kept; 0: "
                                         "every one since the last reset (at most iterations). Measured at "
                                         "<= 50 CVs: 20 leaves the objective 0.5-1% above dense's, 40 0.1-0.9%")
@@ -419,7 +423,8 @@ def resolve_method(opt: dict[str, Any], d: int) -> str:
     """The BFGS variant for a slot of d parameters: 'lbfgs' or 'dense' (``method: auto`` picks by size)."""
     if opt["method"] != "auto":
         return opt["method"]
-    return "dense" if d <= AUTO_DENSE_MAX_DIM and not int(opt["memory"]) else "lbfgs"
+    small = d <= AUTO_DENSE_DIM_PER_ITERATION * int(opt["iterations"])
+    return "dense" if small and not int(opt["memory"]) else "lbfgs"
 
 
 def bfgs_multistart(prob: SlotProblem, x0: np.ndarray, opt: dict[str, Any]) -> dict[str, np.ndarray]:

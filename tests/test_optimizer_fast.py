@@ -8,7 +8,7 @@ import pytest
 from cosim import fused as F
 from cosim.config import load_config
 from cosim.env import BatchCoSim
-from cosim.optimizer import (AUTO_DENSE_MAX_DIM, DEFAULTS, DppOptConfig, DppOptimizer, SlotProblem, _env_slice,
+from cosim.optimizer import (AUTO_DENSE_DIM_PER_ITERATION, DEFAULTS, DppOptConfig, DppOptimizer, SlotProblem, _env_slice,
                              _probe, _tasks_slice, bfgs_multistart, resolve_method)
 from cosim.runner import run_episodes
 from strategies import busy_queues
@@ -210,15 +210,17 @@ SLOTS_VS_DENSE = [  # (CVs, RSUs, seed): the default road, and 10 RSUs of radius
 
 
 def test_method_auto_picks_by_size():
-    """The default: dense on small slots (faster there), L-BFGS keeping every pair above AUTO_DENSE_MAX_DIM
-    parameters; a limited memory is always L-BFGS."""
+    """The default: dense on small slots (faster there), L-BFGS keeping every pair above 0.625 x iterations
+    parameters (50 at the default 80); a limited memory is always L-BFGS."""
     assert DppOptConfig().method == "auto" and DppOptConfig().memory == 0
     opt = DEFAULTS
-    assert resolve_method(opt, AUTO_DENSE_MAX_DIM) == "dense" and resolve_method(opt, AUTO_DENSE_MAX_DIM + 1) == "lbfgs"
+    n = int(AUTO_DENSE_DIM_PER_ITERATION * opt["iterations"])
+    assert n == 50 and resolve_method(opt, n) == "dense" and resolve_method(opt, n + 1) == "lbfgs"
+    assert resolve_method(dict(opt, iterations=300), 180) == "dense"
     assert resolve_method(dict(opt, memory=10), 5) == "lbfgs" and resolve_method(dict(opt, method="dense"), 10**4) == "dense"
     small, big = _busy_sim(5, None, 0), _busy_sim(50, None, 4)
     for sim, method in ((small, "dense"), (big, "lbfgs")):
-        pol = DppOptimizer(sim, seed=0, iterations=3)
+        pol = DppOptimizer(sim, seed=0)
         pol.act_sim(sim)
         assert pol.last_stats[0]["method"] == method, pol.last_stats[0]["dim"]
 

@@ -276,7 +276,7 @@ CITY_DENSE_MAX_DIM = 2000  # --city: the dense method is skipped where a slot ha
 def bench_city(cfg, slots: int) -> None:
     """dpp-opt per slot, its default (L-BFGS) and the dense method (the reference), on the same slots: the
     first ``slots`` of an episode driven by the default's actions (queues build up), one environment."""
-    from cosim.optimizer import AUTO_DENSE_MAX_DIM, DppOptimizer, resolve_method
+    from cosim.optimizer import AUTO_DENSE_DIM_PER_ITERATION, DppOptimizer, resolve_method
     if not F.AVAILABLE:
         print("\n--city needs the numba kernels (pip install dtcosim[fast])")
         return
@@ -324,7 +324,7 @@ def bench_city(cfg, slots: int) -> None:
                               ("rel_worst", "worst", "{:+.1e}"), ("auto", "default (auto) uses", "{}")]))
     print(f"dpp-opt on {slots} slots per size (one core; dense skipped above {CITY_DENSE_MAX_DIM} parameters); "
           f"objective: (L-BFGS - dense) / |dense|, positive = worse; the default (method auto) runs dense up to "
-          f"{AUTO_DENSE_MAX_DIM} parameters, L-BFGS above")
+          f"{AUTO_DENSE_DIM_PER_ITERATION * new.settings.iterations:.0f} parameters, L-BFGS above")
 
 
 def bench_train(cfg, episodes: int) -> None:
