@@ -504,8 +504,10 @@ def channel_and_observation(sim: Any) -> None:
 #
 # One environment's slot is compiled once into constants (SlotObjective: per-CV rows CI, per-RSU rows CK,
 # per-link rate coefficients RC, the decision-free part of the drift f0), so that an evaluation is a
-# single pass over I x K parts with no Little's-law window sums, and its intermediate values stay in a
-# small workspace for the analytic gradient. model.slot stays the reference (tests/test_fused.py).
+# single pass over the links (covered CV-RSU pairs, SP = SlotObjective.links: CSR lists by CV and by RSU)
+# with no Little's-law window sums, and its intermediate values stay in a workspace for the analytic
+# gradient; the workspace entries of uncovered pairs are 0 and never visited. model.slot stays the
+# reference (tests/test_fused.py).
 
 # Rows of CI (per CV), CK (per RSU), and of the workspaces WS (., I, K+1), WI (., I), WK (., K).
 (CI_G, CI_GINS, CI_ITASK, CI_ICO, CI_CPU, CI_ACT, CI_QLOC, CI_QCLOC, CI_LCLOC, CI_Y, CI_DEADLINE, N_CI) = range(12)
@@ -1214,7 +1216,11 @@ LINE_SEARCHES = ("grid", "scan", "first")  # _bfgs_kernel's ``scan`` codes
 class SlotObjective:
     """The fused form of cosim.optimizer.SlotProblem's objective for one environment: -R(t) of
     parameter vectors (decode, make_decision and the slot's reward in one pass), its analytic
-    gradient and its multi-start BFGS."""
+    gradient and its multi-start BFGS (dense or limited-memory).
+
+    ``links`` (cv_ptr, cv_k, rsu_ptr, rsu_i): the covered pairs of active CVs, CV i's RSUs
+    cv_k[cv_ptr[i]:cv_ptr[i+1]] and RSU k's CVs rsu_i[rsu_ptr[k]:rsu_ptr[k+1]], ascending (the
+    order of the dense loops, so the sums and the values are the same bit for bit)."""
 
     def __init__(self, prob: Any):
         p, st, tk = prob.p, prob.state, prob.tasks

@@ -8,8 +8,8 @@ import pytest
 from cosim import fused as F
 from cosim.config import load_config
 from cosim.env import BatchCoSim
-from cosim.optimizer import (AUTO_DENSE_DIM_PER_ITERATION, DEFAULTS, DppOptConfig, DppOptimizer, SlotProblem, _env_slice,
-                             _probe, _tasks_slice, bfgs_multistart, resolve_method)
+from cosim.optimizer import (AUTO_DENSE_DIM_PER_ITERATION, DEFAULTS, DppOptConfig, DppOptimizer, SlotProblem,
+                             _env_slice, _probe, _tasks_slice, bfgs_multistart, resolve_method)
 from cosim.runner import run_episodes
 from strategies import busy_queues
 from test_optimizer import _check_feasible
@@ -217,7 +217,8 @@ def test_method_auto_picks_by_size():
     n = int(AUTO_DENSE_DIM_PER_ITERATION * opt["iterations"])
     assert n == 50 and resolve_method(opt, n) == "dense" and resolve_method(opt, n + 1) == "lbfgs"
     assert resolve_method(dict(opt, iterations=300), 180) == "dense"
-    assert resolve_method(dict(opt, memory=10), 5) == "lbfgs" and resolve_method(dict(opt, method="dense"), 10**4) == "dense"
+    assert resolve_method(dict(opt, memory=10), 5) == "lbfgs"
+    assert resolve_method(dict(opt, method="dense"), 10**4) == "dense"
     small, big = _busy_sim(5, None, 0), _busy_sim(50, None, 4)
     for sim, method in ((small, "dense"), (big, "lbfgs")):
         pol = DppOptimizer(sim, seed=0)
