@@ -504,8 +504,10 @@ def channel_and_observation(sim: Any) -> None:
 #
 # One environment's slot is compiled once into constants (SlotObjective: per-CV rows CI, per-RSU rows CK,
 # per-link rate coefficients RC, the decision-free part of the drift f0), so that an evaluation is a
-# single pass over I x K parts with no Little's-law window sums, and its intermediate values stay in a
-# small workspace for the analytic gradient. model.slot stays the reference (tests/test_fused.py).
+# single pass over the links (covered CV-RSU pairs, SP = SlotObjective.links: CSR lists by CV and by RSU)
+# with no Little's-law window sums, and its intermediate values stay in a workspace for the analytic
+# gradient; the workspace entries of uncovered pairs are 0 and never visited. model.slot stays the
+# reference (tests/test_fused.py).
 
 # Rows of CI (per CV), CK (per RSU), and of the workspaces WS (., I, K+1), WI (., I), WK (., K).
 (CI_G, CI_GINS, CI_ITASK, CI_ICO, CI_CPU, CI_ACT, CI_QLOC, CI_QCLOC, CI_LCLOC, CI_Y, CI_DEADLINE, N_CI) = range(12)
@@ -516,12 +518,13 @@ def channel_and_observation(sim: Any) -> None:
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _floor_shrink(WS, src, i, k_axis, n_idx, floor, budget, scale_in):
+def _floor_shrink(WS, src, i, k_axis, idx, lo, hi, floor, budget, scale_in):
     """The shrink of _floor_budget's line: (factor on the part above the floor, the room above the floors,
     whether the line is over its budget with room to shrink)."""
     n = 0
     total = 0.0
-    for a in range(n_idx):
+    for t in range(lo, hi):
+        a = idx[t]
         ii, kk = (i, a) if k_axis else (a, i)
         if WS[WS_SPLIT, ii, kk + 1] > 0:
             n += 1
@@ -535,75 +538,114 @@ def _floor_shrink(WS, src, i, k_axis, n_idx, floor, budget, scale_in):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _floor_budget(WS, src, dst, i, k_axis, n_idx, floor, budget, scale_in):
-    """model._floor_within_budget along one line of WS: over k (k_axis) of row i, or over i of column i
-    (``i`` is then the RSU); the source values are multiplied by ``scale_in`` first (the CPU allocation's
-    capacity / load). An entry is used where its part of the split is > 0."""
-    scale = _floor_shrink(WS, src, i, k_axis, n_idx, floor, budget, scale_in)[0]
-    for a in range(n_idx):
+def _floor_budget(WS, src, dst, i, k_axis, idx, lo, hi, floor, budget, scale_in):
+    """model._floor_within_budget along one line of WS: over the RSUs covering CV i (k_axis), or over the CVs
+    that RSU i covers; the line's entries are idx[lo:hi] (the links, see SlotObjective). The source values
+    are multiplied by ``scale_in`` first (the CPU allocation's capacity / load). An entry is used where its
+    part of the split is > 0; entries off the line are 0 and stay so."""
+    scale = _floor_shrink(WS, src, i, k_axis, idx, lo, hi, floor, budget, scale_in)[0]
+    for t in range(lo, hi):
+        a = idx[t]
         ii, kk = (i, a) if k_axis else (a, i)
         WS[dst, ii, kk] = (floor + (max(WS[src, ii, kk] * scale_in, floor) - floor) * scale
                            if WS[WS_SPLIT, ii, kk + 1] > 0 else 0.0)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _floor_budget_back(WS, src, gsrc, gdst, i, k_axis, n_idx, floor, budget, scale_in, LN):
-    """Adjoint of _floor_budget: d f / d output in WS[gsrc] -> d f / d (scaled) source into LN[0, :n_idx].
-    Entries held at the floor are constant there; above the budget the shrink factor depends on every
-    used entry's floored value."""
-    scale, room, over = _floor_shrink(WS, src, i, k_axis, n_idx, floor, budget, scale_in)
+def _floor_budget_back(WS, src, gsrc, gdst, i, k_axis, idx, lo, hi, floor, budget, scale_in, LN):
+    """Adjoint of _floor_budget: d f / d output in WS[gsrc] -> d f / d (scaled) source into LN[gdst, a] for
+    the line's entries a. Entries held at the floor are constant there; above the budget the shrink factor
+    depends on every used entry's floored value."""
+    scale, room, over = _floor_shrink(WS, src, i, k_axis, idx, lo, hi, floor, budget, scale_in)
     s_ = 0.0
     if over:
-        for a in range(n_idx):
+        for t in range(lo, hi):
+            a = idx[t]
             ii, kk = (i, a) if k_axis else (a, i)
             if WS[WS_SPLIT, ii, kk + 1] > 0:
                 s_ += WS[gsrc, ii, kk] * (max(WS[src, ii, kk] * scale_in, floor) - floor)
         s_ *= scale / room
-    for a in range(n_idx):
+    for t in range(lo, hi):
+        a = idx[t]
         ii, kk = (i, a) if k_axis else (a, i)
         used = WS[WS_SPLIT, ii, kk + 1] > 0
         LN[gdst, a] = WS[gsrc, ii, kk] * scale - s_ if (used and WS[src, ii, kk] * scale_in > floor) else 0.0
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _drop_small_parts_links(s, min_share, i, cv_ptr, cv_k):
+    """_drop_small_parts_row on WS's split row i, over the local part and the covered RSUs' (the others are 0)."""
+    if min_share <= 0:
+        return
+    lo, hi = cv_ptr[i], cv_ptr[i + 1]
+    m = s[WS_SPLIT, i, 0]
+    for t in range(lo, hi):
+        m = max(m, s[WS_SPLIT, i, cv_k[t] + 1])
+    if not (s[WS_SPLIT, i, 0] >= min_share or s[WS_SPLIT, i, 0] == m):
+        s[WS_SPLIT, i, 0] = 0.0
+    tot = s[WS_SPLIT, i, 0]
+    for t in range(lo, hi):
+        c = cv_k[t] + 1
+        if not (s[WS_SPLIT, i, c] >= min_share or s[WS_SPLIT, i, c] == m):
+            s[WS_SPLIT, i, c] = 0.0
+        tot += s[WS_SPLIT, i, c]
+    s[WS_SPLIT, i, 0] = s[WS_SPLIT, i, 0] / tot
+    for t in range(lo, hi):
+        c = cv_k[t] + 1
+        s[WS_SPLIT, i, c] = s[WS_SPLIT, i, c] / tot
+
+
 @njit(cache=True, error_model="numpy")
-def _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK):
+def _obj_forward(th, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK):
     """-R(t) of one candidate from its exponentiated parameters th (I+1, 3K+1): the decode
     (cosim.optimizer.SlotProblem.decode), model.make_decision and model.slot's reward, with every
-    intermediate the gradient needs left in WS, WB (used, InstrT), WI and WK."""
+    intermediate the gradient needs left in WS, WB (used, InstrT), WI and WK.
+
+    Only the links (the RSUs covering each active CV, ``SP``) are visited: O(links + I + K) per
+    evaluation; the entries of the other (CV, RSU) pairs are 0 in the workspaces and stay so."""
+    cv_ptr, cv_k, rsu_ptr, rsu_i = SP
     I, K = split_mask.shape[0], split_mask.shape[1] - 1
     tau, P, kr, kc = pv[P_TAU], pv[P_TX], pv[P_KRSU], pv[P_KCV]
     for i in range(I):  # split: masked softmax, small parts dropped; bandwidth over the RSUs that get a part
-        tot = 0.0
-        for k in range(K + 1):
-            v = th[i, sp0 + k] if split_mask[i, k] else 0.0
-            WS[WS_SPLIT, i, k] = v
+        lo, hi = cv_ptr[i], cv_ptr[i + 1]
+        tot = th[i, sp0]
+        WS[WS_SPLIT, i, 0] = tot
+        for t in range(lo, hi):
+            k = cv_k[t]
+            v = th[i, sp0 + k + 1]
+            WS[WS_SPLIT, i, k + 1] = v
             tot += v
         inv = 1.0 / (tot if tot > 0 else 1.0)
-        for k in range(K + 1):
-            WS[WS_SPLIT, i, k] *= inv
-        _drop_small_parts_row(WS, pv[P_MINSPLIT], WS_SPLIT, i)
+        WS[WS_SPLIT, i, 0] *= inv
+        for t in range(lo, hi):
+            WS[WS_SPLIT, i, cv_k[t] + 1] *= inv
+        _drop_small_parts_links(WS, pv[P_MINSPLIT], i, cv_ptr, cv_k)
         tot = 0.0
-        for k in range(K):
+        for t in range(lo, hi):
+            k = cv_k[t]
             v = th[i, bw0 + k] if WS[WS_SPLIT, i, k + 1] > 0 else 0.0
             WS[WS_BW, i, k] = v
             tot += v
         inv = 1.0 / (tot if tot > 0 else 1.0)
-        for k in range(K):
-            WS[WS_BW, i, k] *= inv
-        _floor_budget(WS, WS_BW, WS_B, i, True, K, pv[P_MINBW], 1.0, 1.0)
+        for t in range(lo, hi):
+            WS[WS_BW, i, cv_k[t]] *= inv
+        _floor_budget(WS, WS_BW, WS_B, i, True, cv_k, lo, hi, pv[P_MINBW], 1.0, 1.0)
     cap = pv[P_CAP]
     for k in range(K):  # RSU CPU: softmax over the CVs offloading there and the idle logit (row I), allocated
+        lo, hi = rsu_ptr[k], rsu_ptr[k + 1]
         tot = th[I, cpu0 + k]
-        for i in range(I):
+        for t in range(lo, hi):
+            i = rsu_i[t]
             v = th[i, cpu0 + k] if WS[WS_SPLIT, i, k + 1] > 0 else 0.0
             WS[WS_W, i, k] = v
             tot += v
         load = 0.0
         inv = 1.0 / (tot if tot > 0 else 1.0)
-        for i in range(I):
+        for t in range(lo, hi):
+            i = rsu_i[t]
             WS[WS_W, i, k] *= inv
             load += WS[WS_W, i, k]
-        _floor_budget(WS, WS_W, WS_F, k, False, I, pv[P_MINRSU], cap, cap / max(1.0, load))
+        _floor_budget(WS, WS_W, WS_F, k, False, rsu_i, lo, hi, pv[P_MINRSU], cap, cap / max(1.0, load))
     # The slot (model.slot): parts, then the Little's-law windows, delays, cost and drift-plus-penalty.
     f = f0
     for k in range(K):
@@ -613,7 +655,8 @@ def _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI,
         a = CI[CI_ACT, i] > 0
         G, Gins, Ik, co = CI[CI_G, i], CI[CI_GINS, i], CI[CI_ITASK, i], CI[CI_ICO, i]
         e_off = 0.0
-        for k in range(K):
+        for t in range(cv_ptr[i], cv_ptr[i + 1]):
+            k = cv_k[t]
             u = WS[WS_SPLIT, i, k + 1] > 0 and a
             WB[0, i, k] = u
             WB[1, i, k] = False
@@ -661,7 +704,8 @@ def _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI,
         tl = WI[WI_LAMLOC, i] / CI[CI_CPU, i] + wl if WS[WS_SPLIT, i, 0] > 0 else 0.0
         WI[WI_TLOC, i] = tl
         dmax, slow = tl, -1
-        for k in range(K):
+        for t in range(cv_ptr[i], cv_ptr[i + 1]):
+            k = cv_k[t]
             if WB[0, i, k]:
                 tr = WS[WS_TPART, i, k] + WK[WK_W, k]
                 if tr > dmax:
@@ -674,13 +718,15 @@ def _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI,
 
 
 @njit(cache=True, error_model="numpy")
-def _obj_backward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK, LN, gth):
+def _obj_backward(th, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK, LN, gth):
     """The gradient of _obj_forward's value with respect to the parameters (logits), derived by hand
     (reverse mode) from the intermediates _obj_forward left in the workspaces, into gth (I+1, 3K+1).
+    Like the forward pass it visits the links only (gth's other entries stay 0).
 
     The objective is piecewise smooth: which parts are dropped or used, each part's mode (InstrT or
     DataT), the slowest part of each task (the max over parts) and deadline misses are held fixed,
     so on a kink this is the derivative of the piece the point lies on."""
+    cv_ptr, cv_k, rsu_ptr, rsu_i = SP
     I, K = split_mask.shape[0], split_mask.shape[1] - 1
     tau, P, kr, kc = pv[P_TAU], pv[P_TX], pv[P_KRSU], pv[P_KCV]
     gd = pv[P_V] * pv[P_ALPHA] / pv[P_TREF]          # d f / d delay of an active CV
@@ -693,12 +739,17 @@ def _obj_backward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK
     for k in range(K):  # d f / d arrivals (drift and w_rsu = Qc / (arrivals + history)), d f / d F_ik
         WK[WK_GLAM, k] = CK[CK_Q, k] - (WK[WK_GW, k] * WK[WK_W, k] / WK[WK_LS, k] if WK[WK_LS, k] > 0 else 0.0)
         WK[WK_GSERVED, k] = -CK[CK_Q, k] * tau
-    for r in range(I + 1):
-        for c in range(th.shape[1]):
-            gth[r, c] = 0.0
+        gth[I, cpu0 + k] = 0.0
     for i in range(I):
-        for k in range(K + 1):
-            WS[WS_GSPLIT, i, k] = 0.0
+        lo, hi = cv_ptr[i], cv_ptr[i + 1]
+        gth[i, sp0] = 0.0
+        WS[WS_GSPLIT, i, 0] = 0.0
+        for t in range(lo, hi):
+            k = cv_k[t]
+            gth[i, sp0 + k + 1] = 0.0
+            gth[i, bw0 + k] = 0.0
+            gth[i, cpu0 + k] = 0.0
+            WS[WS_GSPLIT, i, k + 1] = 0.0
             WS[WS_GB, i, k] = 0.0
             WS[WS_GF, i, k] = 0.0
         if not CI[CI_ACT, i] > 0:
@@ -711,7 +762,8 @@ def _obj_backward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK
         g_cyc = (CI[CI_QLOC, i] - (g_tl * WI[WI_WLOC, i] / ls if ls > 0 else 0.0)  # drift, w_loc
                  + g_tl / cpu + gE * kc * cpu * cpu)                                # delay, energy
         WS[WS_GSPLIT, i, 0] = g_cyc * G * Ik
-        for k in range(K):
+        for t in range(lo, hi):
+            k = cv_k[t]
             if not WB[0, i, k]:
                 continue
             Gk, r_, f_ = WS[WS_SPLIT, i, k + 1] * G, RC[i, k] * WS[WS_B, i, k], WS[WS_F, i, k]
@@ -732,43 +784,56 @@ def _obj_backward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK
             WS[WS_GB, i, k] = g_r * RC[i, k]
             WS[WS_GF, i, k] = g_f
         # bandwidth: back through the floor b_min within 1, then the softmax over the used links
-        _floor_budget_back(WS, WS_BW, WS_GB, 0, i, True, K, pv[P_MINBW], 1.0, 1.0, LN)
+        _floor_budget_back(WS, WS_BW, WS_GB, 0, i, True, cv_k, lo, hi, pv[P_MINBW], 1.0, 1.0, LN)
         s_ = 0.0
-        for k in range(K):
+        for t in range(lo, hi):
+            k = cv_k[t]
             s_ += WS[WS_BW, i, k] * LN[0, k]
-        for k in range(K):
+        for t in range(lo, hi):
+            k = cv_k[t]
             if WS[WS_SPLIT, i, k + 1] > 0:
                 gth[i, bw0 + k] += WS[WS_BW, i, k] * (LN[0, k] - s_)
     cap = pv[P_CAP]
     for k in range(K):  # RSU CPU: back through the allocation (floor within capacity, 1/load), then the softmax
+        lo, hi = rsu_ptr[k], rsu_ptr[k + 1]
         load, tot = 0.0, th[I, cpu0 + k]
-        for i in range(I):
+        for t in range(lo, hi):
+            i = rsu_i[t]
             load += WS[WS_W, i, k]
             if WS[WS_SPLIT, i, k + 1] > 0:
                 tot += th[i, cpu0 + k]
         L = max(1.0, load)
-        _floor_budget_back(WS, WS_W, WS_GF, 0, k, False, I, pv[P_MINRSU], cap, cap / L, LN)
+        _floor_budget_back(WS, WS_W, WS_GF, 0, k, False, rsu_i, lo, hi, pv[P_MINRSU], cap, cap / L, LN)
         s_ = 0.0
         if load > 1.0:
-            for i in range(I):
+            for t in range(lo, hi):
+                i = rsu_i[t]
                 s_ += LN[0, i] * WS[WS_W, i, k] / L
-        for i in range(I):  # d f / d w_ik
+        for t in range(lo, hi):  # d f / d w_ik
+            i = rsu_i[t]
             LN[0, i] = cap / L * (LN[0, i] - s_)
         s_ = 0.0
-        for i in range(I):
+        for t in range(lo, hi):
+            i = rsu_i[t]
             if WS[WS_SPLIT, i, k + 1] > 0:
                 s_ += WS[WS_W, i, k] * LN[0, i]
-        for i in range(I):
+        for t in range(lo, hi):
+            i = rsu_i[t]
             if WS[WS_SPLIT, i, k + 1] > 0:
                 gth[i, cpu0 + k] += WS[WS_W, i, k] * (LN[0, i] - s_)
         gth[I, cpu0 + k] -= th[I, cpu0 + k] / tot * s_
     for i in range(I):  # split: the softmax over the kept parts
-        s_ = 0.0
-        for k in range(K + 1):
-            s_ += WS[WS_SPLIT, i, k] * WS[WS_GSPLIT, i, k]
-        for k in range(K + 1):
-            if WS[WS_SPLIT, i, k] > 0:
-                gth[i, sp0 + k] += WS[WS_SPLIT, i, k] * (WS[WS_GSPLIT, i, k] - s_)
+        lo, hi = cv_ptr[i], cv_ptr[i + 1]
+        s_ = WS[WS_SPLIT, i, 0] * WS[WS_GSPLIT, i, 0]
+        for t in range(lo, hi):
+            c = cv_k[t] + 1
+            s_ += WS[WS_SPLIT, i, c] * WS[WS_GSPLIT, i, c]
+        if WS[WS_SPLIT, i, 0] > 0:
+            gth[i, sp0] += WS[WS_SPLIT, i, 0] * (WS[WS_GSPLIT, i, 0] - s_)
+        for t in range(lo, hi):
+            c = cv_k[t] + 1
+            if WS[WS_SPLIT, i, c] > 0:
+                gth[i, sp0 + c] += WS[WS_SPLIT, i, c] * (WS[WS_GSPLIT, i, c] - s_)
 
 
 @njit(cache=True, error_model="numpy")
@@ -809,51 +874,50 @@ def _slot_constants(pv, size, instr_bits, intensity, co_int, deadline, cv_cpu, s
 
 
 @njit(cache=True, error_model="numpy")
-def _decision_at(x, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
+def _decision_at(x, free_idx, eb, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
     """The decision at one parameter vector: split (I, K+1), bandwidth, CPU request and CPU (I, K)."""
     I, K = split_mask.shape[0], split_mask.shape[1] - 1
-    WS, WB, WI, WK, LN, th, gth = _workspace(I, K)
+    WS, WB, WI, WK, LN, th, gth = _workspace(eb)
     _exp_params(x, free_idx, eb, th)
-    _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
+    _obj_forward(th, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
     return WS[WS_SPLIT].copy(), WS[WS_B, :, :K].copy(), WS[WS_W, :, :K].copy(), WS[WS_F, :, :K].copy()
 
 
 @njit(cache=True, error_model="numpy")
-def _workspace(I, K):
-    """WS, WB, WI, WK, LN (line buffer), th, gth for I CVs and K RSUs."""
+def _workspace(eb):
+    """WS, WB, WI, WK, LN (line buffer), th, gth for the slot whose fixed entries' exponentials are eb
+    (I+1, 3K+1); th starts as eb (_exp_params writes only the free entries)."""
+    I, K = eb.shape[0] - 1, (eb.shape[1] - 1) // 3
     L = max(I, K)
     return (np.zeros((N_WS, I, K + 1)), np.zeros((2, I, K), dtype=np.bool_), np.zeros((N_WI, I)),
-            np.zeros((N_WK, K)), np.zeros((1, L)), np.zeros((I + 1, 3 * K + 1)), np.zeros((I + 1, 3 * K + 1)))
+            np.zeros((N_WK, K)), np.zeros((1, L)), eb.copy(), np.zeros((I + 1, 3 * K + 1)))
 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _exp_params(x, free_idx, eb, th):
-    """th = exp(parameters): the fixed entries' exponentials eb, the free ones exp(x) (clipped to +-60,
-    as optimizer._masked_softmax)."""
+    """th = exp(parameters): the free entries exp(x) (clipped to +-60, as optimizer._masked_softmax); the
+    fixed ones hold their exponentials eb already (_workspace), nothing writes them. O(d), not O(I K)."""
     D = th.shape[1]
-    for r in range(th.shape[0]):
-        for c in range(D):
-            th[r, c] = eb[r, c]
     for q in range(free_idx.shape[0]):
         th[free_idx[q] // D, free_idx[q] % D] = math.exp(min(max(x[q], -60.0), 60.0))
 
 
 @njit(cache=True, error_model="numpy")
-def _eval_rows(X, f_out, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
+def _eval_rows(X, f_out, free_idx, eb, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
     """-R(t) of every row of X into f_out."""
-    WS, WB, WI, WK, LN, th, gth = _workspace(split_mask.shape[0], split_mask.shape[1] - 1)
+    WS, WB, WI, WK, LN, th, gth = _workspace(eb)
     for n in range(X.shape[0]):
         _exp_params(X[n], free_idx, eb, th)
-        f_out[n] = _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
+        f_out[n] = _obj_forward(th, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
 
 
 @njit(cache=True, error_model="numpy")
-def _probe_kernel(x, u, B, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
+def _probe_kernel(x, u, B, free_idx, eb, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
     """cosim.optimizer._probe's candidates and values: each direction u[n] (any length) is tried + and - at
     a step of 1e-1, 1e-2 or 1e-3 (n mod 3) around x, clipped to [-B, B]. Returns the best candidate and
     its value."""
     n_dirs, d = u.shape
-    WS, WB, WI, WK, LN, th, gth = _workspace(split_mask.shape[0], split_mask.shape[1] - 1)
+    WS, WB, WI, WK, LN, th, gth = _workspace(eb)
     xc, xb = np.empty(d), x.copy()
     fb = np.inf
     for sgn in (1.0, -1.0):  # the + candidates first, as the numpy version's row order
@@ -865,7 +929,7 @@ def _probe_kernel(x, u, B, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK,
             for q in range(d):
                 xc[q] = min(max(x[q] + st * u[n, q], -B), B)
             _exp_params(xc, free_idx, eb, th)
-            fc = _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
+            fc = _obj_forward(th, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
             if fc < fb:
                 fb = fc
                 xb[:] = xc
@@ -873,14 +937,14 @@ def _probe_kernel(x, u, B, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK,
 
 
 @njit(cache=True, error_model="numpy")
-def _value_grad(x, g, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK, LN, th, gth):
+def _value_grad(x, g, free_idx, eb, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK, LN, th, gth):
     """-R(t) at x (returned) and its analytic gradient into g (zeros where the value is not finite)."""
     _exp_params(x, free_idx, eb, th)
-    f = _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
+    f = _obj_forward(th, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
     if not math.isfinite(f):
         g[:] = 0.0
         return f
-    _obj_backward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK, LN, gth)
+    _obj_backward(th, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK, LN, gth)
     D = th.shape[1]
     for q in range(free_idx.shape[0]):
         g[q] = gth[free_idx[q] // D, free_idx[q] % D] if -60.0 < x[q] < 60.0 else 0.0
@@ -888,34 +952,39 @@ def _value_grad(x, g, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, 
 
 
 @njit(cache=True, error_model="numpy")
-def _fd_grad(x, fx, h, B, g, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK, th):
+def _fd_grad(x, fx, h, B, g, free_idx, eb, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK, th):
     """Forward differences at x (backward where +h would leave the box); each probe reuses the
     exponentials of x, one entry multiplied by e^(+-h). Returns the evaluations spent (d)."""
     D = th.shape[1]
-    ET0 = np.empty(th.shape)
-    _exp_params(x, free_idx, eb, ET0)
+    _exp_params(x, free_idx, eb, th)
     for q in range(x.shape[0]):
         step = -h if x[q] + h > B else h
-        for r in range(th.shape[0]):
-            for c in range(D):
-                th[r, c] = ET0[r, c]
-        th[free_idx[q] // D, free_idx[q] % D] *= math.exp(step)
-        g[q] = (_obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK) - fx) / step
+        r, c = free_idx[q] // D, free_idx[q] % D
+        e0 = th[r, c]
+        th[r, c] = e0 * math.exp(step)
+        g[q] = (_obj_forward(th, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK) - fx) / step
+        th[r, c] = e0
     return x.shape[0]
 
 
 @njit(cache=True, error_model="numpy")
 def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prune_after, prune_gap, scan,
-                 analytic, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
+                 analytic, memory, free_idx, eb, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0):
     """cosim.optimizer.bfgs_multistart, loop for loop, on the compiled objective. With ``scan`` the line
     search walks the step grid from the longest step, one step at a time, and stops once the values
     rise again after an improvement (the grid's best step when the objective is unimodal along the
     ray) instead of evaluating every step. With ``analytic`` the gradients are _value_grad's (one
     forward and one backward pass) instead of d forward differences. Returns x, f, f0, status
     (0 iteration cap, 1 converged, 2 pruned), last_gain, iterations, the number of objective
-    evaluations (finite-difference probes included) and the number of analytic gradients."""
+    evaluations (finite-difference probes included) and the number of analytic gradients.
+
+    ``memory`` < 0: the dense inverse Hessian H (O(d^2) per iteration); m >= 0: limited-memory BFGS, H
+    applied to the gradient by the two-loop recursion over the last m steps and gradient changes (0:
+    every one since the last reset) on the identity (O(pairs d) per iteration). With every pair kept it
+    is the dense method's H, so the same iterates within rounding. A reset (failed line search) forgets
+    the pairs, as the dense method sets H = identity."""
     S, d = x0.shape
-    WS, WB, WI, WK, LN, th, gth = _workspace(split_mask.shape[0], split_mask.shape[1] - 1)
+    WS, WB, WI, WK, LN, th, gth = _workspace(eb)
     x = np.empty((S, d))
     for s_ in range(S):
         for q in range(d):
@@ -924,14 +993,14 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
 
     def ev(xv):  # noqa: ANN001 - the objective at one point
         _exp_params(xv, free_idx, eb, th)
-        return _obj_forward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
+        return _obj_forward(th, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK)
 
     def grad(xg, fg, gout):  # noqa: ANN001 - the gradient at xg (value fg) into gout; returns evaluations spent
         if analytic:
-            _value_grad(xg, gout, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK,
+            _value_grad(xg, gout, free_idx, eb, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0, WS, WB, WI, WK,
                         LN, th, gth)
             return 0
-        return _fd_grad(xg, fg, h, B, gout, free_idx, eb, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, f0,
+        return _fd_grad(xg, fg, h, B, gout, free_idx, eb, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, f0,
                         WS, WB, WI, WK, th)
 
     n_evals, n_grads = 0, 0
@@ -946,12 +1015,21 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
         status[:] = 1
         return x, f, fstart, status, np.zeros(S), iters, n_evals, n_grads
     g = np.empty((S, d))
-    H = np.zeros((S, d, d))
+    dense = memory < 0
+    H = np.zeros((S, d, d) if dense else (S, 1, 1))
+    # L-BFGS pairs: a ring of the last m steps and gradient changes per start (every step: m = iterations)
+    m = memory if memory > 0 else max(iterations, 1)
+    if dense:
+        m = 1
+    Sm, Ym = np.empty((S, m, d)), np.empty((S, m, d))
+    rho_m, al_m = np.empty((S, m)), np.empty(m)
+    n_pairs, head = np.zeros(S, np.int64), np.zeros(S, np.int64)
     for s_ in range(S):
         n_evals += grad(x[s_], f[s_], g[s_])
         n_grads += analytic
-        for q in range(d):
-            H[s_, q, q] = 1.0
+        if dense:
+            for q in range(d):
+                H[s_, q, q] = 1.0
     fresh = np.ones(S, np.bool_)
     alive = np.ones(S, np.bool_)
     alphas = np.empty(line_steps)
@@ -986,12 +1064,35 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
                 continue
             iters[s_] += 1
             nrm = 0.0
-            for q in range(d):
-                acc = 0.0
-                for r in range(d):
-                    acc += H[s_, q, r] * g[s_, r]
-                pdir[q] = -acc
-                nrm += acc * acc
+            if dense:
+                for q in range(d):
+                    acc = 0.0
+                    for r in range(d):
+                        acc += H[s_, q, r] * g[s_, r]
+                    pdir[q] = -acc
+                    nrm += acc * acc
+            else:  # two-loop recursion: pdir = -H g
+                for q in range(d):
+                    pdir[q] = g[s_, q]
+                for j in range(n_pairs[s_]):  # newest first
+                    c = (head[s_] - 1 - j + m) % m
+                    acc = 0.0
+                    for q in range(d):
+                        acc += Sm[s_, c, q] * pdir[q]
+                    al_m[c] = rho_m[s_, c] * acc
+                    for q in range(d):
+                        pdir[q] -= al_m[c] * Ym[s_, c, q]
+                for j in range(n_pairs[s_] - 1, -1, -1):  # oldest first
+                    c = (head[s_] - 1 - j + m) % m
+                    acc = 0.0
+                    for q in range(d):
+                        acc += Ym[s_, c, q] * pdir[q]
+                    bet = al_m[c] - rho_m[s_, c] * acc
+                    for q in range(d):
+                        pdir[q] += bet * Sm[s_, c, q]
+                for q in range(d):
+                    pdir[q] = -pdir[q]
+                    nrm += pdir[q] * pdir[q]
             sc_ = min(1.0, max_step / max(math.sqrt(nrm), 1e-300))
             for q in range(d):
                 pdir[q] *= sc_
@@ -1015,14 +1116,16 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
                 if fresh[s_]:
                     status[s_] = 1
                     alive[s_] = False
-                for q in range(d):
-                    for r in range(d):
-                        H[s_, q, r] = 1.0 if q == r else 0.0
+                if dense:
+                    for q in range(d):
+                        for r in range(d):
+                            H[s_, q, r] = 1.0 if q == r else 0.0
+                n_pairs[s_] = 0
                 fresh[s_] = True
                 continue
             fn = best
             if analytic and last_best:  # only the backward pass is left
-                _obj_backward(th, split_mask, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK, LN, gth)
+                _obj_backward(th, split_mask, SP, sp0, bw0, cpu0, pv, CI, CK, RC, WS, WB, WI, WK, LN, gth)
                 for q in range(d):
                     gn[q] = gth[free_idx[q] // D, free_idx[q] % D] if -60.0 < xn[q] < 60.0 else 0.0
             else:
@@ -1035,7 +1138,16 @@ def _bfgs_kernel(x0, iterations, line_steps, line_max, max_step, h, B, tol, prun
                 sy += sv[q] * yv[q]
                 ns += sv[q] * sv[q]
                 ny += yv[q] * yv[q]
-            if sy > 1e-12 * math.sqrt(ns) * math.sqrt(ny):
+            if sy > 1e-12 * math.sqrt(ns) * math.sqrt(ny) and not dense:  # L-BFGS: one more pair
+                c = head[s_]
+                for q in range(d):
+                    Sm[s_, c, q] = sv[q]
+                    Ym[s_, c, q] = yv[q]
+                rho_m[s_, c] = 1.0 / sy
+                head[s_] = (c + 1) % m
+                n_pairs[s_] = min(n_pairs[s_] + 1, m)
+                fresh[s_] = False
+            elif sy > 1e-12 * math.sqrt(ns) * math.sqrt(ny):  # dense: the BFGS update of H
                 rho = 1.0 / sy
                 yHy = 0.0
                 for q in range(d):
@@ -1104,7 +1216,11 @@ LINE_SEARCHES = ("grid", "scan", "first")  # _bfgs_kernel's ``scan`` codes
 class SlotObjective:
     """The fused form of cosim.optimizer.SlotProblem's objective for one environment: -R(t) of
     parameter vectors (decode, make_decision and the slot's reward in one pass), its analytic
-    gradient and its multi-start BFGS."""
+    gradient and its multi-start BFGS (dense or limited-memory).
+
+    ``links`` (cv_ptr, cv_k, rsu_ptr, rsu_i): the covered pairs of active CVs, CV i's RSUs
+    cv_k[cv_ptr[i]:cv_ptr[i+1]] and RSU k's CVs rsu_i[rsu_ptr[k]:rsu_ptr[k+1]], ascending (the
+    order of the dense loops, so the sums and the values are the same bit for bit)."""
 
     def __init__(self, prob: Any):
         p, st, tk = prob.p, prob.state, prob.tasks
@@ -1113,6 +1229,11 @@ class SlotObjective:
         self.free_idx = np.flatnonzero(prob.free.ravel()).astype(np.int64)
         self.eb = np.exp(np.clip(np.asarray(prob.base, dtype=float), -60.0, 60.0))  # fixed entries' exponentials
         self.split_mask = c(prob.split_mask)
+        cov = self.split_mask[:, 1:]  # the links: covered (CV, RSU) pairs of active CVs, by CV and by RSU
+        ci, ck = np.nonzero(cov)
+        kk, ii = np.nonzero(cov.T)
+        ptr = lambda idx, n: np.searchsorted(idx, np.arange(n + 1)).astype(np.int64)  # noqa: E731
+        self.links = (ptr(ci, cov.shape[0]), ck.astype(np.int64), ptr(kk, cov.shape[1]), ii.astype(np.int64))
         lay = prob.lay
         self.lay = (lay.split.start, lay.bandwidth.start, lay.cpu.start)
         I, K = prob.I, prob.K
@@ -1124,7 +1245,7 @@ class SlotObjective:
                        c(st.hist_q_loc, dtype=float), c(st.hist_lam_loc, dtype=float), c(st.hist_q_rsu, dtype=float),
                        c(st.hist_lam_rsu, dtype=float), j)
         CI, CK, RC, f0 = _slot_constants(self.pv, *self.inputs)
-        self.problem = (self.free_idx, self.eb, self.split_mask, *self.lay, pv, CI, CK, RC, f0)
+        self.problem = (self.free_idx, self.eb, self.split_mask, self.links, *self.lay, pv, CI, CK, RC, f0)
         self.I, self.K = I, K
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -1153,7 +1274,7 @@ class SlotObjective:
         """-R(t) at one parameter vector x (d,) and its analytic gradient (_obj_backward)."""
         x = np.ascontiguousarray(x, dtype=float)
         g = np.empty(x.shape[0])
-        f = _value_grad(x, g, *self.problem, *_workspace(self.I, self.K))
+        f = _value_grad(x, g, *self.problem, *_workspace(self.eb))
         return float(f), g
 
     def bfgs(self, x0: np.ndarray, opt: dict[str, Any]) -> tuple:
@@ -1161,4 +1282,4 @@ class SlotObjective:
                             float(opt["line_max"]), float(opt["max_step"]), float(opt["fd_step"]), float(opt["bound"]),
                             float(opt["tol"]), int(opt["prune_after"]), float(opt["prune_gap"]),
                             LINE_SEARCHES.index(opt["line_search"]), opt["gradient"] == "analytic",
-                            *self.problem)
+                            int(opt["memory"]) if opt["method"] == "lbfgs" else -1, *self.problem)

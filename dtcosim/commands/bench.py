@@ -4,6 +4,8 @@
     dtcosim bench --sumo          # also the SUMO-backed env (libsumo and TraCI), 5 and 50 CVs
     dtcosim bench --trace         # also the batch env replaying recorded SUMO traces (256 envs)
     dtcosim bench --only env      # one part: env | optimiser | training
+    dtcosim bench --city          # also dpp-opt per slot from 5 CVs x 3 RSUs to 200 x 20: L-BFGS vs dense
+    dtcosim bench --only city     # that table alone
 
 Times are CPU time of this process (time.process_time), so other work on the machine
 disturbs them less than wall time; every ratio compares two measurements of this run.
@@ -127,14 +129,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--sumo", action="store_true", help="also measure the SUMO backend")
     ap.add_argument("--trace", action="store_true",
                     help="also the trace backend at 256 envs (on 16 road episodes recorded first)")
-    ap.add_argument("--only", choices=("env", "optimiser", "training"), help="run one part")
+    ap.add_argument("--only", choices=("env", "optimiser", "training", "city"), help="run one part")
     ap.add_argument("--opt-episodes", type=int, default=10, help="episodes of each optimiser run")
     ap.add_argument("--train-episodes", type=int, default=160, help="episodes of each training run")
+    ap.add_argument("--city", action="store_true",
+                    help="also dpp-opt's time per slot and objective, L-BFGS vs dense, up to 200 CVs x 20 RSUs")
+    ap.add_argument("--city-slots", type=int, default=4, help="slots of each --city size")
     add_config_args(ap)
     add_debug_arg(ap)
     args = ap.parse_args(argv)
-    if args.opt_episodes < 1 or args.train_episodes < 16:
-        ap.error("--opt-episodes must be >= 1 and --train-episodes >= 16 (one iteration)")
+    if args.opt_episodes < 1 or args.train_episodes < 16 or args.city_slots < 1:
+        ap.error("--opt-episodes and --city-slots must be >= 1 and --train-episodes >= 16 (one iteration)")
     if not 0 < args.seconds < 3600:  # also refuses nan
         raise CosimError(f"--seconds must be above 0 and below 3600, got {args.seconds}")
     cfg = load_config(args.config, args.overrides)
@@ -143,6 +148,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         bench_envs(cfg, args)
     if args.only in (None, "optimiser"):
         bench_optimiser(cfg, args.opt_episodes)
+    if args.only == "city" or (args.city and args.only in (None, "optimiser")):
+        bench_city(cfg, args.city_slots)
     if args.only in (None, "training"):
         bench_train(cfg, args.train_episodes)
     return 0
@@ -245,6 +252,79 @@ def bench_optimiser(cfg, episodes: int) -> None:
               f"{old['ms'] / new['ms']:.1f}x faster than its previous method "
               f"(cost {new['cost'] / old['cost'] - 1:+.3%}), "
               f"{ref['ms'] / new['ms']:.1f}x faster than numpy (cost {new['cost'] / ref['cost'] - 1:+.3%})")
+
+
+def spread_rsus(n: int, road_length_m: float, radius: float) -> list[dict[str, float]]:
+    """n RSUs evenly along the analytic road's north side (the default RSUs' offset and height)."""
+    return [{"x": road_length_m * (k + 0.5) / n, "y": 9.375, "height": 10.0, "radius": radius} for k in range(n)]
+
+
+def city_sizes(cfg) -> list[tuple[str, int, object]]:
+    """(layout, CVs, RSUs or None for the config's own) of --city. The road is the config's; 20 RSUs of
+    radius 0.7 x their spacing cover each CV by 1-2 of them, as in a city; radius 200 m makes every RSU
+    cover ~half the road (congested: ~10 RSUs per CV, ~120 CVs per RSU at 200 CVs)."""
+    road = cfg.scenario.road_length_m
+    return [("config's RSUs", 5, None), ("config's RSUs", 50, None),
+            ("spread, radius 200 m", 50, spread_rsus(10, road, 200.0)),
+            ("city: spread, 1-2 per CV", 200, spread_rsus(20, road, 0.7 * road / 20)),
+            ("congested: spread, radius 200 m", 200, spread_rsus(20, road, 200.0))]
+
+
+CITY_DENSE_MAX_DIM = 2000  # --city: the dense method is skipped where a slot has more parameters (O(d^2) each step)
+
+
+def bench_city(cfg, slots: int) -> None:
+    """dpp-opt per slot, its default (L-BFGS) and the dense method (the reference), on the same slots: the
+    first ``slots`` of an episode driven by the default's actions (queues build up), one environment."""
+    from cosim.optimizer import AUTO_DENSE_DIM_PER_ITERATION, DppOptimizer, resolve_method
+    if not F.AVAILABLE:
+        print("\n--city needs the numba kernels (pip install dtcosim[fast])")
+        return
+    rows = []
+    for layout, cvs, rsus in city_sizes(cfg):
+        c = cfg.replace(**{"scenario.n_cvs": cvs, **({"scenario.rsus": rsus} if rsus else {})})
+        sim = make_batch_env(c, n_envs=1, backend="analytic", seed=0)
+        sim.reset(0)
+        new, dense = DppOptimizer(sim, seed=0, method="lbfgs"), DppOptimizer(sim, seed=0, method="dense")
+        if not rows:  # warm-up: kernels loaded from numba's cache
+            new.act_sim(sim)
+            dense.act_sim(sim)
+        t_new = t_dense = 0.0
+        f_new, f_dense, dims = [], [], []
+        for _ in range(slots):
+            t0 = clock()
+            raw = new.act_sim(sim)
+            t_new += clock() - t0
+            f_new.append(new.last_stats[0]["objective"])
+            dims.append(new.last_stats[0]["dim"])
+            if dims[-1] <= CITY_DENSE_MAX_DIM:
+                t0 = clock()
+                dense.act_sim(sim)
+                t_dense += clock() - t0
+                f_dense.append(dense.last_stats[0]["objective"])
+            sim.step(raw)
+        sim.close()
+        ran = len(f_dense) == slots
+        rel = (np.array(f_new) - f_dense) / np.abs(f_dense) if ran else np.full(1, np.nan)
+        cov = sim.covered[0]
+        auto = {resolve_method(new.options | {"method": "auto"}, d) for d in dims}
+        rows.append({"cvs": cvs, "rsus": sim.n_rsus, "layout": layout, "per_cv": float(cov.sum(1).mean()),
+                     "auto": "/".join(sorted(auto)),
+                     "dim": float(np.mean(dims)), "ms_new": t_new / slots * 1e3,
+                     "ms_dense": t_dense / slots * 1e3 if ran else float("nan"),
+                     "rel_mean": float(rel.mean()), "rel_worst": float(rel.max())})
+    for r in rows:
+        r["speedup"] = r["ms_dense"] / r["ms_new"]
+    print()
+    print(format_table(rows, [("cvs", "CVs", "{:d}"), ("rsus", "RSUs", "{:d}"), ("layout", "RSU layout", "{}"),
+                              ("per_cv", "RSUs per CV", "{:.1f}"), ("dim", "parameters", "{:,.0f}"),
+                              ("ms_new", "L-BFGS ms/slot", "{:.1f}"), ("ms_dense", "dense ms/slot", "{:.1f}"),
+                              ("speedup", "x faster", "{:.1f}"),
+                              ("rel_mean", "objective vs dense, mean", "{:+.1e}"),
+                              ("rel_worst", "worst", "{:+.1e}"), ("auto", "default (auto) uses", "{}")]))
+    print(f"dpp-opt on {slots} slots per size (one core; dense skipped above {CITY_DENSE_MAX_DIM} parameters); "
+          f"objective: (L-BFGS - dense) / |dense|, positive = worse; the default (method auto) runs dense up to "
+          f"{AUTO_DENSE_DIM_PER_ITERATION * new.settings.iterations:.0f} parameters, L-BFGS above")
 
 
 def bench_train(cfg, episodes: int) -> None:
