@@ -56,17 +56,25 @@ def make_trainer(algo: str, cfg: Config, **sim_kwargs: Any) -> "Trainer":
     The algorithm's twin flag overrides ``twin.enabled``: that flag is what tells the two MAPPOs apart.
     """
     from cosim.env import BatchCoSim
+    from cosim.trace_mobility import TraceMix, mixes_folders, trace_dirs
 
     from .common import seed_everything
     spec = get_algorithm(algo)
     if cfg.training.arch == "set" and spec.module != "agents.mappo":  # the off-policy baselines are MLPs only
         raise CosimError(f"training.arch=set is available for ly-dtmppo and ly-mappo, not {algo}")
     cfg = cfg.replace(**{"twin.enabled": spec.twin})
+    sim_cfg = cfg
+    if mixes_folders(cfg):  # several trace folders: MAPPO plays each batch on one (TraceMix)
+        if spec.module != "agents.mappo":
+            raise CosimError(f"trace.dir: mixing {len(trace_dirs(cfg))} trace folders is available for ly-dtmppo "
+                             f"and ly-mappo, not {algo}")
+        sim_cfg = TraceMix(cfg).folders[0].apply(cfg)  # checks every folder; the first is the base scenario
     seed_everything(cfg.seed)
-    sim = BatchCoSim(cfg, n_envs=cfg.training.n_envs, seed=cfg.seed,
+    sim = BatchCoSim(sim_cfg, n_envs=cfg.training.n_envs, seed=cfg.seed,
                      initial_energy_queue=cfg.training.initial_energy_queue, **sim_kwargs)
     try:
-        trainer = spec.trainer_class()(sim.cfg, sim)  # sim.cfg: with the RSUs placed on the map
+        # sim.cfg: with the RSUs placed on the map; a mix keeps every folder in the trainer's config
+        trainer = spec.trainer_class()(cfg if sim_cfg is not cfg else sim.cfg, sim)
     except BaseException:
         sim.close()
         raise

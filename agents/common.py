@@ -39,6 +39,7 @@ from cosim.config import Config, CosimError, save_config, to_dict
 from cosim.env import ACTION_BOUND, BatchCoSim
 from cosim.runner import RECORD_FIELDS, EpisodeRecord, record_from_row
 from cosim.stats import smooth
+from cosim.trace_mobility import mixes_folders, trace_dirs
 
 from .checkpoint import OBS_CLIP, POLICY_FILE, atomic_write, save_policy
 from .nets import TORCH_THREADS, ActorSpec
@@ -348,6 +349,8 @@ def load_state_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 # Runs
 
 def scenario_name(cfg: Config) -> str:
+    if mixes_folders(cfg):
+        return f"{cfg.backend}-{len(trace_dirs(cfg))}folders"  # each batch replays one folder's fleet and RSUs
     return f"{cfg.backend}-{cfg.scenario.n_cvs}cv-{cfg.n_rsus}rsu"
 
 

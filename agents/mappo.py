@@ -26,6 +26,7 @@ from cosim.config import Config, ConfigError, _f, load_settings, settings_dict, 
 from cosim.env import BatchCoSim
 from cosim.runner import EpisodeSums
 from cosim.scenarios import ScenarioSampler
+from cosim.trace_mobility import TraceMix
 
 from .common import Iteration, Normalizer, Trainer, clip_actions
 from .entity import PER_CV, PER_RSU, SetActor, SetCritic, expand_log_std, n_rsus_of
@@ -163,7 +164,7 @@ class MAPPOTrainer(Trainer):
     name = "mappo"
     STATE = {"actor": "actor_net", "log_std": "log_std", "critic": "critic", "actor_opt": "actor_opt",
              "critic_opt": "critic_opt", "obs_rms": "obs_rms", "state_rms": "state_rms", "value_norm": "value_norm",
-             "iterations": "iterations", "sampler": "sampler"}  # sampler: None unless training.scenarios
+             "iterations": "iterations", "sampler": "sampler"}  # None unless training.scenarios or a trace mix
 
     def __init__(self, cfg: Config, sim: BatchCoSim):
         super().__init__(cfg, sim)
@@ -189,8 +190,9 @@ class MAPPOTrainer(Trainer):
             # The critic's input for agent i is the global state and agent i's own observation (MAPPO's
             # agent-specific global state): per-agent values need not find agent i's slice of s.
             self.critic = CentralCritic(I, S, D, c.hidden, c.orthogonal_init)
-        # Training across scenarios: a fleet and RSU layout drawn per iteration (training.scenarios).
-        self.sampler = ScenarioSampler(cfg) if cfg.training.scenarios.enabled else None
+        # Training across scenarios: a fleet and RSU layout drawn per iteration (training.scenarios), or
+        # one of several trace folders (maps) drawn per iteration (trace.dir a list, trace.mix).
+        self.sampler = ScenarioSampler(cfg) if cfg.training.scenarios.enabled else TraceMix.of(cfg)
         self.base_sim = sim
         # foreach: a few multi-tensor ops per step instead of ~10 small ops per parameter, bit-identical to the
         # default loop (fused=True is not: its results differ from the 2nd update on, ~1e-9 relative)
@@ -222,7 +224,8 @@ class MAPPOTrainer(Trainer):
         scn = self.sampler.draw()
         if self.sim is not self.base_sim:
             self.sim.close()
-        self.sim = sim = BatchCoSim(scn.apply(self.cfg), n_envs=self.sampler.episodes_per_batch(scn), seed=scn.seed)
+        self.sim = sim = BatchCoSim(scn.apply(self.cfg), n_envs=self.sampler.episodes_per_batch(scn), seed=scn.seed,
+                                    initial_energy_queue=self.base_sim.initial_energy_queue)
         self.I, self.D, self.S, self.A, self.E = sim.n_cvs, sim.obs_dim, sim.state_dim, sim.action_dim, sim.n_envs
         self._allocate()
 

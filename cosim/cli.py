@@ -58,8 +58,9 @@ def add_common_args(ap: argparse.ArgumentParser, backend_default: str | None = N
                     help=f"mobility backend (default: {backend_default or 'the config backend'})")
     ap.add_argument("--cvs", type=int, default=None, help="number of client vehicles (agents)")
     ap.add_argument("--seed", type=int, default=None, help="random seed (default: the config seed)")
-    ap.add_argument("--traces", default=None, metavar="DIR",
-                    help="replay SUMO traces recorded by scripts/record_traces.py (backend trace)")
+    add_list_arg(ap, "--traces", metavar="DIR", default=None,
+                 help="replay SUMO traces recorded by scripts/record_traces.py (backend trace); several folders "
+                      "(--traces A,B or --traces A --traces B) are mixed in training, one per episode batch")
     add_debug_arg(ap)
 
 
@@ -104,7 +105,9 @@ def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None =
     if getattr(args, "seed", None) is not None:
         changes["seed"] = args.seed
     if getattr(args, "traces", None) is not None:
-        changes["trace.dir"] = args.traces
+        if not args.traces:
+            raise CosimError("--traces: name at least one folder from scripts/record_traces.py")
+        changes["trace.dir"] = args.traces[0] if len(args.traces) == 1 else list(args.traces)
         changes["backend"] = args.backend or "trace"
     return cfg.replace(**changes) if changes else cfg
 

@@ -243,10 +243,19 @@ class SumoConfig:
 
 @dataclass(frozen=True)
 class TraceConfig:
-    dir: str | None = _f(None, doc="folder of recorded SUMO traces (scripts/record_traces.py) for backend trace")
+    dir: str | tuple[str, ...] | None = _f(
+        None, doc="folder of recorded SUMO traces (scripts/record_traces.py) for backend trace, or a list of "
+                  "folders (maps, RSU layouts, fleets) that training mixes, one folder per episode batch")
     part: str = _f("train", choices=("train", "eval", "all"),
-                   doc="which recorded episodes to replay: training's, the held-out ones, or all")
-    eval_share: float = _f(0.2, 0.0, 0.9, doc="share of recorded episodes held out for evaluation")
+                   doc="which recorded episodes to replay: training's, the held-out ones, or all (per folder)")
+    eval_share: float = _f(0.2, 0.0, 0.9, doc="share of recorded episodes held out for evaluation (per folder)")
+    mix: str = _f("episodes", choices=("episodes", "equal"),
+                  doc="several folders: each episode batch's folder is drawn with weights proportional to its "
+                      "episodes in trace.part (every recorded episode equally likely) or equal (every folder)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dir, tuple) and not self.dir:
+            raise ConfigError("trace.dir: an empty list names no folder (give one folder or several)")
 
 
 @dataclass(frozen=True)
@@ -329,6 +338,8 @@ def _convert(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if isinstance(value, (list, tuple)):  # str | tuple[str, ...]: a list takes the list alternative
+            inner = [a for a in inner if typing.get_origin(a) is tuple] or inner
         return _convert(value, inner[0], key, meta)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):

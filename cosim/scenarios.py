@@ -50,8 +50,10 @@ def check_ranges(cfg: Config) -> None:
         raise ConfigError("training.scenarios.enabled needs training.arch=set (the MLP is tied to one CV and RSU "
                           "count)")
     if cfg.backend != "analytic":
+        hint = (" (recorded traces bring their own; several trace folders are mixed per batch with "
+                "training.scenarios.enabled=false)" if cfg.backend == "trace" else "")
         raise ConfigError(f"training.scenarios.enabled needs backend analytic (got {cfg.backend}): RSU layouts are "
-                          "drawn on the analytic road")
+                          f"drawn on the analytic road{hint}")
     lo, hi = s.rsu_x_m
     if hi > cfg.scenario.road_length_m:
         raise ConfigError(f"training.scenarios.rsu_x_m: {hi:g} lies beyond the road "

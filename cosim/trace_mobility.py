@@ -12,10 +12,27 @@ the configuration that recorded it) and one or more ``traces_*.npz`` files with 
 (N, T + 1, I): ``x``, ``y``, ``speed``, ``heading`` (float32), ``lane`` (int16), ``active``
 (bool), and ``seeds`` (N,), the seed each episode was recorded with. Episodes are ordered by
 seed; the last ``trace.eval_share`` of them are held out for evaluation (``trace.part``).
+
+Several folders (``trace.dir`` a list; ``--traces A,B`` or ``--traces A --traces B``), recorded
+on different maps, with different RSU layouts, CV slots and episode lengths, are mixed by
+training: a simulator replays one folder (its RSUs, its fleet), so :class:`TraceMix` draws one
+folder per episode batch from its own seeded generator, with weights ``trace.mix`` (``episodes``:
+proportional to each folder's episodes in ``trace.part``, so every recorded episode is equally
+likely; ``equal``: every folder equally likely), and the trainer plays that batch on a simulator
+of that folder, as ``training.scenarios`` does with drawn layouts. A folder replays
+``scenario.n_cvs`` CVs, or all its CV slots where it holds fewer; every folder must have the
+slot length of the others (and ``scenario.slot_s``) and at least ``scenario.episode_slots``
+slots (episodes replay the first ones). The set-structured policy (``training.arch=set``) mixes
+any folders; the MLP only folders with ``scenario.n_cvs`` CVs and equal RSU counts.
+``trace.part`` and ``trace.eval_share`` apply per folder; ``evaluate.py`` reports each folder.
+
+    python scripts/train.py --algo ly-dtmppo --set training.arch=set --traces traces/road,traces/grid
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +42,7 @@ import numpy as np
 
 from .config import Config, ConfigError, CosimError, RSUConfig
 from .mobility import BatchMobility, MobilityState, _row
+from .scenarios import Scenario
 
 META_FILE = "meta.json"
 FIELDS = ("x", "y", "speed", "heading", "lane", "active")
@@ -101,8 +119,20 @@ def write_meta(directory: str | Path, cfg: Config, n_cvs: int, rsus: Sequence[RS
     return d / META_FILE
 
 
+def trace_dirs(cfg: Config) -> tuple[str, ...]:
+    """The folders ``trace.dir`` names: none, one or several."""
+    d = cfg.trace.dir
+    return () if d is None else (d,) if isinstance(d, str) else tuple(d)
+
+
+def mixes_folders(cfg: Config) -> bool:
+    """Whether ``cfg`` replays several trace folders (which training mixes, one per episode batch)."""
+    return cfg.backend == "trace" and len(trace_dirs(cfg)) > 1
+
+
 def read_traces(directory: str | Path) -> Traces:
-    """Every recorded episode in ``directory``, ordered by seed."""
+    """Every recorded episode in ``directory``, ordered by seed (read once per process while the files
+    are unchanged: a mix builds a simulator per episode batch; the arrays are read-only)."""
     d = Path(directory).expanduser()
     if not d.is_dir():
         raise ConfigError(f"trace.dir: folder not found: {d} (record one with scripts/record_traces.py)")
@@ -111,14 +141,27 @@ def read_traces(directory: str | Path) -> Traces:
         raise ConfigError(f"trace.dir: {d} holds no recorded traces ({META_FILE} and traces_*.npz; "
                           f"record them with scripts/record_traces.py)")
     try:
+        signature = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in (d / META_FILE, *files))
+    except OSError as exc:
+        raise CosimError(f"trace.dir: cannot read {d} ({exc.strerror or exc})") from None
+    return _read_traces(str(d.resolve()), str(d), signature)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_traces(directory: str, shown: str, signature: tuple) -> Traces:
+    d = Path(directory)
+    try:
         meta = json.loads((d / META_FILE).read_text())
-        parts = [np.load(f) for f in files]
+        parts = [np.load(d / name) for name, _, _ in signature[1:]]
         seeds = np.concatenate([p["seeds"] for p in parts])
         arrays = {f: np.concatenate([p[f] for p in parts]) for f in FIELDS}
     except (OSError, ValueError, KeyError) as exc:
-        raise CosimError(f"trace.dir: {d} holds a broken trace file ({exc})") from None
+        raise CosimError(f"trace.dir: {shown} holds a broken trace file ({exc})") from None
     order = np.argsort(seeds, kind="stable")
-    return Traces(meta, seeds[order], {f: a[order] for f, a in arrays.items()})
+    traces = Traces(meta, seeds[order], {f: a[order] for f, a in arrays.items()})
+    for a in (traces.seeds, *traces.arrays.values()):
+        a.setflags(write=False)
+    return traces
 
 
 def split_episodes(n: int, eval_share: float, part: str) -> np.ndarray:
@@ -132,37 +175,51 @@ def split_episodes(n: int, eval_share: float, part: str) -> np.ndarray:
     return np.arange(n)
 
 
+def check_folder(cfg: Config, directory: str, traces: Traces, n_cvs: int) -> np.ndarray:
+    """The episodes of ``trace.part`` that ``cfg`` replays from ``directory``; one-line errors where
+    its slot length, episode length or CV slots do not fit ``cfg``."""
+    where = f"the traces in {directory}"
+    if abs(traces.meta["slot_s"] - cfg.scenario.slot_s) > 1e-9:
+        raise ConfigError(f"scenario.slot_s: {cfg.scenario.slot_s:g} s, but {where} were recorded with "
+                          f"{traces.meta['slot_s']:g} s slots")
+    if traces.n_slots < cfg.scenario.episode_slots:
+        raise ConfigError(f"scenario.episode_slots: {cfg.scenario.episode_slots}, but {where} hold "
+                          f"{traces.n_slots} slots per episode")
+    if traces.n_cvs < n_cvs:
+        raise ConfigError(f"n_cvs: {n_cvs} CVs, but {where} hold {traces.n_cvs} CV slots "
+                          f"(record with --cvs {n_cvs} or more)")
+    episodes = split_episodes(traces.n_episodes, cfg.trace.eval_share, cfg.trace.part)
+    if len(episodes) == 0:
+        raise ConfigError(f"trace.part: {where} hold {traces.n_episodes} episode(s), none for "
+                          f"'{cfg.trace.part}' (record more, or change trace.eval_share)")
+    return episodes
+
+
 class TraceMobility(BatchMobility):
     """E recorded SUMO episodes replayed side by side; the batch interface of AnalyticMobility.
 
-    ``cfg.trace.dir`` names the folder. The recording's slot length must equal
-    ``scenario.slot_s``, it must hold at least ``scenario.episode_slots`` slots, and at least
-    ``n_cvs`` CV slots (the first ``n_cvs`` are used).
+    ``cfg.trace.dir`` names the folder (one: a simulator replays one RSU layout; several are mixed
+    by :class:`TraceMix`). The recording's slot length must equal ``scenario.slot_s``, it must hold
+    at least ``scenario.episode_slots`` slots, and at least ``n_cvs`` CV slots (the first ``n_cvs``
+    are used).
     """
 
     def __init__(self, cfg: Config, n_envs: int = 1, n_cvs: int | None = None):
-        if cfg.trace.dir is None:
+        dirs = trace_dirs(cfg)
+        if not dirs:
             raise ConfigError("backend trace needs trace.dir: a folder from scripts/record_traces.py (--traces DIR)")
+        if len(dirs) > 1:
+            raise ConfigError(f"trace.dir names {len(dirs)} folders ({', '.join(dirs)}): a simulator replays one; "
+                              f"training (ly-dtmppo, ly-mappo) draws one per episode batch and evaluate.py reports "
+                              f"each, elsewhere give one folder")
         if n_envs < 1:
             raise ConfigError(f"n_envs: {n_envs}; at least 1 environment is needed")
         self.cfg = cfg
+        self.dir = dirs[0]
         self.n_envs = n_envs
         self.n_cvs = n_cvs if n_cvs is not None else cfg.scenario.n_cvs
-        traces = read_traces(cfg.trace.dir)
-        where = f"the traces in {cfg.trace.dir}"
-        if abs(traces.meta["slot_s"] - cfg.scenario.slot_s) > 1e-9:
-            raise ConfigError(f"scenario.slot_s: {cfg.scenario.slot_s:g} s, but {where} were recorded with "
-                              f"{traces.meta['slot_s']:g} s slots")
-        if traces.n_slots < cfg.scenario.episode_slots:
-            raise ConfigError(f"scenario.episode_slots: {cfg.scenario.episode_slots}, but {where} hold "
-                              f"{traces.n_slots} slots per episode")
-        if traces.n_cvs < self.n_cvs:
-            raise ConfigError(f"n_cvs: {self.n_cvs} CVs, but {where} hold {traces.n_cvs} CV slots "
-                              f"(record with --cvs {self.n_cvs} or more)")
-        self.episodes = split_episodes(traces.n_episodes, cfg.trace.eval_share, cfg.trace.part)
-        if len(self.episodes) == 0:
-            raise ConfigError(f"trace.part: {where} hold {traces.n_episodes} episode(s), none for "
-                              f"'{cfg.trace.part}' (record more, or change trace.eval_share)")
+        traces = read_traces(self.dir)
+        self.episodes = check_folder(cfg, self.dir, traces, self.n_cvs)
         self.traces = traces
         self.seeds = traces.seeds[self.episodes]
         # (T + 1, N, I): one slot's rows of all chosen episodes are a single gather.
@@ -195,7 +252,7 @@ class TraceMobility(BatchMobility):
         if abs(dt - slot) > 1e-9 * max(dt, 1.0):
             raise ConfigError(f"the traces advance in slots of {slot:g} s, not {dt:g} s")
         if self.t >= self.traces.n_slots:
-            raise CosimError(f"the traces in {self.cfg.trace.dir} end after {self.traces.n_slots} slots")
+            raise CosimError(f"the traces in {self.dir} end after {self.traces.n_slots} slots")
         self.t += 1
         return self._state()
 
@@ -207,3 +264,95 @@ class TraceMobility(BatchMobility):
 
     def close(self) -> None:
         pass
+
+
+# ---------------------------------------------------------------------------
+# Several folders: one drawn per episode batch
+
+@dataclass(frozen=True)
+class TraceScenario(Scenario):
+    """One trace folder as a training scenario: the CVs it replays, its RSUs, its episodes in trace.part."""
+
+    folder: str = ""
+    n_episodes: int = 0
+
+    def apply(self, cfg: Config) -> Config:
+        """``cfg`` replaying this folder alone, with its CVs and RSUs."""
+        return super().apply(cfg.replace(**{"trace.dir": self.folder}))
+
+    @property
+    def label(self) -> str:
+        return f"{self.folder}: {self.n_cvs} CVs, {len(self.rsus)} RSUs"
+
+
+def trace_folders(cfg: Config) -> list[TraceScenario]:
+    """Every folder ``trace.dir`` names, checked to be mixable: one-line errors name the folders and values.
+
+    A folder replays ``scenario.n_cvs`` CVs, or all its CV slots where it holds fewer.
+    """
+    dirs = trace_dirs(cfg)
+    if not dirs:
+        raise ConfigError("backend trace needs trace.dir: a folder from scripts/record_traces.py (--traces DIR)")
+    seen: dict[Path, str] = {}
+    for d in dirs:
+        key = Path(d).expanduser().resolve()
+        if key in seen:
+            raise ConfigError(f"trace.dir: {d} is named twice" + (f" (also as {seen[key]})" if seen[key] != d else ""))
+        seen[key] = d
+    traces = [read_traces(d) for d in dirs]
+    slot = traces[0].meta["slot_s"]
+    for d, t in zip(dirs[1:], traces[1:]):
+        if abs(t.meta["slot_s"] - slot) > 1e-9:
+            raise ConfigError(f"trace.dir: {dirs[0]} was recorded with {slot:g} s slots, {d} with "
+                              f"{t.meta['slot_s']:g} s slots; folders of different slot lengths cannot be mixed")
+    out = []
+    for d, t in zip(dirs, traces):
+        n_cvs = min(cfg.scenario.n_cvs, t.n_cvs)
+        episodes = check_folder(cfg, d, t, n_cvs)
+        out.append(TraceScenario(n_cvs, t.rsus(), folder=d, n_episodes=len(episodes)))
+    return out
+
+
+class TraceMix:
+    """Training on several trace folders: each episode batch replays one folder (``trace.mix`` weights),
+    drawn from a generator of its own (the config seed's 'traces' child), so a run retrains
+    bit-identically and a resumed run draws what an uninterrupted one does. The interface of
+    :class:`cosim.scenarios.ScenarioSampler`: ``draw``, ``episodes_per_batch``, ``state_dict``.
+    """
+
+    def __init__(self, cfg: Config, seed: int | None = None):
+        self.folders = trace_folders(cfg)
+        if cfg.training.arch != "set":
+            first = self.folders[0]
+            for f in self.folders:
+                if f.n_cvs != cfg.scenario.n_cvs:
+                    raise ConfigError(f"training.arch={cfg.training.arch}: the MLP is tied to one CV count, "
+                                      f"scenario.n_cvs = {cfg.scenario.n_cvs}, but {f.folder} holds {f.n_cvs} CV "
+                                      f"slots (mix it with training.arch=set, or lower --cvs)")
+                if len(f.rsus) != len(first.rsus):
+                    raise ConfigError(f"training.arch={cfg.training.arch}: the MLP is tied to one RSU count, but "
+                                      f"{first.folder} has {len(first.rsus)} RSUs and {f.folder} {len(f.rsus)} "
+                                      f"(mix them with training.arch=set)")
+        weights = np.array([f.n_episodes if cfg.trace.mix == "episodes" else 1.0 for f in self.folders], float)
+        self.p = weights / weights.sum()
+        self.rng = np.random.default_rng(np.random.SeedSequence([cfg.seed if seed is None else seed, 0x7ACE]))
+        self.n_envs = cfg.training.n_envs
+
+    @classmethod
+    def of(cls, cfg: Config) -> "TraceMix | None":
+        """The mix of ``cfg``'s folders, or None where it replays one."""
+        return cls(cfg) if mixes_folders(cfg) else None
+
+    def draw(self) -> TraceScenario:
+        """The next episode batch's folder, with the seed of its simulator."""
+        j = int(self.rng.choice(len(self.folders), p=self.p))
+        return dataclasses.replace(self.folders[j], seed=int(self.rng.integers(0, 2**31 - 1)))
+
+    def episodes_per_batch(self, scn: TraceScenario) -> int:
+        return self.n_envs
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.rng.bit_generator.state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state

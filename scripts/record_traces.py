@@ -7,10 +7,14 @@
     python scripts/record_traces.py --out traces/ingolstadt21 --map resco/ingolstadt21 --cvs 64 --rsus 8 --penetration 0.3
     python scripts/train.py --algo ly-dtmppo --traces traces/road                    # train on the recording
     python scripts/evaluate.py --checkpoint runs/<run>/policy.safetensors --traces traces/road   # held-out part
+    python scripts/train.py --algo ly-dtmppo --set training.arch=set --traces traces/road,traces/cross   # mix maps
 
 Episode j is recorded with seed FIRST_SEED + j, exactly as SumoMobility(cfg).reset(seed) runs
 it. RSUs on other maps are placed once (as run_cosim.py would) and every episode uses them.
 The last trace.eval_share of the episodes (by seed) are held out for evaluation.
+Folders recorded on different maps (other RSU layouts, --cvs, episode lengths; the same slot
+length) train one set-structured policy together: --traces A,B draws one folder per episode
+batch (trace.mix: episodes | equal), and evaluate.py --traces A,B reports each folder.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import sumo
 import yaml
 
 from cosim.cli import add_common_args, config_from_args
-from cosim.config import ConfigError, from_dict, load_config
+from cosim.config import ConfigError, CosimError, from_dict, load_config
 from cosim.env import BatchCoSim
 from cosim.sumo_mobility import SumoMobility
 from cosim.trace_mobility import (TraceMobility, read_traces, record_episodes, split_episodes, write_meta,
@@ -160,3 +161,141 @@ def test_train_and_evaluate_on_traces(road_traces: Path, tmp_path: Path) -> None
     assert p.returncode == 0, p.stderr
     assert "on trace, 3 CVs, 3 RSUs" in p.stdout
     assert yaml.safe_load((tmp_path / "eval" / "config.yaml").read_text())["trace"]["part"] == "eval"
+
+
+# ---------------------------------------------------------------------------
+# Several trace folders mixed in one training run
+
+@pytest.fixture(scope="module")
+def grid_traces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second map: a generated 3x3 grid with 2 RSUs placed on it, 4 CV slots, 14 slots per episode."""
+    from cosim.config import with_rsus
+
+    d = tmp_path_factory.mktemp("grid_traces")
+    net = d / "grid.net.xml"
+    subprocess.run([str(BIN / "netgenerate"), "--grid", "--grid.number", "3", "--grid.length", "200",
+                    "--output-file", str(net)], check=True, capture_output=True,
+                   env=dict(os.environ, SUMO_HOME=sumo.SUMO_HOME))
+    cfg = load_config().replace(**{"backend": "sumo", "sumo.net": str(net), "sumo.n_rsus": 2, "sumo.warmup_s": 20,
+                                   "scenario.episode_slots": 14})
+    mob = SumoMobility(cfg, n_cvs=4)
+    try:
+        rsus = mob.rsu_configs()
+    finally:
+        mob.close()
+    cfg = with_rsus(cfg, rsus).replace(**{"sumo.rsu_placement": "config"})
+    out = d / "traces"
+    write_traces(out, record_episodes(cfg, 4, [0, 1, 2, 3]))
+    write_meta(out, cfg, 4, rsus, "grid")
+    return out
+
+
+def _mix_args(road: Path, grid: Path, *more: str) -> list[str]:
+    return ["--traces", f"{road},{grid}", "--set", "scenario.episode_slots=12", "--set", "training.arch=set",
+            "--set", "training.hidden=16", "--set", "training.n_envs=2", "--set", "training.epochs=2",
+            "--set", "training.checkpoint_every=4", *more]
+
+
+def _cfg(args: list[str]):
+    ap = argparse.ArgumentParser()
+    add_common_args(ap)
+    return config_from_args(ap.parse_args(args))
+
+
+def test_set_policy_trains_on_two_maps(road_traces: Path, grid_traces: Path, tmp_path: Path) -> None:
+    """Each batch replays one folder (its RSUs, its CVs); both are drawn; the seed fixes the draws; resume is exact."""
+    from agents import make_trainer, train
+    from agents.common import fit
+    from cosim.trace_mobility import TraceMix
+
+    cfg = _cfg(_mix_args(road_traces, grid_traces))
+    assert cfg.trace.dir == (str(road_traces), str(grid_traces)) and cfg.backend == "trace"
+    assert _cfg(["--traces", str(road_traces), "--traces", str(grid_traces)]).trace.dir == cfg.trace.dir
+    mix = TraceMix(cfg)
+    assert [(f.n_cvs, len(f.rsus), f.n_episodes) for f in mix.folders] == [(3, 3, 4), (4, 2, 3)]
+    assert mix.p.tolist() == pytest.approx([4 / 7, 3 / 7])  # trace.mix=episodes: by training episodes
+    assert TraceMix(cfg.replace(**{"trace.mix": "equal"})).p.tolist() == [0.5, 0.5]
+    assert [f.n_episodes for f in TraceMix(cfg.replace(**{"trace.part": "eval"})).folders] == [1, 1]  # per folder
+
+    def batches(seed: int) -> list[tuple]:
+        trainer = make_trainer("ly-dtmppo", cfg.replace(seed=seed))
+        try:
+            seen = []
+            for i in range(6):
+                it = trainer.iterate(2 * i)
+                sim = trainer.sim
+                assert isinstance(sim.mobility, TraceMobility) and len(it.episodes) == 2
+                seen.append((sim.cfg.trace.dir, sim.n_cvs, sim.n_rsus, it.episodes[0].reward))
+            return seen
+        finally:
+            trainer.sim.close()
+
+    first = batches(0)
+    assert {s[:3] for s in first} == {(str(road_traces), 3, 3), (str(grid_traces), 4, 2)}
+    assert batches(0) == first  # the same seed: the same folders, episodes and rewards
+    assert batches(1) != first  # another seed: other draws
+
+    # Resume: stopped after 4 episodes and resumed, the run ends as an uninterrupted one.
+    run = cfg.replace(**{"training.episodes": 8})
+    full = make_trainer("ly-dtmppo", run)
+    res_full = fit(full, tmp_path / "full", progress=False, tensorboard=False)
+    full.sim.close()
+    part = make_trainer("ly-dtmppo", run)
+    fit(part, tmp_path / "part", progress=False, tensorboard=False, stop_after=4)
+    part.sim.close()
+    resumed = train(None, resume=tmp_path / "part", progress=False, tensorboard=False)
+    assert [vars(m) for m in resumed.metrics] == [vars(m) for m in res_full.metrics]
+    assert yaml.safe_load((tmp_path / "part" / "config.yaml").read_text())["trace"]["dir"] == list(cfg.trace.dir)
+
+
+def test_what_cannot_be_mixed_is_one_line(road_traces: Path, grid_traces: Path, tmp_path: Path) -> None:
+    from agents import make_trainer
+    from cosim.trace_mobility import TraceMix
+
+    cfg = _cfg(_mix_args(road_traces, grid_traces))
+    road, grid = re.escape(str(road_traces)), re.escape(str(grid_traces))
+    mlp = cfg.replace(**{"training.arch": "mlp", "scenario.n_cvs": 3})
+    with pytest.raises(ConfigError, match=rf"the MLP is tied to one RSU count, but {road} has 3 RSUs and "
+                                          rf"{grid} 2 \(mix them with training.arch=set\)"):
+        TraceMix(mlp)
+    with pytest.raises(ConfigError, match=rf"scenario.n_cvs = 4, but {road} holds 3 CV slots"):
+        TraceMix(mlp.replace(**{"scenario.n_cvs": 4}))
+    with pytest.raises(CosimError, match="mixing 2 trace folders is available for ly-dtmppo and ly-mappo, not "
+                                         "ly-maddpg"):
+        make_trainer("ly-maddpg", mlp)
+    with pytest.raises(ConfigError, match=rf"scenario.episode_slots: 14, but the traces in {road} hold 12"):
+        TraceMix(cfg.replace(**{"scenario.episode_slots": 14}))
+    half = tmp_path / "half"  # the road's episodes, labelled as recorded with 0.5 s slots
+    half.mkdir()
+    for f in road_traces.iterdir():
+        (half / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((half / "meta.json").read_text())
+    (half / "meta.json").write_text(json.dumps({**meta, "slot_s": 0.5}))
+    with pytest.raises(ConfigError, match=rf"trace.dir: {grid} was recorded with 1 s slots, {re.escape(str(half))} "
+                                          r"with 0.5 s slots; folders of different slot lengths cannot be mixed"):
+        TraceMix(cfg.replace(**{"trace.dir": [str(grid_traces), str(half)]}))
+    with pytest.raises(ConfigError, match=rf"trace.dir: {road} is named twice"):
+        TraceMix(cfg.replace(**{"trace.dir": [str(road_traces), str(grid_traces), str(road_traces)]}))
+    with pytest.raises(ConfigError, match="an empty list names no folder"):
+        cfg.replace(**{"trace.dir": []})
+    with pytest.raises(ConfigError, match=r"trace.dir names 2 folders .*: a simulator replays one"):
+        TraceMobility(cfg)
+    # From the command line: one line, no traceback.
+    p = subprocess.run([sys.executable, "scripts/train.py", "--algo", "ly-dtmppo", *_mix_args(road_traces, grid_traces),
+                        "--set", "training.arch=mlp", "--cvs", "3", "--out", str(tmp_path / "run")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "the MLP is tied to one RSU count" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_reports_each_folder(road_traces: Path, grid_traces: Path, tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, "scripts/evaluate.py", "--traces", str(road_traces), str(grid_traces),
+                        "--set", "scenario.episode_slots=12", "--episodes", "2", "--policies", "equal",
+                        "--out", str(tmp_path / "eval"), "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert f"traces in {road_traces}:" in p.stdout and f"traces in {grid_traces}:" in p.stdout
+    assert "on trace, 3 CVs, 3 RSUs" in p.stdout and "on trace, 4 CVs, 2 RSUs" in p.stdout
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert list(summary["folders"]) == [str(road_traces), str(grid_traces)]
+    assert all(s["equal"]["episodes"] == 2 for s in summary["folders"].values())

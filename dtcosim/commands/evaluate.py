@@ -8,7 +8,9 @@
 
 A set-architecture checkpoint runs on any --cvs and RSU layout (--config); an
 MLP checkpoint only on the CV and RSU counts it was trained on (one-line error
-elsewhere).
+elsewhere). With several trace folders (--traces A,B) every policy is evaluated
+on each folder's held-out episodes, with its RSUs and CVs (at most --cvs), one
+table per folder; summary.json then maps each folder to its summaries.
 
 Every policy acts deterministically (a Gaussian actor's mean) on the same
 episodes: episode i is reset with seed --eval-seed + i (default 10000 + i),
@@ -35,6 +37,7 @@ from cosim.config import Config, CosimError, flat_overrides, to_dict
 from cosim.evaluation import EVAL_SEED, comparison_table, evaluate_each, long_horizon_table
 from cosim.outputs import OutputDir
 from cosim.runner import strict_json
+from cosim.trace_mobility import mixes_folders, trace_folders
 
 
 def checkpoint_labels(paths: list[str], algos: list[str]) -> list[str]:
@@ -58,6 +61,37 @@ def checkpoint_labels(paths: list[str], algos: list[str]) -> list[str]:
             dup = names[:k].count(name)  # the same file given twice
             labels[i] = f"{algo}:{name}" + (f"#{dup + 1}" if dup else "")
     return labels
+
+
+def _evaluate(args: argparse.Namespace, cfg: Config, configs: dict[str, Config], policies: dict[str, object],
+              checkpoints: dict[str, str]) -> dict[str, dict]:
+    """Every policy on the same episodes under ``cfg`` (each under its own ``configs`` entry); prints the
+    tables and returns the summaries by policy."""
+    summaries, long = evaluate_each({n: (configs[n], p) for n, p in policies.items()}, args.episodes,
+                                    seed=args.eval_seed, slots=args.slots, progress=not args.quiet)
+    base = options_of(to_dict(cfg))
+    for label in checkpoints:
+        options = options_of(to_dict(configs[label]))
+        if options != base:
+            summaries[label]["options"] = options
+    for label, path in checkpoints.items():
+        summaries[label]["checkpoint"] = path
+    print(f"{args.episodes} episodes per policy on {cfg.backend}, {cfg.scenario.n_cvs} CVs, {cfg.n_rsus} RSUs, "
+          f"seeds {args.eval_seed}..{args.eval_seed + args.episodes - 1}")
+    print(comparison_table(summaries))
+    for label, s in summaries.items():
+        if "options" in s:
+            differ = " ".join(f"{k}={v}" for k, v in s["options"].items() if v != base[k])
+            print(f"{label} runs under the options it was trained with: {differ}")
+    for name, s in summaries.items():
+        if "diagnostics_text" in s:
+            print(s["diagnostics_text"])
+    if long is not None:
+        print(f"\nlong horizon: {args.slots} slots per episode, last half = slots {args.slots // 2}..{args.slots}")
+        print(long_horizon_table(long))
+        for name, lh in long.items():
+            summaries[name]["long_horizon"] = dataclasses.asdict(lh)
+    return summaries
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -112,6 +146,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         configs[n] = cfg
         policies[n] = lambda sim, n=n: make_policy(n, sim.n_rsus, seed=args.eval_seed, env=sim)
 
+    # Several trace folders (maps): a simulator replays one, so every policy is evaluated on each folder's
+    # held-out episodes in turn, with that folder's RSUs and CVs; summary.json holds one summary per folder.
+    folders = trace_folders(cfg) if mixes_folders(cfg) else None
     final = Path(args.out) if args.out else Path("runs") / f"eval__{time.strftime('%Y%m%d-%H%M%S')}"
     with OutputDir(final) as staged:  # locked; files land in --out only when the evaluation completes
         out = staged.path
@@ -122,30 +159,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.slots is not None:
             cfg = cfg.replace(**{"scenario.episode_slots": args.slots})
         save_run_config(cfg, out, settings=settings)
-        summaries, long = evaluate_each({n: (configs[n], p) for n, p in policies.items()}, args.episodes,
-                                        seed=args.eval_seed, slots=args.slots, progress=not args.quiet)
-        base = options_of(to_dict(cfg))
-        for label in checkpoints:
-            options = options_of(to_dict(configs[label]))
-            if options != base:
-                summaries[label]["options"] = options
-        for label, path in checkpoints.items():
-            summaries[label]["checkpoint"] = path
-        print(f"{args.episodes} episodes per policy on {cfg.backend}, {cfg.scenario.n_cvs} CVs, {cfg.n_rsus} RSUs, "
-              f"seeds {args.eval_seed}..{args.eval_seed + args.episodes - 1}")
-        print(comparison_table(summaries))
-        for label, s in summaries.items():
-            if "options" in s:
-                differ = " ".join(f"{k}={v}" for k, v in s["options"].items() if v != base[k])
-                print(f"{label} runs under the options it was trained with: {differ}")
-        for name, s in summaries.items():
-            if "diagnostics_text" in s:
-                print(s["diagnostics_text"])
-        if long is not None:
-            print(f"\nlong horizon: {args.slots} slots per episode, last half = slots {args.slots // 2}..{args.slots}")
-            print(long_horizon_table(long))
-            for name, lh in long.items():
-                summaries[name]["long_horizon"] = dataclasses.asdict(lh)
+        if folders is None:
+            summaries = _evaluate(args, cfg, configs, policies, checkpoints)
+        else:
+            summaries = {"folders": {}}
+            for k, f in enumerate(folders):
+                print(("\n" if k else "") + f"traces in {f.folder}:")
+                here = {n: f.apply(c) for n, c in configs.items()}
+                summaries["folders"][f.folder] = _evaluate(args, f.apply(cfg), here, policies, checkpoints)
         (out / "summary.json").write_text(strict_json(summaries))
     print(f"wrote {final / 'summary.json'}, {final / 'config.yaml'}")
     return 0

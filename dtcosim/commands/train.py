@@ -3,6 +3,7 @@
     dtcosim train --algo ly-dtmppo                       # the paper's budget, analytic road
     dtcosim train --algo ly-mappo --episodes 300 --seed 1
     dtcosim train --resume runs/analytic-5cv-3rsu__ly-dtmppo__0__20260101-120000
+    dtcosim train --algo ly-dtmppo --set training.arch=set --traces traces/road,traces/grid   # mix recorded maps
 
 A run folder (default runs/<scenario>__<algo>__<seed>__<time>) gets config.yaml,
 metrics.csv, tb/ (TensorBoard), checkpoint.safetensors (for --resume),
