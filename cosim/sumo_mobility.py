@@ -102,7 +102,8 @@ _VEHICLE_VARS = (tc.VAR_POSITION, tc.VAR_SPEED, tc.VAR_ANGLE, tc.VAR_LANE_INDEX,
 _SIM_VARS = (tc.VAR_TIME, tc.VAR_DEPARTED_VEHICLES_IDS, tc.VAR_ARRIVED_VEHICLES_IDS)
 _CONNECT_TIMEOUT_S = 60.0
 _RSU_POI = "cosim_rsu"                # other maps: POI ids of the RSUs
-_FREED_COLOR = (255, 255, 0, 255)     # sumo-gui: a vehicle that is no longer a CV gets SUMO's default yellow
+# sumo-gui on other maps: vehicles that are not (or no longer) CVs, faint, so that the CVs' colours stand out
+_OTHER_COLOR = (150, 150, 150, 90)
 _GUI_FRAME_PX = (10, 215)             # sumo-gui's window minus its view (menus, tool bars, status bar), measured
 _labels = itertools.count()
 GUI_LABEL_LIMIT = 40                  # sumo-gui: more active CVs than this are drawn in colour only, no labels
@@ -1063,6 +1064,19 @@ class SumoMobility:
         view_h = (width - _GUI_FRAME_PX[0]) * (y1 - y0) / max(x1 - x0, 1e-9)
         return width, int(round(min(max(view_h, 400.0), 900.0))) + _GUI_FRAME_PX[1]
 
+    def _map_view_settings(self) -> Path:
+        """The road's sumo-gui view settings with vehicles drawn large enough to see on this map's scale
+        (about 4 px per metre of car, between the road's 3x and 20x)."""
+        path = Path(self._tmp.name) / "map.view.xml"
+        if not path.is_file():
+            x0, _, x1, _ = self._view_area()
+            px_per_m = (self._window[0] - _GUI_FRAME_PX[0]) / max(x1 - x0, 1e-9)
+            tree = ET.parse(road.ROAD_DIR / f"{road.NAME}.view.xml")
+            for vehicles in tree.getroot().iter("vehicles"):
+                vehicles.set("vehicle_exaggeration", f"{min(max(4.0 / px_per_m, 3.0), 20.0):.1f}")
+            tree.write(path, encoding="UTF-8", xml_declaration=True)
+        return path
+
     def _view_area(self) -> tuple[float, float, float, float]:
         """The area the RSUs cover (on the paper's road: all of it), within the map."""
         x0, y0, x1, y1 = self._net.bbox
@@ -1093,7 +1107,7 @@ class SumoMobility:
             options.update({"--start": "true", "--quit-on-end": "true", "--window-pos": "0,0",
                             "--window-size": ",".join(map(str, self._window))})
             if self._map.road is None:  # other maps: the road's view settings, which the CV labels need
-                options["--gui-settings-file"] = str(road.ROAD_DIR / f"{road.NAME}.view.xml")
+                options["--gui-settings-file"] = str(self._map_view_settings())
         if start is not None:
             # In place of the road's route file: its vTypes and routes, and this episode's vehicles.
             _write_episode_routes(self._episode_routes, self.cfg, self._map.road, self._map.demand[0], start)
@@ -1209,7 +1223,7 @@ class SumoMobility:
                 del self._slot_of[vehicle]
                 api.vehicle.unsubscribe(vehicle)
                 if self.gui:
-                    api.vehicle.setColor(vehicle, _FREED_COLOR)
+                    api.vehicle.setColor(vehicle, _OTHER_COLOR)
             if rk[0] == 0:
                 load[rk[2]] += 1
             self._slot_vehicle[slot] = new
@@ -1232,6 +1246,8 @@ class SumoMobility:
                 self._sumo.api.vehicle.subscribe(vehicle, _VEHICLE_VARS)
         for vehicle in sim[tc.VAR_DEPARTED_VEHICLES_IDS]:
             slot = self._slot_for(vehicle)
+            if self.gui and self._map.road is None:
+                self._sumo.api.vehicle.setColor(vehicle, _OTHER_COLOR)  # a CV gets its decision's colour
             if slot is not None:
                 self._slot_vehicle[slot] = vehicle
                 self._slot_of[vehicle] = slot
