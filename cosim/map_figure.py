@@ -33,7 +33,7 @@ def draw_map(cfg: Config, path: Path) -> Path:
     net = sumolib.net.readNet(str(net_file))
     (x0, y0), (x1, y1) = net.getBBoxXY()
     aspect = (y1 - y0) / max(x1 - x0, 1e-9)
-    fig = Figure(figsize=(9.0, float(np.clip(9.0 * aspect, 4.0, 12.0)) + 0.8), dpi=110)
+    fig = Figure(figsize=(9.0, float(np.clip(8.0 * aspect, 3.5, 11.0)) + 0.8), dpi=90)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for edge in net.getEdges():
@@ -66,5 +66,5 @@ def draw_map(cfg: Config, path: Path) -> Path:
                      f"the begin at {summary.begin_s:g} s", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     return path

@@ -215,3 +215,24 @@ def test_the_penetration_pool_samples_traffic_and_hands_slots_over_on_arrival(gr
         assert not mob.reset(0).active.any()  # nobody is a CV
     finally:
         mob.close()
+
+
+@pytest.mark.sumo
+@pytest.mark.parametrize("how", ["map", "net"])
+def test_a_resco_city_runs_with_no_other_flag(how: str, tmp_path: Path) -> None:
+    import json
+    import sys
+    if maps._resco_dir() is None:
+        pytest.skip("sumo-rl (the maps extra) is not installed")
+    folder = maps._resco_dir() / "cologne1"
+    where = (["--map", "resco/cologne1"] if how == "map" else
+             ["--net", str(folder / "cologne1.net.xml"), "--routes", str(folder / "cologne1.rou.xml")])
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "scripts/run_cosim.py", *where, "--policy", "equal", "--quiet",
+                        "--out", str(tmp_path / "o")], cwd=root, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    # The .sumocfg begins at 25200 s, its first vehicle departs at 25205 s: both ways begin with that vehicle.
+    assert "begins at 25205 s" in p.stderr
+    assert "traffic levelled off" in p.stderr
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["active_share"] > 0.9 and summary["covered_share"] > 0.9 and summary["tasks"] > 0
