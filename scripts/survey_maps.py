@@ -27,17 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sumo  # noqa: E402
 
 from agents import config_for, default_policy, make_policy  # noqa: E402
+from cosim import maps  # noqa: E402
 from cosim.cli import add_list_arg, add_debug_arg, run_main  # noqa: E402
 from cosim.config import Config, CosimError, load_config  # noqa: E402
 from cosim.env import BatchCoSim  # noqa: E402
 from cosim.evaluation import options_key  # noqa: E402
 from cosim.runner import run_episodes  # noqa: E402
 
-GAME = Path(sumo.SUMO_HOME) / "tools" / "game"
-# The eclipse-sumo wheel's tools/game scenarios with road traffic. Left out: bs3d and bs3Dosm (they
-# need sumo-gui's 3D view to load), rail and rail_demo (trains only), and DRT2, DRT_demo and
-# cross_demo (the networks of DRT and cross again).
-GAME_MAPS = ("A10KW", "DRT", "corridor", "cross", "fkk_in", "fokr_bs_demo", "grid6", "ramp", "square")
+GAME = maps.GAME_DIR
+GAME_MAPS = maps.GAME_MAPS  # the wheel's tools/game scenarios with road traffic (cosim.maps says which are left out)
 # Fresh netgenerate nets (seed 0), with random trips from SUMO's randomTrips.py.
 GENERATED = {
     "grid": ["--grid", "--grid.number", "6", "--grid.length", "200", "--default.lanenumber", "2"],
