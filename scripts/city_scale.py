@@ -31,40 +31,12 @@ from agents import config_for, default_policy, make_policy  # noqa: E402
 from cosim.cli import add_debug_arg, add_list_arg, run_main  # noqa: E402
 from cosim.config import Config, CosimError, load_config  # noqa: E402
 from cosim.env import BatchCoSim  # noqa: E402
-from cosim.evaluation import options_key  # noqa: E402
+from cosim.evaluation import TimedPolicy, options_key  # noqa: E402
 from cosim.runner import run_episodes  # noqa: E402
 
 ROWS = ("resco/ingolstadt21:20:5", "resco/ingolstadt21:50:5", "resco/ingolstadt21:64:20",
         "resco/ingolstadt21:200:20:0.7", "resco/cologne8:20:8")
 POLICIES = ("shipped", "equal", "nearest", "local", "dpp-opt")
-
-
-class Timed:
-    """A policy whose decisions are timed (process-wide wall time, one environment)."""
-
-    def __init__(self, policy: Any):
-        self.policy, self.seconds, self.calls = policy, 0.0, 0
-        self.name = getattr(policy, "name", "policy")
-        if hasattr(policy, "act_sim"):
-            self.act_sim = self._act_sim
-
-    def reset(self) -> None:
-        if hasattr(self.policy, "reset"):
-            self.policy.reset()
-
-    def act(self, obs, deterministic: bool = True):
-        t = time.perf_counter()
-        a = self.policy.act(obs, deterministic=deterministic)
-        self.seconds += time.perf_counter() - t
-        self.calls += 1
-        return a
-
-    def _act_sim(self, sim):
-        t = time.perf_counter()
-        a = self.policy.act_sim(sim)
-        self.seconds += time.perf_counter() - t
-        self.calls += 1
-        return a
 
 
 def parse_row(text: str) -> dict[str, Any]:
@@ -98,7 +70,7 @@ def measure(row: dict[str, Any], policies: list[str], episodes: int, seed: int) 
     for run_cfg, members in groups.values():
         with BatchCoSim(run_cfg, n_envs=1, seed=seed) as sim:
             for name, path in members:
-                policy = Timed(make_policy(path, sim.n_rsus, seed=seed, env=sim))
+                policy = TimedPolicy(make_policy(path, sim.n_rsus, seed=seed, env=sim))
                 t = time.perf_counter()
                 s = run_episodes(sim, policy, episodes, seed=seed, progress=False, policy_name=name).summary
                 wall = time.perf_counter() - t
@@ -107,7 +79,7 @@ def measure(row: dict[str, Any], policies: list[str], episodes: int, seed: int) 
                              "covered": s["covered_share"], "active": s["active_share"],
                              "busiest_share": s["busiest_rsu_share"],
                              "busiest_vs_fair": s["busiest_rsu_share"] * sim.n_rsus,
-                             "decision_ms": 1e3 * policy.seconds / max(policy.calls, 1),
+                             "decision_ms": policy.decision_ms,
                              "slots_per_s": s["slots"] / wall, "episodes": episodes}
     return [out[name] for name in policies]
 
