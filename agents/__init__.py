@@ -41,6 +41,8 @@ ALGORITHMS: dict[str, Algorithm] = {
     "ly-maddpg": Algorithm("agents.maddpg", "MADDPGTrainer", True, "MADDPG, deterministic actors, centralised Q"),
     "ly-matd3": Algorithm("agents.matd3", "MATD3Trainer", True, "MATD3: twin critics, target smoothing, delays"),
     "ly-masac": Algorithm("agents.masac", "MASACTrainer", True, "MASAC: squashed Gaussians, auto temperature"),
+    "ly-dagger": Algorithm("agents.imitation", "DaggerTrainer", True,
+                           "DAgger from the per-slot optimiser into the set actor (twin's view, any fleet)"),
 }
 
 
@@ -60,7 +62,7 @@ def make_trainer(algo: str, cfg: Config, **sim_kwargs: Any) -> "Trainer":
 
     from .common import seed_everything
     spec = get_algorithm(algo)
-    if cfg.training.arch == "set" and spec.module != "agents.mappo":  # the off-policy baselines are MLPs only
+    if cfg.training.arch == "set" and spec.module not in ("agents.mappo", "agents.imitation"):  # off-policy: MLPs
         raise CosimError(f"training.arch=set is available for ly-dtmppo and ly-mappo, not {algo}")
     cfg = cfg.replace(**{"twin.enabled": spec.twin})
     sim_cfg = cfg

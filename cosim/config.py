@@ -155,6 +155,11 @@ class ScenarioRangeConfig:
     rsu_radius_m: Range = _f((130.0, 260.0), 1.0, 10_000.0, doc="RSU coverage radius, uniform in [lo, hi], m")
     cover_road: bool = _f(True, doc="redraw a layout until its RSUs cover the whole road, as the paper's do "
                                     "(false: gaps allowed, where CVs can only compute locally)")
+    both_sides: bool = _f(False, doc="each drawn RSU stands on either side of the road (false: where the config's "
+                                     "first RSU does)")
+    rsu_cpu_hz: tuple[float, float] | None = _f(None, 1e6, 1e12,
+                                                doc="every RSU's CPU F_max, uniform in [lo, hi] per batch "
+                                                    "(null: compute.rsu_cpu_hz)")
     base_share: float = _f(0.0, 0.0, 1.0, doc="share of episode batches played on scenario.* itself")
     agents_per_batch: int = _f(0, 0, 1_000_000,
                                doc="episodes per batch = round(this / drawn CVs), so every batch has about as "
@@ -462,7 +467,7 @@ def from_dict(data: Mapping[str, Any]) -> Config:
 
 # training.extra sections: each is read into a settings dataclass by its algorithm (load_settings);
 # listed here so that a misspelt section fails at once instead of being ignored.
-EXTRA_SECTIONS = ("mappo", "offpolicy", "maddpg", "matd3", "masac", "dpp_opt")
+EXTRA_SECTIONS = ("mappo", "offpolicy", "maddpg", "matd3", "masac", "dpp_opt", "dagger")
 
 
 # Costs and drifts are divided by one average local task's delay, energy and work (model.ModelParams);

@@ -30,10 +30,12 @@ class Scenario:
     n_cvs: int
     rsus: tuple[RSUConfig, ...]
     seed: int = 0
+    rsu_cpu_hz: float | None = None  # every RSU's F_max (None: the config's)
 
     def apply(self, cfg: Config) -> Config:
-        """``cfg`` with this scenario's CVs and RSUs."""
-        return cfg.replace(**{"scenario.n_cvs": self.n_cvs, "scenario.rsus": [to_dict(r) for r in self.rsus]})
+        """``cfg`` with this scenario's CVs, RSUs (and RSU CPU)."""
+        cpu = {} if self.rsu_cpu_hz is None else {"compute.rsu_cpu_hz": self.rsu_cpu_hz}
+        return cfg.replace(**{"scenario.n_cvs": self.n_cvs, "scenario.rsus": [to_dict(r) for r in self.rsus]}, **cpu)
 
     @property
     def label(self) -> str:
@@ -102,8 +104,12 @@ class ScenarioSampler:
         else:
             raise ConfigError(f"training.scenarios: no layout of {K} RSUs drawn in {MAX_TRIES} tries covers the road "
                               f"(widen rsu_radius_m or rsu_x_m, raise n_rsus, or set cover_road=false)")
-        rsus = tuple(RSUConfig(float(xk), self.rsu_y, self.rsu_height, float(rk)) for xk, rk in zip(x, radius))
-        return Scenario(n_cvs, rsus, seed=int(g.integers(0, 2**31 - 1)))
+        # Draws beyond the original ones come after them, so that configs without them draw as before.
+        side = np.where(g.random(K) < 0.5, -1.0, 1.0) if r.both_sides else np.ones(K)
+        cpu = float(g.uniform(*r.rsu_cpu_hz)) if r.rsu_cpu_hz is not None else None
+        rsus = tuple(RSUConfig(float(xk), float(sk * self.rsu_y), self.rsu_height, float(rk))
+                     for xk, rk, sk in zip(x, radius, side))
+        return Scenario(n_cvs, rsus, seed=int(g.integers(0, 2**31 - 1)), rsu_cpu_hz=cpu)
 
     def covers_road(self, x: np.ndarray, radius: np.ndarray) -> bool:
         """Whether every lane is within some RSU's radius along the whole road (sorted x), up to
