@@ -11,6 +11,7 @@ package does not import torch; the trainer module is imported when it is used.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,10 +152,20 @@ def default_policy() -> str:
     return str(SHIPPED_CHECKPOINT) if SHIPPED_CHECKPOINT.is_file() else FALLBACK_POLICY
 
 
+REFINED = re.compile(r"refined(\d*):(.+)")  # refinedN:POLICY: POLICY's proposal refined by N optimiser iterations
+
+
+def refined_base(name_or_path: str) -> str:
+    """The proposing policy of a ``refinedN:POLICY`` name (the name itself otherwise)."""
+    m = REFINED.fullmatch(name_or_path)
+    return m.group(2) if m else name_or_path
+
+
 def config_for(name_or_path: str, cfg: Config, explicit: Any = ()) -> Config:
     """The config to deploy a policy under: a checkpoint's observation and action options
     (``agents.checkpoint.POLICY_OPTIONS``) unless set in ``explicit``; a named policy's: ``cfg``."""
     from cosim.policies import REFERENCE_POLICIES
+    name_or_path = refined_base(name_or_path)
     if name_or_path in REFERENCE_POLICIES or name_or_path in SOLVERS or not Path(name_or_path).exists():
         return cfg
     from .checkpoint import config_for_policy, read_policy_file
@@ -169,6 +180,11 @@ def make_policy(name_or_path: str, n_rsus: int, seed: int | None = None, env: An
     if name_or_path == "dpp-opt":
         from cosim.optimizer import DppOptimizer  # scipy is only needed when the optimiser is used
         return DppOptimizer(env, seed=seed)
+    refine = REFINED.fullmatch(name_or_path)
+    if refine:  # another policy's proposal, refined by a few optimiser iterations on the slot
+        from cosim.optimizer import RefinedPolicy
+        base = make_policy(refine.group(2), n_rsus, seed=seed, env=env, name=name)
+        return RefinedPolicy(base, env, iterations=int(refine.group(1) or 10), seed=seed)
     path = Path(name_or_path)
     if path.exists():
         from .checkpoint import load_policy  # torch is imported only when a checkpoint is used
@@ -178,6 +194,6 @@ def make_policy(name_or_path: str, n_rsus: int, seed: int | None = None, env: An
     raise CosimError(f"unknown policy '{name_or_path}' (choose {', '.join(policy_names())}, or a checkpoint path)")
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "get_algorithm", "make_trainer", "train", "make_policy", "default_policy",
+__all__ = ["ALGORITHMS", "Algorithm", "get_algorithm", "make_trainer", "train", "make_policy", "default_policy", "refined_base",
            "config_for",
            "policy_names"]

@@ -154,6 +154,7 @@ class DppOptConfig:
     prune_after: int = _f(30, 0, 100_000, doc="from this iteration on, drop starts ...")
     prune_gap: float = _f(0.02, 0.0, 1e6, doc="... whose objective is this much (relative) behind the best")
     probe_dirs: int = _f(32, 0, 100_000, doc="final probe round: directions (each tried + and -, at 3 scales)")
+    heuristic_start: bool = _f(True, doc="start from the load-balanced heuristic too (RefinedPolicy: off)")
     history: int = _f(100_000, 1, 100_000_000, doc="slots of diagnostics kept for summary() (oldest dropped first)")
     line_search: str = _f("first", choices=("first", "scan", "grid"),
                           doc="which step of the grid (longest first) is taken: first: the first that improves; "
@@ -608,12 +609,14 @@ class DppOptimizer:
     # -- one environment --------------------------------------------------------------------
     def solve(self, p: M.ModelParams, state: M.QueueState, tasks: M.Tasks, cv_cpu: np.ndarray,
               spec_eff: np.ndarray, covered: np.ndarray, active: np.ndarray,
-              ref_raw: np.ndarray | None = None, env: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+              ref_raw: np.ndarray | None = None, env: int | None = None,
+              start_raw: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """Optimise one environment's slot (arrays with a leading axis of 1).
 
         ``ref_raw`` (3, I, 3K+2): raw actions of the local, nearest and equal policies
         (starts, and a floor on the result). ``env``: with ``warm_start``, the previous solution
-        kept under this key is one more start, and this slot's solution replaces it.
+        kept under this key is one more start, and this slot's solution replaces it. ``start_raw``
+        (I, 3K+2): another policy's raw action, one more start (RefinedPolicy).
         Returns raw actions (I, 3K+2) and diagnostics.
         """
         t0 = time.perf_counter()
@@ -642,9 +645,13 @@ class DppOptimizer:
         if warm is not None and warm.shape == prob.base.shape:  # free entries may differ: coverage changed
             starts.append(np.clip(prob.x_of(warm), -prob.bound, prob.bound))
             names.append("warm")
+        if start_raw is not None:
+            starts.append(prob.encode(project(np.asarray(start_raw)[None])))
+            names.append("policy")
         x_h = prob.heuristic()
-        starts.append(x_h)
-        names.append("balanced")
+        if opt["heuristic_start"] or not starts:
+            starts.append(x_h)
+            names.append("balanced")
         th_h = prob.theta(x_h)
 
         def add_random_starts(j0: int, j1: int) -> None:
@@ -668,6 +675,7 @@ class DppOptimizer:
 
         order = np.argsort(run["f"], kind="stable")
         b = int(order[0])
+        f_start = float(run["f0"][names.index("policy")]) if "policy" in names else float("nan")
         x_b, f_b, probe_gain = _probe(prob, run["x"][b], float(run["f"][b]), int(opt["probe_dirs"]), self.rng)
         if env is not None and opt["warm_start"]:
             self._warm[env] = prob.theta(x_b)
@@ -702,6 +710,7 @@ class DppOptimizer:
             "probe_gain": float(probe_gain),
             "iterations": int(run["iterations"][b]),
             "start_improvement": rel(f_b, float(run["f0"][b])),
+            "policy_start": f_start,                  # RefinedPolicy: the proposal's objective before refining
             "best_reference": best_ref,
             "gain_over_references": rel(float(fc[pick]), best_ref) if ref_raw is not None else float("nan"),
             "n_evals": prob.n_evals, "n_grads": prob.n_grads, "n_calls": prob.n_calls, "dim": d,
@@ -757,6 +766,55 @@ class DppOptimizer:
                 f"{s['mean_gain_over_references']:.1%} better than the best reference policy on average, "
                 f"{s['mean_starts']:.1f} starts, {s['mean_evals']:.0f} evaluations, "
                 f"{s['mean_gradients']:.0f} gradients and {s['mean_seconds'] * 1e3:.1f} ms per slot")
+
+
+class RefinedPolicy:
+    """A policy proposes, the twin refines: the policy's action is the start of a few iterations of
+    the slot objective's exact-gradient (L-)BFGS, and nothing else dpp-opt does (no heuristic or
+    random starts, no reference floor, no probe round), so that what is learned and what is optimised
+    stay apart. Only improving steps are taken from the proposal as the optimiser encodes it (its logits
+    within +-``bound``, the idle CPU share at least e^-2 of an RSU), so the result is never worse than
+    that start; ``policy_start`` in the stats is its objective. ``last_stats`` and ``summary()`` are
+    dpp-opt's. Needs the paper's action parameterisation, like dpp-opt."""
+
+    def __init__(self, policy: Any, env: Any = None, iterations: int = 10, seed: int | None = None):
+        self.policy = policy
+        self.name = f"refined{iterations}:{getattr(policy, 'name', 'policy')}"
+        self.optimizer = DppOptimizer(env, seed=seed, iterations=iterations, random_starts=0, reference_starts=(),
+                                      probe_dirs=0, heuristic_start=False)
+        self.settings = self.optimizer.settings
+        self.SETTINGS_SECTION = EXTRA_SECTION
+
+    def reset(self) -> None:
+        if hasattr(self.policy, "reset"):
+            self.policy.reset()
+        self.optimizer.reset()
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        raise CosimError("a refined policy needs the whole slot: run it through act_sim(sim)")
+
+    def act_sim(self, sim: Any) -> np.ndarray:
+        if not sim.params.paper_actions:
+            raise CosimError("refining optimises the paper's action parameterisation: run the policy with "
+                             "actions.bandwidth/split/cpu = paper")
+        proposal = np.asarray(self.policy.act(sim.obs, deterministic=True))
+        out = np.zeros_like(proposal)
+        opt = self.optimizer
+        opt.last_stats = []
+        for e in range(sim.n_envs):
+            out[e], stats = opt.solve(sim.params, _env_slice(sim.queues, e), _tasks_slice(sim.tasks, e),
+                                      sim.cv_cpu[e:e + 1], sim.spec_eff[e:e + 1], sim.covered[e:e + 1],
+                                      sim.mob.active[e:e + 1], None, env=e, start_raw=proposal[e])
+            stats.update(env=e, t=int(sim.t))
+            opt.last_stats.append(stats)
+        opt.history.extend(opt.last_stats)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return self.optimizer.summary()
+
+    def summary_text(self) -> str:
+        return self.optimizer.summary_text()
 
 
 def _env_slice(st: M.QueueState, e: int) -> M.QueueState:

@@ -30,7 +30,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from agents import make_policy, policy_names
+from agents import make_policy, policy_names, refined_base
 from agents.checkpoint import POLICY_FILE, config_for_policy, load_policy, options_of, read_policy_file
 from cosim.cli import add_common_args, add_list_arg, config_from_args, save_run_config
 from cosim.config import Config, CosimError, flat_overrides, to_dict
@@ -123,8 +123,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     names = policy_names() if args.policies is None else args.policies
     known = policy_names()
     for n in names:
-        if n not in known:
-            raise CosimError(f"unknown policy '{n}' in --policies (choose {', '.join(known)})")
+        base = refined_base(n)
+        if base not in known and not (base != n and Path(base).exists()):
+            raise CosimError(f"unknown policy '{n}' in --policies (choose {', '.join(known)}, or refinedN:POLICY "
+                             f"with POLICY one of those or a checkpoint path)")
     if not names and not args.checkpoint:
         raise CosimError("nothing to evaluate: give --checkpoint PATH and/or --policies")
 
