@@ -3,7 +3,7 @@
 
     python scripts/contention.py                               # the README's table
     python scripts/contention.py --scenarios default,congested --episodes 5
-    python scripts/contention.py --policies shipped,equal,runs/<run>/policy.safetensors
+    python scripts/contention.py --policies shipped,equal,mine=runs/<run>/policy.safetensors,mine+opt=refined10:runs/<run>/policy.safetensors
 
 Rows are scenarios where offloading is easy (the paper's road) and where CVs contend for the
 RSUs: the congested preset (10 CVs, 5 GHz RSUs), RSU layouts with coverage gaps, and the RESCO
@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents import SHIPPED_CHECKPOINT, config_for, make_policy  # noqa: E402
+from agents import SHIPPED_CHECKPOINT, config_for, make_policy, refined_base  # noqa: E402
 from agents.checkpoint import read_policy_file  # noqa: E402
 from cosim.cli import add_debug_arg, add_list_arg, run_main  # noqa: E402
 from cosim.config import Config, CosimError, load_config  # noqa: E402
@@ -60,6 +60,7 @@ POLICIES = {"shipped": str(SHIPPED_CHECKPOINT),
 
 def _fits(path: str, cfg: Config) -> bool:
     """An MLP checkpoint drives only its own CV and RSU counts (a set-structured one, any)."""
+    path = refined_base(path)
     if not path.endswith(".safetensors"):
         return True
     header = read_policy_file(path)[0]
@@ -107,7 +108,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_list_arg(ap, "--scenarios", default=None, help=f"rows (default: {' '.join(SCENARIOS)})")
     add_list_arg(ap, "--policies", default=None,
-                 help=f"columns: {', '.join(POLICIES)}, reference names or checkpoint paths (default: all of those)")
+                 help=f"columns: {', '.join(POLICIES)}, reference names, checkpoint paths or refinedN:POLICY, each "
+                      f"optionally LABEL=POLICY (default: {', '.join(POLICIES)})")
     ap.add_argument("--episodes", type=int, default=None,
                     help="episodes per cell (default: 20 on the road, 5 on the city map)")
     ap.add_argument("--eval-seed", type=int, default=EVAL_SEED)
@@ -120,7 +122,10 @@ def main() -> int:
     for n in names:
         if n not in SCENARIOS:
             raise CosimError(f"--scenarios: unknown scenario '{n}' (choose {', '.join(SCENARIOS)})")
-    policies = {p: POLICIES.get(p, p) for p in (args.policies or list(POLICIES))}
+    policies = {}
+    for p in args.policies or list(POLICIES):
+        label, _, path = p.partition("=") if "=" in p else (p, "", POLICIES.get(p, p))
+        policies[label] = path
     rows = []
     for n in names:
         rows.append(run_scenario(n, policies, args.episodes, args.eval_seed))
