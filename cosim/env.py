@@ -1,6 +1,6 @@
 """Environments: a vectorised batch co-simulation and a PettingZoo ParallelEnv.
 
-One slot, in the order of MODEL.md section 2: mobility gives positions, every
+One slot, in the order of docs/model.md section 2: mobility gives positions, every
 CV draws a task and every link a fade, agents observe and act, the model turns
 the projected actions into delays, energies, cost and reward, queues move on,
 mobility advances tau seconds.

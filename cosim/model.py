@@ -1,4 +1,4 @@
-"""The system model of MODEL.md sections 3-7, as pure functions over arrays.
+"""The system model of docs/model.md sections 3-7, as pure functions over arrays.
 
 Arrays carry batch axes: E environments, I client vehicles (CVs), K RSUs.
 Nothing here touches SUMO, torch or a global random state: randomness comes
@@ -191,7 +191,7 @@ class ActionLayout:
 
     ``split`` (K+1 logits: local, then RSU 1..K), ``bandwidth`` (K logits for RSU 1..K,
     then the "unused" logit when ``unused_bandwidth``), ``cpu`` (K request logits).
-    The environment's actions have the unused logit (MODEL.md's softmax over K+1);
+    The environment's actions have the unused logit (docs/model.md's softmax over K+1);
     the optimiser's parameters do not (it always uses all bandwidth).
     """
 

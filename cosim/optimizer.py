@@ -2,7 +2,7 @@
 
 With everything about the current slot known (tasks, fading, queues, CPUs,
 coverage), :class:`DppOptimizer` minimises the per-slot problem P2 (eq. 39),
-i.e. maximises the slot's system reward R(t) of MODEL.md section 7 exactly as
+i.e. maximises the slot's system reward R(t) of docs/model.md section 7 exactly as
 :func:`cosim.model.slot` computes it, jointly over every CV's task split,
 bandwidth shares and RSU CPU requests. The offloading mode is not a decision:
 the model picks InstrT/DataT, as the twin does. Each environment of a batch is

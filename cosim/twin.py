@@ -1,4 +1,4 @@
-"""The digital twin and the observations it builds (MODEL.md section 8).
+"""The digital twin and the observations it builds (docs/model.md section 8).
 
 An actor's observation is one vector per CV, every entry scaled to about unit
 range, built from named blocks (:class:`ObsLayout`): the CV's own features and,

@@ -1,7 +1,7 @@
 """Build the paper's road for SUMO: ``python sumo_net/generate_road.py [--out DIR]``.
 
 A straight east-west road, 700 m, 2 lanes per direction of 3.75 m, centreline
-at y = 0 (spec/MODEL.md section 1). Each direction is one edge whose lanes
+at y = 0 (docs/model.md section 1). Each direction is one edge whose lanes
 spread to the right of its centreline, so the eastbound lanes 0, 1 lie at
 y = -5.625, -1.875 and the westbound lanes 1, 0 at y = 1.875, 5.625: the
 model's lanes 0..3, south to north. Lane-to-lane U-turns at both ends

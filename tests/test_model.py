@@ -1,4 +1,4 @@
-"""Closed-form checks of the model against MODEL.md section 10, and its invariants."""
+"""Closed-form checks of the model against docs/model.md section 10, and its invariants."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from cosim import model as M
 
 
 def worked_slot(cfg):
-    """The worked slot of MODEL.md section 10 (I = 2, unit fading, empty queues)."""
+    """The worked slot of docs/model.md section 10 (I = 2, unit fading, empty queues)."""
     p = M.ModelParams.from_config(cfg)
     x, y = np.array([[150.0, 420.0]]), np.array([[-1.875, 5.625]])
     hd = M.horizontal_distance(p, x, y)

@@ -1,4 +1,4 @@
-"""The committed SUMO road (sumo_net/road): reproducible, and the geometry of spec/MODEL.md section 1."""
+"""The committed SUMO road (sumo_net/road): reproducible, and the geometry of docs/model.md section 1."""
 
 from __future__ import annotations
 
