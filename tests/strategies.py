@@ -1,4 +1,4 @@
-"""Hypothesis draws shared by the property tests of the model (test_model.py, test_actions.py)."""
+"""Hypothesis draws shared by the property tests of the model (test_model.py, test_actions.py), and test maps."""
 
 from __future__ import annotations
 
@@ -40,3 +40,16 @@ def busy_queues(sim, seed: int) -> tuple[np.ndarray, np.random.Generator]:
     active = sim.mob.active.copy()
     active[0, 1] = False  # an inactive CV
     return active, rng
+
+
+def netgenerate(folder, name: str, *args: str):
+    """A fresh netgenerate network ``folder/name`` (a pathlib.Path) from the SUMO of the eclipse-sumo wheel."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    import sumo
+    net = Path(folder) / name
+    subprocess.run([os.path.join(sumo.SUMO_HOME, "bin", "netgenerate"), *args, "--output-file", str(net)],
+                   check=True, capture_output=True, env=dict(os.environ, SUMO_HOME=sumo.SUMO_HOME))
+    return net

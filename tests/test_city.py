@@ -3,21 +3,18 @@ load-balanced RSU placement, synthetic cities and the memory check that replaced
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-import sumo
 
 from cosim import maps
 from cosim.config import ConfigError, CosimError, RSUConfig, load_config
 from cosim.env import BatchCoSim, check_env_memory
 from cosim.sumo_mobility import (SumoMobility, balance_loads, busiest_share, covered_share, greedy_max_coverage,
                                  rsu_loads)
-
-BIN = Path(sumo.SUMO_HOME) / "bin"
+from strategies import netgenerate
 
 
 # -- the demand's begin and the warm-up (pure) ---------------------------------------------------
@@ -144,11 +141,8 @@ def test_more_than_64_cvs_run_and_memory_is_the_limit() -> None:
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    net = tmp_path_factory.mktemp("citygrid") / "grid.net.xml"
-    subprocess.run([str(BIN / "netgenerate"), "--grid", "--grid.number", "4", "--grid.length", "200",
-                    "--default.lanenumber", "1", "--output-file", str(net)],
-                   check=True, capture_output=True, env=dict(os.environ, SUMO_HOME=sumo.SUMO_HOME))
-    return net
+    return netgenerate(tmp_path_factory.mktemp("citygrid"), "grid.net.xml", "--grid", "--grid.number", "4",
+                       "--grid.length", "200", "--default.lanenumber", "1")
 
 
 def _late_routes(path: Path, begin: float, n: int = 40) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import yaml
 from cosim.config import Config, ConfigError, RSUConfig, load_config
 from cosim.env import BatchCoSim
 from cosim.sumo_mobility import SumoMobility, covered_share, greedy_max_coverage
+from strategies import netgenerate
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sumo.SUMO_HOME) / "bin"
@@ -51,11 +51,8 @@ def test_spacing_shrinks_rather_than_failing() -> None:
 
 @pytest.fixture(scope="module")
 def small_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    net = tmp_path_factory.mktemp("smallgrid") / "small.net.xml"
-    subprocess.run([str(BIN / "netgenerate"), "--grid", "--grid.number", "5", "--grid.length", "250",
-                    "--default.lanenumber", "2", "--output-file", str(net)],
-                   check=True, capture_output=True, env=dict(os.environ, SUMO_HOME=sumo.SUMO_HOME))
-    return net
+    return netgenerate(tmp_path_factory.mktemp("smallgrid"), "small.net.xml", "--grid", "--grid.number", "5",
+                       "--grid.length", "250", "--default.lanenumber", "2")
 
 
 def grid_cfg(net: Path, **more) -> Config:

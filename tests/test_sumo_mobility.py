@@ -18,6 +18,7 @@ import sumo
 from cosim.config import Config, ConfigError, CosimError, load_config
 from cosim.mobility import AnalyticMobility, Mobility, MobilityState
 from cosim.sumo_mobility import SumoBatchMobility, SumoMobility
+from strategies import netgenerate
 
 pytestmark = pytest.mark.sumo
 
@@ -196,11 +197,8 @@ def test_restart_on_crash_continues_the_episode(road_cfg: Config) -> None:
 
 @pytest.fixture(scope="module")
 def grid_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    net = tmp_path_factory.mktemp("grid") / "grid.net.xml"
-    subprocess.run([str(BIN / "netgenerate"), "--grid", "--grid.number", "4", "--grid.length", "150",
-                    "--default.lanenumber", "2", "--output-file", str(net)],
-                   check=True, capture_output=True, env=dict(os.environ, SUMO_HOME=sumo.SUMO_HOME))
-    return net
+    return netgenerate(tmp_path_factory.mktemp("grid"), "grid.net.xml", "--grid", "--grid.number", "4",
+                       "--grid.length", "150", "--default.lanenumber", "2")
 
 
 def test_netgenerate_grid_with_random_trips_and_auto_rsus(grid_net: Path) -> None:
