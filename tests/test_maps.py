@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sumo
 import yaml
 
 from cosim.config import Config, ConfigError, RSUConfig, load_config
@@ -18,7 +17,6 @@ from cosim.sumo_mobility import SumoMobility, covered_share, greedy_max_coverage
 from strategies import netgenerate
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sumo.SUMO_HOME) / "bin"
 
 
 # -- greedy maximum coverage (pure) ------------------------------------------------------------
