@@ -8,7 +8,9 @@ Maps
     * default (``sumo.sumocfg`` and ``sumo.net`` null): the paper's road in ``sumo_net/road``
       (rebuilt into a temporary directory when ``scenario``'s geometry or RSUs differ from the
       committed files);
-    * ``sumo.sumocfg``: that configuration as it is;
+    * ``sumo.map``: a named map (:mod:`cosim.maps`: RESCO's, the wheel's tools/game scenarios);
+    * ``sumo.sumocfg``: that configuration as it is (beginning at its demand's first departure
+      when that comes after its ``<begin>``);
     * ``sumo.net``: with ``sumo.routes``, or else random trips from SUMO's ``randomTrips.py``
       (seeded by ``cfg.seed``, one episode long).
 
@@ -33,24 +35,32 @@ How the paper's road mirrors ``AnalyticMobility(boundary='uturn')``
     * ``sumo.background_vehicles`` vehicles of vType ``background`` are inserted at free
       places drawn by SUMO's own ``--seed``.
 
-RSUs on other maps (``sumo.rsu_placement``)
-    ``fit`` keeps ``scenario.rsus`` when they are not the paper's road's and lie on the map;
-    otherwise (and always with ``auto`` or ``sumo.n_rsus``) a separate SUMO runs the map's own
-    demand through the warm-up and one episode, and the RSUs go to candidate sites along the
-    roads by greedy maximum coverage of the sampled vehicle positions, at least
-    ``sumo.rsu_spacing_m`` apart (less on small maps, halved until they fit). ``config`` uses
-    ``scenario.rsus`` or fails. This happens once per process and configuration, with a
-    one-line summary of the map on stderr (:class:`MapSummary`).
+Survey, warm-up and RSUs on other maps (``sumo.rsu_placement``)
+    Once per process and configuration a separate SUMO runs the map's own demand from its begin
+    (a ``--net``/``--routes`` map: the routes' first departure) through the warm-up and one
+    episode: the warm-up is ``sumo.warmup_s``, or with null until the number of vehicles has
+    levelled off (:func:`cosim.maps.levelled_off`, at most ``sumo.warmup_max_s``); an episode
+    window without vehicles is refused there, before any episode runs. ``fit`` keeps
+    ``scenario.rsus`` when they are not the paper's road's and lie on the map; otherwise (and
+    always with ``auto`` or ``sumo.n_rsus``) the RSUs go to candidate sites at junctions and
+    along the roads (``sumo.rsu_sites``) by greedy maximum coverage of the vehicle positions
+    sampled in the episode window (each gain optionally capped, ``sumo.rsu_load_cap``), at least
+    ``sumo.rsu_spacing_m`` apart (less on small maps, within limits, halved until they fit), and a
+    local search then unloads the busiest RSU (``sumo.rsu_balance``). ``config`` uses
+    ``scenario.rsus`` or fails. A one-line summary of the map goes to stderr (:class:`MapSummary`).
 
 CV slots
     Slot i is the agent i for the whole episode. On the road slot i is vehicle ``cv<i>``,
     which never leaves the ring (``sumo.cv_vtype`` does not apply there). On other maps, with
     ``sumo.cv_pool: coverage``, each RSU is a POI whose context subscription reports the
     vehicles (of vType ``sumo.cv_vtype``, or any) within its radius; at the end of every slot a
-    slot whose vehicle is gone or outside every radius passes to the free vehicle nearest an
-    RSU, or with none free inside to one heading into coverage (with nobody free it keeps its
-    vehicle). With ``departure`` the CVs are the vehicles in
-    the order they depart; a CV that arrives frees its slot, which the next to depart fills.
+    slot whose vehicle is gone or outside every radius passes to a free vehicle inside coverage
+    at the RSU with the fewest CVs (the nearest to it first), or with none free inside to one
+    heading into coverage (with nobody free it keeps its vehicle). With ``departure`` the CVs are
+    the vehicles in the order they depart; a CV that arrives frees its slot, which the next to
+    depart fills. With ``penetration`` each departing vehicle is a CV with probability
+    ``sumo.penetration`` (one seeded draw each, in SUMO's order); CVs without a free slot wait,
+    and a slot freed by an arrival goes to the one that has waited longest.
     A slot without a vehicle (or whose vehicle is being teleported) has ``active = False`` and
     zeros elsewhere.
 
