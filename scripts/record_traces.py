@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cosim.cli import add_common_args, add_map_args, config_from_args, map_overrides, run_main  # noqa: E402
 from cosim.config import Config, CosimError, with_rsus  # noqa: E402
+from cosim.outputs import OutputDir, check_writable_dir, refuse_foreign  # noqa: E402
 from cosim.resources import REPO_ROOT  # noqa: E402
 from cosim.trace_mobility import record_episodes, split_episodes, write_meta, write_traces  # noqa: E402
 
@@ -93,15 +94,23 @@ def main() -> int:
         ap.error("--episodes, --workers and --chunk must be at least 1")
     cfg = config_from_args(args, defaults={"backend": "sumo"})
     cfg = cfg.replace(**map_overrides(args), backend="sumo")
-    out = Path(args.out)
+    out = check_writable_dir(args.out)
     if list(out.glob("traces_*.npz")):
         raise CosimError(f"--out: {out} already holds traces; choose a new folder")
+    refuse_foreign(out, {"meta.json"})  # before any SUMO starts; OutputDir checks again under its lock
 
     t0 = time.perf_counter()
     cfg, (rsus, name) = resolve_map(cfg)
     seeds = list(range(args.first_seed, args.first_seed + args.episodes))
     size = args.chunk or max(1, math.ceil(len(seeds) / (4 * args.workers)))
     chunks = [seeds[i:i + size] for i in range(0, len(seeds), size)]
+    # Locked, and never over a meta.json the user put there; the traces land in place (chunk by chunk).
+    with OutputDir(out, staged=False, writes={"meta.json", *(f"traces_{k:04d}.npz" for k in range(len(chunks)))}):
+        return _record(args, out, cfg, rsus, name, seeds, chunks, t0)
+
+
+def _record(args: argparse.Namespace, out: Path, cfg: Config, rsus: Any, name: str, seeds: list[int],
+            chunks: list[list[int]], t0: float) -> int:
     write_meta(out, cfg, cfg.scenario.n_cvs, rsus, name)
     active: list[float] = []
 

@@ -1,0 +1,87 @@
+"""Hardening, second round (issue 23): never touch a user's files, survive SIGTERM and a frozen SUMO,
+validate recorded traces. One test per class; the helpers are the first round's (tests/test_hardening.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cosim.config import CosimError, load_config
+
+from test_hardening import ROOT, one_line
+
+ANALYTIC = ("--backend", "analytic", "--policy", "equal", "--quiet")
+
+
+def run(script, *args, timeout=300, cwd=ROOT, **kw):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+# ---------------------------------------------------------------------------
+# Files the run did not write
+
+def test_a_run_never_replaces_files_it_did_not_write(tmp_path):
+    from cosim.outputs import MANIFEST, OutputDir, OutputError
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "slots.csv").write_text("my data")
+    (mine / "config.yaml").write_text("my: config\n")
+    one_line(run("scripts/run_cosim.py", *ANALYTIC, "--out", ".", cwd=mine),
+             "--out .: ./config.yaml was not written by a run of dtcosim; refusing to replace it")
+    one_line(run("scripts/evaluate.py", "--policies", "equal", "--episodes", "1", "--quiet", "--out", str(mine)),
+             f"{mine / 'config.yaml'} was not written by a run of dtcosim")
+    one_line(run("scripts/train.py", "--algo", "ly-dtmppo", "--episodes", "1", "--quiet", "--out", str(mine)),
+             f"{mine / 'config.yaml'} was not written by a run of dtcosim")
+    assert (mine / "slots.csv").read_text() == "my data" and (mine / "config.yaml").read_text() == "my: config\n"
+    assert sorted(f.name for f in mine.iterdir()) == ["config.yaml", "slots.csv"]
+    # A file of another name that the run writes (found only on commit) is refused before anything moves.
+    (mine / "config.yaml").unlink()
+    (mine / "slots.csv").unlink()
+    (mine / "figure.png").write_text("mine")
+    with pytest.raises(OutputError, match=re.escape(f"{mine / 'figure.png'} was not written by a run of dtcosim")):
+        with OutputDir(mine) as od:
+            (od.path / "summary.json").write_text("{}")
+            (od.path / "figure.png").write_text("new")
+    assert sorted(f.name for f in mine.iterdir()) == ["figure.png"]
+    # What a run of this project wrote, a later run replaces (the manifest marks it).
+    out = tmp_path / "run"
+    assert run("scripts/run_cosim.py", *ANALYTIC, "--out", str(out)).returncode == 0
+    assert set((out / MANIFEST).read_text().split()) == {"config.yaml", "slots.csv", "summary.json"}
+    assert run("scripts/evaluate.py", "--policies", "equal", "--episodes", "1", "--quiet", "--out",
+               str(out)).returncode == 0
+    assert not (out / "slots.csv").exists()  # the earlier run's, not the user's: removed
+    # record_traces and reproduce: the same rule for their files.
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    (traces / "meta.json").write_text("{}")
+    one_line(run("scripts/record_traces.py", "--backend", "sumo", "--episodes", "1", "--out", str(traces),
+                 timeout=120), f"{traces / 'meta.json'} was not written by a run of dtcosim")
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "manifest.json").write_text("[1, 2]")
+    one_line(run("scripts/reproduce.py", "--preset", "tiny", "--experiments", "convergence", "--algos", "equal",
+                 "--out", str(res)), f"{res / 'manifest.json'} was not written by a run of dtcosim")
+
+
+def test_a_root_a_home_folder_or_a_symlink_loop_is_not_an_output_folder(tmp_path):
+    one_line(run("scripts/run_cosim.py", *ANALYTIC, "--out", "/"), "--out / is the root of a file system")
+    home = tmp_path / "home"
+    home.mkdir()
+    one_line(run("scripts/run_cosim.py", *ANALYTIC, "--out", "~", env={**os.environ, "HOME": str(home)}),
+             f"--out {home} is your home folder")
+    one_line(run("scripts/train.py", "--algo", "ly-dtmppo", "--out", str(home), env={**os.environ, "HOME": str(home)}),
+             f"--out {home} is your home folder")
+    assert list(home.iterdir()) == []
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    one_line(run("scripts/run_cosim.py", *ANALYTIC, "--out", str(loop)), f"--out {loop} is a symbolic link loop")
+    one_line(run("scripts/run_cosim.py", *ANALYTIC, "--out", str(loop / "x")), "is a symbolic link loop")
