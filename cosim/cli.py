@@ -133,8 +133,11 @@ def _oserror_line(exc: OSError) -> str:
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a script's main: an error caused by the user's input or environment (CosimError, an
     OSError such as a missing or unreadable file or a full disk, MemoryError) -> one line on
-    stderr and exit 2; Ctrl-C -> exit 130. ``--debug`` on the command line shows the traceback."""
+    stderr and exit 2; Ctrl-C -> exit 130; SIGTERM or SIGHUP -> the same clean-up (checkpoint, SUMO),
+    exit 143 or 129. ``--debug`` on the command line shows the traceback."""
+    from .signals import Terminated, install
     debug = "--debug" in sys.argv[1:]
+    install()  # SIGTERM and SIGHUP end the run as Ctrl-C does (checkpoints saved, SUMO closed), exit 128 + N
     try:
         code = main()
     except (CosimError, OSError, MemoryError) as exc:
@@ -147,9 +150,12 @@ def run_main(main: Callable[[], int | None]) -> None:
         else:
             print(f"error: {_oserror_line(exc)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if debug:
             traceback.print_exc()
+        if isinstance(exc, Terminated):
+            print(f"terminated ({exc.name})", file=sys.stderr)
+            sys.exit(128 + exc.signum)
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)

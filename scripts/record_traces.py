@@ -35,6 +35,7 @@ from cosim.cli import add_common_args, add_map_args, config_from_args, map_overr
 from cosim.config import Config, CosimError, with_rsus  # noqa: E402
 from cosim.outputs import OutputDir, check_writable_dir, refuse_foreign  # noqa: E402
 from cosim.resources import REPO_ROOT  # noqa: E402
+from cosim.signals import stop_workers, worker_init  # noqa: E402
 from cosim.trace_mobility import record_episodes, split_episodes, write_meta, write_traces  # noqa: E402
 
 
@@ -67,6 +68,7 @@ def _on_ray(cfg: Config, chunks: list[list[int]], address: str, done) -> None:
         else:
             kwargs["address"] = address
         ray.init(**kwargs)
+    pending: dict[Any, int] = {}
     try:
         task = ray.remote(num_cpus=1)(record_episodes)
         pending = {task.remote(cfg, cfg.scenario.n_cvs, c): k for k, c in enumerate(chunks)}
@@ -74,6 +76,13 @@ def _on_ray(cfg: Config, chunks: list[list[int]], address: str, done) -> None:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 done(pending.pop(ref), ray.get(ref))
+    except BaseException:  # Ctrl-C, SIGTERM: the tasks this run started stop too
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                pass
+        raise
     finally:
         if started:
             ray.shutdown()
@@ -125,10 +134,14 @@ def _record(args: argparse.Namespace, out: Path, cfg: Config, rsus: Any, name: s
             done(k, record_episodes(cfg, cfg.scenario.n_cvs, c))
     else:
         # spawn: each worker its own libsumo, never a forked copy of this process's SUMO state
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(record_episodes, cfg, cfg.scenario.n_cvs, c) for c in chunks]
-            for k, f in enumerate(futures):
-                done(k, f.result())
+        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=worker_init) as pool:
+            try:
+                futures = [pool.submit(record_episodes, cfg, cfg.scenario.n_cvs, c) for c in chunks]
+                for k, f in enumerate(futures):
+                    done(k, f.result())
+            except BaseException:  # Ctrl-C, SIGTERM, a failed chunk: no worker (nor its SUMO) outlives the run
+                stop_workers(pool)
+                raise
     seconds = time.perf_counter() - t0
     n_eval = len(split_episodes(len(seeds), cfg.trace.eval_share, "eval"))
     print(f"recorded {len(seeds)} episodes of {cfg.scenario.episode_slots} slots, {cfg.scenario.n_cvs} CV slots, "

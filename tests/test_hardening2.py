@@ -85,3 +85,73 @@ def test_a_root_a_home_folder_or_a_symlink_loop_is_not_an_output_folder(tmp_path
     loop.symlink_to(loop)
     one_line(run("scripts/run_cosim.py", *ANALYTIC, "--out", str(loop)), f"--out {loop} is a symbolic link loop")
     one_line(run("scripts/run_cosim.py", *ANALYTIC, "--out", str(loop / "x")), "is a symbolic link loop")
+
+
+# ---------------------------------------------------------------------------
+# SIGTERM (and SIGHUP) as Ctrl-C
+
+def _popen(script, *args, **kw):
+    return subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for(test, timeout=120.0, what="the run to get going"):
+    deadline = time.monotonic() + timeout
+    while not test():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _descendants(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = {int(c) for t in Path(f"/proc/{p}/task").iterdir()
+                    for c in (t / "children").read_text().split()}
+        except OSError:
+            continue
+        todo += list(kids - out)
+        out |= kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_saves_the_training_like_ctrl_c(tmp_path, sig):
+    out = tmp_path / "run"
+    p = _popen("scripts/train.py", "--algo", "ly-dtmppo", "--episodes", "100000", "--cvs", "2", "--set",
+               "training.n_envs=2", "--quiet", "--no-tensorboard", "--out", str(out))
+    try:
+        _wait_for(lambda: (out / "metrics.csv").is_file() and len((out / "metrics.csv").read_text().splitlines()) > 4)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 128 + sig, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == f"terminated ({sig.name})", err
+    done = int(re.search(r"interrupted: saved the state after (\d+) episodes; continue with --resume", err).group(1))
+    assert done >= 4 and not list(tmp_path.glob(".run.lock"))  # the lock is released
+    r = run("scripts/train.py", "--resume", str(out), "--episodes", str(done + 2), "--quiet", "--no-tensorboard")
+    assert r.returncode == 0 and f"trained {done + 2} episodes" in r.stdout, r.stderr
+
+
+def test_sigterm_stops_the_workers_of_a_reproduction(tmp_path):
+    p = _popen("scripts/reproduce.py", "--preset", "tiny", "--experiments", "convergence", "--episodes", "100000",
+               "--workers", "2", "--out", str(tmp_path / "res"))
+    try:
+        _wait_for(lambda: len(_descendants(p.pid)) >= 3, what="the worker processes")  # 2 workers + resource tracker
+        time.sleep(3)
+        workers = _descendants(p.pid)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+        _wait_for(lambda: not any(_alive(w) for w in workers), timeout=20, what="the workers to stop")
+    finally:
+        p.kill()
+    assert p.returncode == 143 and err.strip().splitlines()[-1] == "terminated (SIGTERM)", err
