@@ -155,3 +155,27 @@ def test_sigterm_stops_the_workers_of_a_reproduction(tmp_path):
     finally:
         p.kill()
     assert p.returncode == 143 and err.strip().splitlines()[-1] == "terminated (SIGTERM)", err
+
+
+# ---------------------------------------------------------------------------
+# --out on another file system
+
+def test_out_on_another_file_system_stages_inside_it(tmp_path, monkeypatch):
+    import shutil
+
+    from cosim import outputs
+    mnt = tmp_path / "volume"
+    mnt.mkdir()
+    code = (f"mount -t tmpfs none {mnt} && {sys.executable} {ROOT / 'scripts/run_cosim.py'} {' '.join(ANALYTIC)} "
+            f"--out {mnt} && ls -a {mnt}")
+    if shutil.which("unshare") and subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0:
+        p = subprocess.run(["unshare", "-rm", "sh", "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr  # was: Invalid cross-device link
+        assert {"slots.csv", "summary.json", "config.yaml"} <= set(p.stdout.split()), p.stdout
+        assert ".volume.lock" not in p.stdout and not list(tmp_path.glob(".volume*"))
+    # Wherever mounting is not allowed: a folder on another device than its parent, as a mount point is.
+    monkeypatch.setattr(outputs, "_same_device", lambda a, b: False)
+    with outputs.OutputDir(mnt) as od:
+        assert od.staging.parent == mnt.resolve() and od.lock_path.parent == mnt.resolve()
+        (od.path / "summary.json").write_text("{}")
+    assert sorted(f.name for f in mnt.iterdir()) == [outputs.MANIFEST, "summary.json"]
