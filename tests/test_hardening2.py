@@ -179,3 +179,32 @@ def test_out_on_another_file_system_stages_inside_it(tmp_path, monkeypatch):
         assert od.staging.parent == mnt.resolve() and od.lock_path.parent == mnt.resolve()
         (od.path / "summary.json").write_text("{}")
     assert sorted(f.name for f in mnt.iterdir()) == [outputs.MANIFEST, "summary.json"]
+
+
+# ---------------------------------------------------------------------------
+# A full disk or a file-size limit while writing a checkpoint or a policy (safetensors' own error)
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path):
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))  # config.yaml and metrics.csv fit, not the state
+    out = tmp_path / "run"
+    p = run("scripts/train.py", "--algo", "ly-dtmppo", "--episodes", "2", "--cvs", "2", "--set", "training.n_envs=2",
+            "--quiet", "--no-tensorboard", "--out", str(out), preexec_fn=limit)
+    one_line(p, f"cannot write the outputs in {out} ({out / 'checkpoint.safetensors'}): file too large")
+    assert not [f for f in out.iterdir() if ".tmp" in f.name]  # no half file
+    assert not (out / "checkpoint.safetensors").exists()
+    # A policy file (save_policy) the same way, and an error of safetensors that is no OS error stays itself.
+    from agents.checkpoint import atomic_write
+    from safetensors import SafetensorError
+
+    def fail(p):
+        Path(p).write_bytes(b"half")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    with pytest.raises(OSError, match="No space left on device") as err:
+        atomic_write(tmp_path / "policy.safetensors", fail)
+    assert err.value.filename == str(tmp_path / "policy.safetensors") and list(tmp_path.iterdir()) == [out]
+    with pytest.raises(SafetensorError, match="not contiguous"):
+        atomic_write(tmp_path / "x", lambda p: (_ for _ in ()).throw(SafetensorError("not contiguous")))
