@@ -208,3 +208,74 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path):
     assert err.value.filename == str(tmp_path / "policy.safetensors") and list(tmp_path.iterdir()) == [out]
     with pytest.raises(SafetensorError, match="not contiguous"):
         atomic_write(tmp_path / "x", lambda p: (_ for _ in ()).throw(SafetensorError("not contiguous")))
+
+
+# ---------------------------------------------------------------------------
+# Recorded traces: schema, shapes and finiteness checked when opened
+
+def _synthetic_traces(d: Path, n: int = 3, slots: int = 12, cvs: int = 2) -> None:
+    from cosim.trace_mobility import write_meta, write_traces
+    rng = np.random.default_rng(0)
+    cfg = load_config().replace(**{"scenario.episode_slots": slots})
+    arrays = {"x": rng.uniform(0, 700, (n, slots + 1, cvs)).astype(np.float32),
+              "y": rng.uniform(0, 15, (n, slots + 1, cvs)).astype(np.float32),
+              "speed": rng.uniform(0, 30, (n, slots + 1, cvs)).astype(np.float32),
+              "heading": rng.uniform(0, 360, (n, slots + 1, cvs)).astype(np.float32),
+              "lane": np.zeros((n, slots + 1, cvs), np.int16), "active": np.ones((n, slots + 1, cvs), bool),
+              "seeds": np.arange(n, dtype=np.int64)}
+    write_traces(d, arrays)
+    write_meta(d, cfg, cvs, cfg.scenario.rsus, "synthetic")
+
+
+def _damage_npz(path: Path, **changes):
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(changes)
+    for k in [k for k, v in changes.items() if v is None]:
+        del arrays[k]
+    np.savez(path, **arrays)
+
+
+TRACE_DAMAGE = {
+    "truncated": (lambda d: (d / "traces_0000.npz").write_bytes((d / "traces_0000.npz").read_bytes()[:300]),
+                  "traces_0000.npz: not a readable .npz archive"),
+    "meta_without_slot_s": (lambda d: (d / "meta.json").write_text('{"n_cvs": 2, "episode_slots": 12, "rsus": []}'),
+                            "meta.json: slot_s is missing"),
+    "meta_a_list": (lambda d: (d / "meta.json").write_text("[1, 2]"), "meta.json: a JSON list, not an object"),
+    "meta_bad_rsu": (lambda d: (d / "meta.json").write_text(
+        (d / "meta.json").read_text().replace('"radius": 200.0', '"radius": "far"', 1)),
+        "meta.json: rsus[0].radius must be a finite number, got 'far'"),
+    "long_seeds": (lambda d: _damage_npz(d / "traces_0000.npz", seeds=np.arange(7)),
+                   "traces_0000.npz: field seeds holds 7 seeds for 3 episodes"),
+    "nan_positions": (lambda d: _damage_npz(d / "traces_0000.npz", x=np.full((3, 13, 2), np.nan, np.float32)),
+                      "traces_0000.npz: field x holds NaN or infinite values"),
+    "huge_positions": (lambda d: _damage_npz(d / "traces_0000.npz", y=np.full((3, 13, 2), 3e38, np.float32)),
+                       "traces_0000.npz: field y holds 3e+38, beyond any map"),
+    "inf_speed": (lambda d: _damage_npz(d / "traces_0000.npz", speed=np.full((3, 13, 2), -np.inf, np.float32)),
+                  "traces_0000.npz: field speed holds NaN or infinite values"),
+    "missing_field": (lambda d: _damage_npz(d / "traces_0000.npz", lane=None), "field lane is missing"),
+    "bad_shape": (lambda d: _damage_npz(d / "traces_0000.npz", active=np.ones((3, 13), bool)),
+                  "field active has shape [3, 13], field x [3, 13, 2]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRACE_DAMAGE))
+def test_damaged_traces_are_one_line_naming_file_and_field(tmp_path, case):
+    from agents import make_trainer
+    from cosim.env import BatchCoSim
+    d = tmp_path / "traces"
+    _synthetic_traces(d)
+    cfg = load_config().replace(**{"backend": "trace", "trace.dir": str(d), "scenario.n_cvs": 2,
+                                   "scenario.episode_slots": 12, "trace.part": "all"})
+    BatchCoSim(cfg, n_envs=1).close()  # the intact folder replays
+    damage, message = TRACE_DAMAGE[case]
+    damage(d)
+    with pytest.raises(CosimError, match=re.escape(message)) as err:
+        BatchCoSim(cfg, n_envs=1)
+    assert str(d) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(CosimError, match=re.escape(message)):  # training refuses them too: no policy is written
+        make_trainer("ly-dtmppo", cfg.replace(**{"training.n_envs": 1}))
+    if case == "truncated":
+        one_line(run("scripts/run_cosim.py", "--traces", str(d), "--cvs", "2", "--policy", "equal", "--quiet",
+                     "--set", "scenario.episode_slots=12", "--set", "trace.part=all", "--out", str(tmp_path / "o")),
+                 message)
