@@ -150,12 +150,28 @@ def run_main(main: Callable[[], int | None]) -> None:
         else:
             print(f"error: {_oserror_line(exc)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, SystemError) as exc:
+        # A Ctrl-C that lands inside a compiled (numba) kernel surfaces as a SystemError ("returned a result
+        # with an exception set") whose cause is the KeyboardInterrupt.
+        stop = exc if isinstance(exc, KeyboardInterrupt) else _interrupt_behind(exc)
+        if stop is None:
+            raise
         if debug:
             traceback.print_exc()
-        if isinstance(exc, Terminated):
-            print(f"terminated ({exc.name})", file=sys.stderr)
-            sys.exit(128 + exc.signum)
+        if isinstance(stop, Terminated):
+            print(f"terminated ({stop.name})", file=sys.stderr)
+            sys.exit(128 + stop.signum)
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt in the chain of causes and contexts of ``exc``, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -279,3 +279,34 @@ def test_damaged_traces_are_one_line_naming_file_and_field(tmp_path, case):
         one_line(run("scripts/run_cosim.py", "--traces", str(d), "--cvs", "2", "--policy", "equal", "--quiet",
                      "--set", "scenario.episode_slots=12", "--set", "trace.part=all", "--out", str(tmp_path / "o")),
                  message)
+
+
+# ---------------------------------------------------------------------------
+# Absurd counts; Ctrl-C inside a numba kernel
+
+def test_counts_that_overflow_the_seed_range_blame_the_count(tmp_path):
+    one_line(run("scripts/run_cosim.py", *ANALYTIC, "--episodes", str(10**12), "--out", str(tmp_path / "o")),
+             "--episodes 1000000000000 is too many: episode i is reset with seed --seed + i, at most 4294967295")
+    one_line(run("scripts/evaluate.py", "--policies", "equal", "--episodes", str(10**12), "--out", str(tmp_path / "e")),
+             "--episodes 1000000000000 is too many: episode i is reset with seed --eval-seed + i, at most 4294967295, "
+             "so from --eval-seed 10000 (the default) at most 4294957296 episodes fit")
+    one_line(run("scripts/evaluate.py", "--policies", "equal", "--episodes", "10", "--eval-seed", str(2**32 - 5),
+                 "--out", str(tmp_path / "e")), "--eval-seed must be in [0, 4294967286], got 4294967291")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("inner, code, line", [("KeyboardInterrupt()", 130, "interrupted"),
+                                               ("Terminated(15)", 143, "terminated (SIGTERM)")])
+def test_an_interrupt_inside_a_numba_kernel_is_an_interrupt(inner, code, line):
+    prog = ("from cosim.cli import run_main\nfrom cosim.signals import Terminated\n"
+            "def main():\n    try:\n"
+            f"        raise {inner}\n"
+            "    except KeyboardInterrupt as exc:\n"
+            "        raise SystemError('<built-in function kernel> returned a result with an exception set') from exc\n"
+            "run_main(main)\n")
+    p = subprocess.run([sys.executable, "-c", prog], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == code and p.stderr.strip() == line, p.stderr
+    # Any other SystemError stays a traceback: it is a bug, not the user's.
+    p = subprocess.run([sys.executable, "-c", "from cosim.cli import run_main\ndef main():\n    raise SystemError('x')\n"
+                        "run_main(main)\n"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "Traceback" in p.stderr
