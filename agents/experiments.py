@@ -582,6 +582,27 @@ def run_grid(cells: list[Cell], root: str | Path, workers: int = 2, ray_address:
     return report
 
 
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """One CosimError unless something accepts a connection at a ``[ray://]HOST:PORT`` address within
+    ``timeout_s`` (ray.init waits for ever, deaf to Ctrl-C, where nothing listens)."""
+    import re
+    import socket
+    m = re.fullmatch(r"(?:ray://)?\[?([^\]\s]+?)\]?:(\d+)", address.strip())
+    if m is None:  # 'local', 'auto' and the like: Ray resolves them itself
+        return
+    host, port = m.group(1), int(m.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise CosimError(f"--ray {address}: no Ray cluster answers at {host}:{port} within {timeout_s:g} s ({why}); "
+                         f"start one there (ray start --head) or use --ray local") from None
+
+
 def _run_on_ray(phases: list[list[Cell]], root: str, address: str, finished,
                 runnable: Callable[[list[Cell]], list[Cell]] = list) -> None:
     """Each cell a Ray task with one CPU, phase after phase; ``address`` 'local' starts a local instance."""
@@ -595,6 +616,7 @@ def _run_on_ray(phases: list[list[Cell]], root: str, address: str, finished,
         if address == "local":
             kwargs["num_cpus"] = os.cpu_count() or 2
         else:
+            check_ray_address(address)
             kwargs["address"] = address
         # Workers must import this repository's packages wherever they run.
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}}

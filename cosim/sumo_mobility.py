@@ -698,9 +698,11 @@ def _write_episode_routes(path: Path, cfg: Config, spec: Any, routes_file: Path,
 class _Sumo:
     """A SUMO process behind TraCI, or libsumo in this process; ``api`` has TraCI's interface."""
 
-    def __init__(self, label: str, gui: bool, want_libsumo: bool, log: Path):
+    def __init__(self, label: str, gui: bool, want_libsumo: bool, log: Path, timeout_s: float | None = None):
         self.label = label
         self.gui = gui
+        # TraCI: the longest wait for one answer (sumo.traci_timeout_s); none with the GUI, which may be paused.
+        self.timeout_s = None if gui else timeout_s
         self.want_libsumo = want_libsumo and not gui
         self.log = log
         self.api: Any = None
@@ -762,6 +764,8 @@ class _Sumo:
         while True:
             try:
                 self.api = traci.connection.Connection("localhost", port, self.proc, None, False, self.label)
+                if self.timeout_s is not None:  # a frozen SUMO: recv times out, traci drops the connection
+                    self.api._socket.settimeout(self.timeout_s)
                 return
             except OSError:
                 if self.proc.poll() is not None:
@@ -784,6 +788,11 @@ class _Sumo:
         except subprocess.TimeoutExpired:
             code = None
         binary = "sumo-gui" if self.gui else "sumo"
+        if code is None and self.timeout_s is not None and "closed by SUMO" in str(exc):
+            # The connection dropped while SUMO runs on: it did not answer within the timeout (stopped, stuck).
+            self.proc.kill()
+            return (f"{binary} (pid {self.proc.pid}) did not answer TraCI within {self.timeout_s:g} s, stopped or "
+                    f"stuck; it was ended (sumo.traci_timeout_s sets the wait)")
         if code is not None and code < 0:
             try:
                 sig = signal.Signals(-code).name
@@ -801,17 +810,25 @@ class _Sumo:
     def close(self) -> None:
         """Stop SUMO; harmless when it is stopped already or died."""
         global _libsumo_holder
+        import struct
         api, proc = self.api, self.proc
         self.api = self.proc = None
         try:
             # Closing a connection whose SUMO died fails once, dropping the socket; the second
             # attempt then only unregisters the TraCI label.
+            sock = getattr(api, "_socket", None) if proc is not None else None
+            if sock is not None:  # a frozen SUMO, or an exchange a Ctrl-C cut: do not wait long for its goodbye
+                try:
+                    sock.settimeout(min(self.timeout_s or 5.0, 5.0))
+                except OSError:
+                    pass
             for _ in range(2 if api is not None else 0):
                 try:
                     api.close(False) if proc is not None else api.close()
                     break
-                except self.errors:
-                    pass
+                except (*self.errors, OSError, struct.error, ValueError, IndexError):  # a cut exchange: garbage
+                    if proc is not None and proc.poll() is None:
+                        proc.kill()
         finally:
             if proc is not None:
                 if api is None:  # never connected: nothing will tell it to quit
@@ -889,7 +906,7 @@ class SumoMobility:
         except ValueError:
             raise ConfigError(f"sumo.extra_args: --window-size {size!r} is not WIDTH,HEIGHT in pixels") from None
         self._px_per_m = 1.0
-        self._sumo = _Sumo(self.label, gui, cfg.sumo.use_libsumo, workdir / "sumo.log")
+        self._sumo = _Sumo(self.label, gui, cfg.sumo.use_libsumo, workdir / "sumo.log", cfg.sumo.traci_timeout_s)
         weakref.finalize(self, self._sumo.close)
         self._rng = np.random.default_rng(cfg.seed)
         self._closed = False

@@ -66,6 +66,8 @@ def _on_ray(cfg: Config, chunks: list[list[int]], address: str, done) -> None:
         if address == "local":
             kwargs["num_cpus"] = os.cpu_count() or 2
         else:
+            from agents.experiments import check_ray_address
+            check_ray_address(address)
             kwargs["address"] = address
         ray.init(**kwargs)
     pending: dict[Any, int] = {}

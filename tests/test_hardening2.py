@@ -310,3 +310,51 @@ def test_an_interrupt_inside_a_numba_kernel_is_an_interrupt(inner, code, line):
     p = subprocess.run([sys.executable, "-c", "from cosim.cli import run_main\ndef main():\n    raise SystemError('x')\n"
                         "run_main(main)\n"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "Traceback" in p.stderr
+
+
+# ---------------------------------------------------------------------------
+# A frozen SUMO under TraCI; --ray with nothing listening
+
+@pytest.mark.sumo
+def test_a_frozen_sumo_times_out_is_ended_and_named():
+    from cosim.sumo_mobility import SumoMobility
+    mob = SumoMobility(load_config().replace(**{"sumo.use_libsumo": False, "sumo.traci_timeout_s": 2}))
+    try:
+        mob.reset(0)
+        pid = mob.sumo_pid
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(CosimError, match=rf"sumo \(pid {pid}\) did not answer TraCI within 2 s, stopped or "
+                                             r"stuck; it was ended \(sumo.traci_timeout_s"):
+            mob.advance(1.0)
+        assert time.monotonic() - t0 < 30
+    finally:
+        mob.close()
+    _wait_for(lambda: not _alive(pid), timeout=10, what="the frozen SUMO to end")
+    # With sumo.restart_on_crash a new SUMO runs the slot again, as after a crash.
+    mob = SumoMobility(load_config().replace(**{"sumo.use_libsumo": False, "sumo.traci_timeout_s": 2,
+                                                "sumo.restart_on_crash": True}))
+    try:
+        mob.reset(0)
+        os.kill(mob.sumo_pid, signal.SIGSTOP)
+        with pytest.warns(RuntimeWarning, match="restarting it"):
+            state = mob.advance(1.0)
+        assert state.active.any() and mob.sumo_pid != pid
+    finally:
+        mob.close()
+
+
+def test_ray_address_with_nothing_listening_is_one_line(tmp_path):
+    import socket
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    one_line(run("scripts/reproduce.py", "--preset", "tiny", "--experiments", "convergence", "--algos", "equal",
+                 "--ray", f"127.0.0.1:{port}", "--out", str(tmp_path / "r"), timeout=120),
+             f"--ray 127.0.0.1:{port}: no Ray cluster answers at 127.0.0.1:{port} within 10 s")
+    assert time.monotonic() - t0 < 60
+    from agents.experiments import check_ray_address
+    with pytest.raises(CosimError, match=r"no Ray cluster answers at ::1:\d+|no Ray cluster answers"):
+        check_ray_address(f"ray://127.0.0.1:{port}", timeout_s=2)
+    check_ray_address("local")
