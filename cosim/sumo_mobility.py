@@ -235,9 +235,18 @@ def _random_trips(net: Path, out_dir: Path, cfg: Config) -> Path:
     return trips
 
 
+def _is_shipped_road(sumocfg: str) -> bool:
+    try:
+        return Path(sumocfg).expanduser().resolve() == (road.ROAD_DIR / f"{road.NAME}.sumocfg").resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 def _resolve_map(cfg: Config, workdir: Path) -> _Map:
     s = cfg.sumo
     sumocfg = str(maps.resolve(s.map).sumocfg) if s.map else s.sumocfg
+    if sumocfg and not s.map and _is_shipped_road(sumocfg):
+        sumocfg = None  # the paper's road named explicitly: the default run, which runs that very file
     if sumocfg:
         path = _existing(sumocfg, "sumo.sumocfg")
         inputs = _sumocfg_inputs(path)

@@ -358,3 +358,18 @@ def test_ray_address_with_nothing_listening_is_one_line(tmp_path):
     with pytest.raises(CosimError, match=r"no Ray cluster answers at ::1:\d+|no Ray cluster answers"):
         check_ray_address(f"ray://127.0.0.1:{port}", timeout_s=2)
     check_ray_address("local")
+
+
+# ---------------------------------------------------------------------------
+# The shipped road named explicitly
+
+@pytest.mark.sumo
+def test_the_shipped_road_named_explicitly_is_the_papers_road(tmp_path):
+    runs = {}
+    for name, args in (("default", []), ("relative", ["--sumocfg", "sumo_net/road/road.sumocfg"]),
+                       ("absolute", ["--sumocfg", str(ROOT / "sumo_net" / "road" / "road.sumocfg")])):
+        p = run("scripts/run_cosim.py", "--policy", "equal", "--quiet", *args, "--out", str(tmp_path / name),
+                "--set", "scenario.episode_slots=10", timeout=300)
+        assert p.returncode == 0, p.stderr
+        runs[name] = (tmp_path / name / "slots.csv").read_text()
+    assert runs["relative"] == runs["default"] == runs["absolute"]
