@@ -429,6 +429,11 @@ def _road_candidates(net: _NetInfo, radius: float) -> np.ndarray:
     return np.asarray(points, dtype=float).reshape(-1, 2)
 
 
+_NO_SITES = ("no candidate RSU site on this map: none of its roads that passenger cars may use has a positive "
+             "length (zero-length lanes) and no junction joins three of them; place the RSUs yourself "
+             "(sumo.rsu_placement=config with scenario.rsus) or fix the network")
+
+
 def greedy_max_coverage(candidates: np.ndarray, samples: np.ndarray, radii: Sequence[float],
                         spacing: float, cap: float | None = None) -> tuple[list[int], float]:
     """Pick one candidate per radius, each covering the most samples not yet covered.
@@ -440,6 +445,8 @@ def greedy_max_coverage(candidates: np.ndarray, samples: np.ndarray, radii: Sequ
     Ties go to the candidate with more open samples, then to the lowest index. Returns the picked
     indices and the spacing that held for all of them.
     """
+    if not len(candidates) and len(radii):
+        raise CosimError(_NO_SITES)
     cover: dict[float, np.ndarray] = {}
     for r in set(radii):
         cover[r] = np.zeros((len(candidates), len(samples)), dtype=bool)
@@ -564,6 +571,8 @@ def _place_by_traffic(template: Sequence[RSUConfig], net: _NetInfo, samples: np.
     each RSU's gain capped at ``load_cap`` fair shares (0: uncapped)."""
     radii = [t.radius for t in template]
     candidates = _candidates(net, min(radii), sites)
+    if not len(candidates):
+        raise CosimError(_NO_SITES)
     x0, y0, x1, y1 = net.bbox
     k = len(template)
     # Smaller maps get closer RSUs, at most the map's larger side over the number of RSUs; but never

@@ -373,3 +373,21 @@ def test_the_shipped_road_named_explicitly_is_the_papers_road(tmp_path):
         assert p.returncode == 0, p.stderr
         runs[name] = (tmp_path / name / "slots.csv").read_text()
     assert runs["relative"] == runs["default"] == runs["absolute"]
+
+
+# ---------------------------------------------------------------------------
+# A map on which no candidate RSU site exists
+
+def test_a_map_without_candidate_rsu_sites_is_one_line():
+    from cosim.config import RSUConfig
+    from cosim.sumo_mobility import _NetInfo, _place_by_traffic, greedy_max_coverage
+    zero = _NetInfo(bbox=(0.0, 0.0, 0.0, 0.0), roads=((0.0, ((0.0, 0.0), (0.0, 0.0))),) * 3)  # zero-length lanes
+    template = [RSUConfig(0.0, 0.0, 10.0, 200.0)] * 2
+    for samples in (np.zeros((0, 2)), np.zeros((5, 2))):  # no traffic seen, or some
+        with pytest.raises(CosimError, match="no candidate RSU site on this map: none of its roads") as err:
+            _place_by_traffic(template, zero, samples, 100.0, 0, sites="both")
+        assert "\n" not in str(err.value)
+    with pytest.raises(CosimError, match="no candidate RSU site on this map"):
+        greedy_max_coverage(np.zeros((0, 2)), np.zeros((4, 2)), [200.0, 200.0], 100.0)
+    chosen, _ = greedy_max_coverage(np.array([[0.0, 0.0], [300.0, 0.0]]), np.zeros((0, 2)), [200.0], 100.0)
+    assert len(chosen) == 1  # candidates but no samples still place
