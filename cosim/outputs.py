@@ -144,6 +144,21 @@ def mark_files(folder: Path, names: set[str] | list[str]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _legacy_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a run of a version before the manifest: a summary.json that
+    run_cosim or evaluate wrote (an object with mean_cost, or one per policy or trace folder)."""
+    import json
+    try:
+        d = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    if not isinstance(d, dict):
+        return False
+    if "folders" in d and isinstance(d["folders"], dict):
+        d = next(iter(d["folders"].values()), {})
+    return "mean_cost" in d or (bool(d) and all(isinstance(v, dict) and "mean_cost" in v for v in d.values()))
+
+
 def refuse_foreign(folder: Path, names, what: str = "--out", ours=None) -> None:
     """One OutputError naming the first of ``names`` that exists in ``folder`` and that no run of this
     project wrote (not in its manifest; ``ours(path)`` may recognise files older versions wrote)."""
@@ -151,12 +166,17 @@ def refuse_foreign(folder: Path, names, what: str = "--out", ours=None) -> None:
     if not folder.is_dir():
         return
     marked = marked_files(folder)
+    legacy = None
     for name in sorted(names):
         f = folder / name
         if name in marked or not (f.exists() or f.is_symlink()):
             continue
         if ours is not None and ours(f):
             continue
+        if name in OutputDir.RUN_FILES and f.is_file() and not f.is_symlink():
+            legacy = _legacy_run(folder) if legacy is None else legacy
+            if legacy:
+                continue
         raise OutputError(f"{what} {folder}: {os.path.join(folder, name)} was not written by a run of dtcosim; "
                           f"refusing to replace it "
                           f"(move it away or choose another {what})")

@@ -391,3 +391,15 @@ def test_a_map_without_candidate_rsu_sites_is_one_line():
         greedy_max_coverage(np.zeros((0, 2)), np.zeros((4, 2)), [200.0, 200.0], 100.0)
     chosen, _ = greedy_max_coverage(np.array([[0.0, 0.0], [300.0, 0.0]]), np.zeros((0, 2)), [200.0], 100.0)
     assert len(chosen) == 1  # candidates but no samples still place
+
+
+def test_a_run_folder_of_a_version_before_the_manifest_is_still_replaced(tmp_path):
+    from cosim.outputs import MANIFEST
+    out = tmp_path / "old"
+    assert run("scripts/run_cosim.py", *ANALYTIC, "--out", str(out)).returncode == 0
+    (out / MANIFEST).unlink()  # as an older version left it: its summary.json tells it is a run's
+    p = run("scripts/run_cosim.py", *ANALYTIC, "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    (out / MANIFEST).unlink()
+    (out / "summary.json").write_text('{"mine": 1}')  # ... and a summary.json that is not ours does not
+    one_line(run("scripts/run_cosim.py", *ANALYTIC, "--out", str(out)), "was not written by a run of dtcosim")
