@@ -307,8 +307,8 @@ def test_an_interrupt_inside_a_numba_kernel_is_an_interrupt(inner, code, line):
     p = subprocess.run([sys.executable, "-c", prog], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == code and p.stderr.strip() == line, p.stderr
     # Any other SystemError stays a traceback: it is a bug, not the user's.
-    p = subprocess.run([sys.executable, "-c", "from cosim.cli import run_main\ndef main():\n    raise SystemError('x')\n"
-                        "run_main(main)\n"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    bug = "from cosim.cli import run_main\ndef main():\n    raise SystemError('x')\nrun_main(main)\n"
+    p = subprocess.run([sys.executable, "-c", bug], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "Traceback" in p.stderr
 
 
