@@ -142,11 +142,13 @@ def test_sigterm_saves_the_training_like_ctrl_c(tmp_path, sig):
     assert r.returncode == 0 and f"trained {done + 2} episodes" in r.stdout, r.stderr
 
 
-def test_sigterm_stops_the_workers_of_a_reproduction(tmp_path):
+@pytest.mark.parametrize("backend, procs", [("analytic", 3), pytest.param("sumo", 5, marks=pytest.mark.sumo)])
+def test_sigterm_stops_the_workers_of_a_reproduction(tmp_path, backend, procs):
     p = _popen("scripts/reproduce.py", "--preset", "tiny", "--experiments", "convergence", "--episodes", "100000",
-               "--workers", "2", "--out", str(tmp_path / "res"))
+               "--workers", "2", "--backend", backend, "--out", str(tmp_path / "res"))
     try:
-        _wait_for(lambda: len(_descendants(p.pid)) >= 3, what="the worker processes")  # 2 workers + resource tracker
+        # 2 workers and the resource tracker; on SUMO also the SUMO processes the workers started
+        _wait_for(lambda: len(_descendants(p.pid)) >= procs, what="the worker processes")
         time.sleep(3)
         workers = _descendants(p.pid)
         p.send_signal(signal.SIGTERM)
