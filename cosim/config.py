@@ -243,6 +243,10 @@ class SumoConfig:
                                      "vehicles over 120 s rises by at most this share over the 120 s before")
     use_libsumo: bool = _f(True, doc="libsumo headless; TraCI when false (always TraCI with the GUI)")
     restart_on_crash: bool = _f(False)
+    traci_timeout_s: float = _f(60.0, 0.1, 86_400.0,
+                                doc="TraCI: the longest wait for SUMO's answer to one exchange (a slot, a load) "
+                                    "before that SUMO counts as frozen, is ended and reported (not with the GUI, "
+                                    "which may be paused)")
     extra_args: tuple[str, ...] = _f((), doc="further SUMO command-line arguments")
 
 

@@ -36,7 +36,7 @@ from cosim.cli import add_common_args, add_list_arg, config_from_args, save_run_
 from cosim.config import Config, CosimError, flat_overrides, to_dict
 from cosim.evaluation import EVAL_SEED, comparison_table, evaluate_each, long_horizon_table
 from cosim.outputs import OutputDir
-from cosim.runner import strict_json
+from cosim.runner import MAX_SEED, check_episode_count, strict_json
 from cosim.trace_mobility import mixes_folders, trace_folders
 
 
@@ -113,8 +113,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         ap.error("--episodes must be at least 1")
     if args.slots is not None and args.slots < 2:
         ap.error("--slots must be at least 2")
-    if not 0 <= args.eval_seed <= 2**32 - 1 - args.episodes:  # episode i is reset with seed eval_seed + i
-        raise CosimError(f"--eval-seed must be in [0, {2**32 - 1 - args.episodes}], got {args.eval_seed}")
+    # Episode i is reset with seed eval_seed + i: a count that leaves the seed range from the default seed (or
+    # from seed 0 where --eval-seed is given) is the count's fault, not the seed's.
+    default = args.eval_seed == EVAL_SEED
+    check_episode_count(args.episodes, EVAL_SEED if default else 0, "--eval-seed", " (the default)" if default else "")
+    if not 0 <= args.eval_seed <= MAX_SEED + 1 - args.episodes:
+        raise CosimError(f"--eval-seed must be in [0, {MAX_SEED + 1 - args.episodes}], got {args.eval_seed}")
 
     cfg = config_from_args(args, defaults={"trace.part": "eval"})  # traces: the held-out episodes
     if cfg.backend == "sumo":  # other SUMO maps: config.yaml records where the RSUs went
