@@ -156,7 +156,9 @@ def test_sigterm_stops_the_workers_of_a_reproduction(tmp_path, backend, procs):
         _wait_for(lambda: not any(_alive(w) for w in workers), timeout=20, what="the workers to stop")
     finally:
         p.kill()
-    assert p.returncode == 143 and err.strip().splitlines()[-1] == "terminated (SIGTERM)", err
+    # The line is said; multiprocessing's resource tracker may add its own warning about the killed
+    # workers' semaphores after it (under load), which is not ours to silence.
+    assert p.returncode == 143 and "terminated (SIGTERM)" in err.strip().splitlines() and "Traceback" not in err, err
 
 
 # ---------------------------------------------------------------------------
