@@ -189,3 +189,32 @@ def test_info_needs_the_global_view():
         _sim(False, **{"twin.info": "previous"})
     with pytest.raises(ConfigError, match=r"twin.info: 'later' is not one of"):
         load_config(overrides=["twin.info=later"])
+
+
+def test_a_policy_runs_under_the_info_model_it_was_trained_with():
+    from agents.checkpoint import config_for_policy, policy_options
+    meta = {"config": {"twin": {"view": "global", "info": "previous"}}}
+    assert policy_options(meta)["twin.info"] == "previous"
+    assert policy_options({"config": {}})["twin.info"] == "oracle"  # older files: the oracle they had
+    cfg = config_for_policy(load_config(), meta)
+    assert (cfg.twin.view, cfg.twin.info) == ("global", "previous")
+    assert config_for_policy(load_config(), meta, explicit={"twin.info"}).twin.info == "oracle"
+
+
+def test_v_sweep_script_writes_its_table_and_figure(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "scripts/v_sweep.py", "--values", "1", "20", "--slots", "6", "--set",
+                        "scenario.n_cvs=2", "--out", str(tmp_path), "--quiet"], cwd=root, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = json.loads((tmp_path / "v_sweep.json").read_text())["rows"]
+    assert [(r["V"], r["policy"]) for r in rows] == [(1.0, "dpp-opt"), (20.0, "dpp-opt")]
+    assert (tmp_path / "fig_v_sweep.png").stat().st_size > 0
+    assert "| 20 | dpp-opt |" in (tmp_path / "v_sweep.md").read_text()
+    bad = subprocess.run([sys.executable, "scripts/v_sweep.py", "--learner", "x"], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "V=PATH" in bad.stderr
