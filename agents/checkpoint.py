@@ -322,14 +322,14 @@ def check_compatible(meta: dict[str, Any], env: Any, where: str) -> None:
 
 # How a policy reads the environment and how its actions are projected: part of the policy. A run that
 # deploys a checkpoint takes these from its header unless the run sets them itself (--config/--set).
-POLICY_OPTIONS = ("actions.bandwidth", "actions.split", "actions.cpu", "twin.view", "twin.hide")
+POLICY_OPTIONS = ("actions.bandwidth", "actions.split", "actions.cpu", "twin.view", "twin.hide", "twin.info")
 
 
 def options_of(config: Mapping[str, Any]) -> dict[str, Any]:
     """The ``POLICY_OPTIONS`` of a config as a plain mapping (``to_dict(cfg)``, or a policy header's
     config; keys it lacks, as in older files, are the paper's)."""
     defaults = {"actions.bandwidth": "paper", "actions.split": "paper", "actions.cpu": "paper",
-                "twin.view": "paper", "twin.hide": []}
+                "twin.view": "paper", "twin.hide": [], "twin.info": "oracle"}
     out = {}
     for key in POLICY_OPTIONS:
         section, name = key.split(".")

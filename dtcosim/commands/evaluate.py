@@ -20,7 +20,10 @@ Writes summary.json (run_cosim's summary keys, per policy) and config.yaml to
 and deadline misses for every policy. --slots N runs N-slot episodes and adds the
 long-horizon table: time-average energy per CV over the last half against the
 budget, the energy queue Y at the end and its growth per slot over the last
-half, and the cost over the last half and over the whole episode.
+half, whether Y has levelled off (it grows by at most 2 % of the budget per slot
+there: cosim.evaluation.LEVELLED_SHARE), and the cost over the last half (the
+time-average cost the Lyapunov theory speaks of) and over the whole episode.
+Use N >= 3000 for the long-run constraint: over 600 slots Y is still rising.
 """
 
 from __future__ import annotations
