@@ -96,7 +96,8 @@ def train(algo: str | None, cfg: Config | None = None, out: str | Path | None = 
     """
     from cosim.outputs import OutputDir
 
-    from .common import CHECKPOINT_FILE, CONFIG_FILE, fit, read_checkpoint_meta, run_name
+    from .checkpoint import POLICY_FILE
+    from .common import CHECKPOINT_FILE, CONFIG_FILE, CURVES_FILE, METRICS_FILE, fit, read_checkpoint_meta, run_name
 
     if resume is not None:
         run_dir = Path(resume)
@@ -119,7 +120,11 @@ def train(algo: str | None, cfg: Config | None = None, out: str | Path | None = 
             raise CosimError(f"{run_dir} already holds a run ({CHECKPOINT_FILE}); continue it with --resume "
                              f"{run_dir} or choose another --out")
     # Written in place (not staged): the periodic checkpoints must survive a crash for --resume.
-    with OutputDir(run_dir, staged=False, what="--resume" if resume is not None else "--out"):
+    # A fresh run refuses a folder holding files of these names that no run of dtcosim wrote; a resumed one
+    # holds the run's own (its checkpoint was read above).
+    writes = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, POLICY_FILE, CURVES_FILE, "tb")
+    with OutputDir(run_dir, staged=False, what="--resume" if resume is not None else "--out", writes=writes,
+                   ours=(lambda f: True) if resume is not None else None):
         trainer = make_trainer(algo, cfg, **sim_kwargs)
         try:
             return fit(trainer, run_dir, episodes=episodes, resume=resume is not None, progress=progress,

@@ -45,7 +45,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     tmp = temp_path(path)  # removed by the next run into this folder if a SIGKILL leaves it
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as exc:
+            err = _as_oserror(exc, path)
+            if err is exc:
+                raise
+            raise err from None
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         umask = os.umask(0)
@@ -56,6 +62,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         if tmp.exists():
             tmp.unlink()
 
+
+def _as_oserror(exc: Exception, path: Path) -> Exception:
+    """safetensors reports a failed write (disk full, file-size limit) as a SafetensorError naming
+    the OS error: the OSError it stands for, so it reads as every other full disk; other errors as they are."""
+    import re
+    if isinstance(exc, OSError) or type(exc).__name__ != "SafetensorError":
+        return exc
+    m = re.search(r"os error (\d+)", str(exc))
+    if m is None:
+        return exc
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def save_policy(path: str | Path, spec: ActorSpec, tensors: dict[str, torch.Tensor], algo: str, cfg: Config,
@@ -304,14 +322,14 @@ def check_compatible(meta: dict[str, Any], env: Any, where: str) -> None:
 
 # How a policy reads the environment and how its actions are projected: part of the policy. A run that
 # deploys a checkpoint takes these from its header unless the run sets them itself (--config/--set).
-POLICY_OPTIONS = ("actions.bandwidth", "actions.split", "actions.cpu", "twin.view", "twin.hide")
+POLICY_OPTIONS = ("actions.bandwidth", "actions.split", "actions.cpu", "twin.view", "twin.hide", "twin.info")
 
 
 def options_of(config: Mapping[str, Any]) -> dict[str, Any]:
     """The ``POLICY_OPTIONS`` of a config as a plain mapping (``to_dict(cfg)``, or a policy header's
     config; keys it lacks, as in older files, are the paper's)."""
     defaults = {"actions.bandwidth": "paper", "actions.split": "paper", "actions.cpu": "paper",
-                "twin.view": "paper", "twin.hide": []}
+                "twin.view": "paper", "twin.hide": [], "twin.info": "oracle"}
     out = {}
     for key in POLICY_OPTIONS:
         section, name = key.split(".")

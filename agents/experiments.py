@@ -564,21 +564,43 @@ def run_grid(cells: list[Cell], root: str | Path, workers: int = 2, ray_address:
         elif phases:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
+            from cosim.signals import stop_workers, worker_init
             # spawn: torch and forked interpreters do not mix well
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-                for phase in phases:
-                    futures = {pool.submit(_run_cell_args, (c, str(root))): c for c in runnable(phase)}
-                    try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                     initializer=worker_init) as pool:
+                try:
+                    for phase in phases:
+                        futures = {pool.submit(_run_cell_args, (c, str(root))): c for c in runnable(phase)}
                         for fut in as_completed(futures):
                             exc = fut.exception()
                             finished(futures[fut], None if exc else fut.result(), exc)
-                    except KeyboardInterrupt:
-                        for f in futures:
-                            f.cancel()
-                        raise
+                except BaseException:  # Ctrl-C, SIGTERM: no worker (nor its SUMO) outlives the grid
+                    stop_workers(pool)
+                    raise
     finally:
         bar.close()
     return report
+
+
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """One CosimError unless something accepts a connection at a ``[ray://]HOST:PORT`` address within
+    ``timeout_s`` (ray.init waits for ever, deaf to Ctrl-C, where nothing listens)."""
+    import re
+    import socket
+    m = re.fullmatch(r"(?:ray://)?\[?([^\]\s]+?)\]?:(\d+)", address.strip())
+    if m is None:  # 'local', 'auto' and the like: Ray resolves them itself
+        return
+    host, port = m.group(1), int(m.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise CosimError(f"--ray {address}: no Ray cluster answers at {host}:{port} within {timeout_s:g} s ({why}); "
+                         f"start one there (ray start --head) or use --ray local") from None
 
 
 def _run_on_ray(phases: list[list[Cell]], root: str, address: str, finished,
@@ -594,10 +616,12 @@ def _run_on_ray(phases: list[list[Cell]], root: str, address: str, finished,
         if address == "local":
             kwargs["num_cpus"] = os.cpu_count() or 2
         else:
+            check_ray_address(address)
             kwargs["address"] = address
         # Workers must import this repository's packages wherever they run.
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}}
         ray.init(**kwargs)
+    pending: dict[Any, Cell] = {}
     try:
         task = ray.remote(num_cpus=1)(run_cell)
         for cells in phases:
@@ -610,6 +634,13 @@ def _run_on_ray(phases: list[list[Cell]], root: str, address: str, finished,
                         finished(cell, ray.get(ref), None)
                     except Exception as exc:  # a task's error arrives wrapped by Ray
                         finished(cell, None, exc)
+    except BaseException:  # Ctrl-C, SIGTERM: the tasks this run started stop too (on a remote cluster as well)
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                pass
+        raise
     finally:
         if started:
             ray.shutdown()

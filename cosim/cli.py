@@ -133,8 +133,11 @@ def _oserror_line(exc: OSError) -> str:
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a script's main: an error caused by the user's input or environment (CosimError, an
     OSError such as a missing or unreadable file or a full disk, MemoryError) -> one line on
-    stderr and exit 2; Ctrl-C -> exit 130. ``--debug`` on the command line shows the traceback."""
+    stderr and exit 2; Ctrl-C -> exit 130; SIGTERM or SIGHUP -> the same clean-up (checkpoint, SUMO),
+    exit 143 or 129. ``--debug`` on the command line shows the traceback."""
+    from .signals import Terminated, install
     debug = "--debug" in sys.argv[1:]
+    install()  # SIGTERM and SIGHUP end the run as Ctrl-C does (checkpoints saved, SUMO closed), exit 128 + N
     try:
         code = main()
     except (CosimError, OSError, MemoryError) as exc:
@@ -147,9 +150,28 @@ def run_main(main: Callable[[], int | None]) -> None:
         else:
             print(f"error: {_oserror_line(exc)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemError) as exc:
+        # A Ctrl-C that lands inside a compiled (numba) kernel surfaces as a SystemError ("returned a result
+        # with an exception set") whose cause is the KeyboardInterrupt.
+        stop = exc if isinstance(exc, KeyboardInterrupt) else _interrupt_behind(exc)
+        if stop is None:
+            raise
         if debug:
             traceback.print_exc()
+        if isinstance(stop, Terminated):
+            print(f"terminated ({stop.name})", file=sys.stderr)
+            sys.exit(128 + stop.signum)
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt in the chain of causes and contexts of ``exc``, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

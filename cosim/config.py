@@ -131,8 +131,14 @@ class ActionConfig:
 @dataclass(frozen=True)
 class TwinConfig:
     enabled: bool = _f(True, doc="Ly-DTMPPO (true) or Ly-MAPPO (false): DT part of the actor's observation")
-    sync_error: float = _f(0.0, 0.0, 10.0, doc="relative Gaussian noise on the DT part")
+    sync_error: float = _f(0.0, 0.0, 10.0, doc="Gaussian noise on the DT part: relative, or in the observation's "
+                                                "scaled units (sync_error_kind)")
+    sync_error_kind: str = _f("multiplicative", choices=("multiplicative", "additive"),
+                              doc="multiplicative: x (1 + s n), so an empty queue always shows exactly 0; "
+                                  "additive: x + s n, in the observation's scaled units (W_ref, radius, ...)")
     staleness: int = _f(0, 0, 1000, doc="slots by which the DT part lags")
+    staleness_carry: bool = _f(False, doc="false: every episode's first slots are fresh (the lag restarts); "
+                                          "true: the lag carries across episodes, as in one continuous run")
     view: str = _f("paper", choices=("paper", "global"),
                    doc="paper: the DT part of eq. 40; global: also what the twin holds about the other CVs "
                        "this slot, per RSU (how many it covers, their task cycles, their spectral efficiency)")
@@ -140,6 +146,12 @@ class TwinConfig:
                                             "dt_others_cycles", "dt_others_spec_eff"),
                                doc="twin blocks the actor sees as zeros (an ablation; the critic still sees "
                                    "them): any of the view's twin blocks, cosim.twin.TWIN_BLOCKS")
+    info: str = _f("oracle", choices=("oracle", "reported", "previous"),
+                   doc="what twin.view: global knows about the other CVs before the decision. oracle: their "
+                       "current-slot task cycles and spectral efficiencies, exact and free; reported: the same, "
+                       "after every CV has sent its task descriptor (report_bits over its best V2I link at the "
+                       "previous slot's rate), whose delay and energy each CV pays; previous: the last slot's")
+    report_bits: float = _f(8000.0, 1.0, 1e9, doc="task-descriptor report of twin.info: reported, bit")
 
 
 @dataclass(frozen=True)
@@ -243,6 +255,10 @@ class SumoConfig:
                                      "vehicles over 120 s rises by at most this share over the 120 s before")
     use_libsumo: bool = _f(True, doc="libsumo headless; TraCI when false (always TraCI with the GUI)")
     restart_on_crash: bool = _f(False)
+    traci_timeout_s: float = _f(60.0, 0.1, 86_400.0,
+                                doc="TraCI: the longest wait for SUMO's answer to one exchange (a slot, a load) "
+                                    "before that SUMO counts as frozen, is ended and reported (not with the GUI, "
+                                    "which may be paused)")
     extra_args: tuple[str, ...] = _f((), doc="further SUMO command-line arguments")
 
 

@@ -95,9 +95,14 @@ class BatchCoSim:
         self.cfg = cfg = with_rsus(cfg, rsus)
         self.params = M.ModelParams.from_config(cfg, rsus)
         self.n_rsus = self.params.n_rsus
-        self.twin = DigitalTwin(self.params, cfg.twin.enabled, cfg.twin.sync_error, cfg.twin.staleness,
-                                speed_scale=max(cfg.scenario.cv_speed_mps[1], 1.0), view=cfg.twin.view,
-                                hide=cfg.twin.hide)
+        tw = cfg.twin
+        self.twin = DigitalTwin(self.params, tw.enabled, tw.sync_error, tw.staleness,
+                                speed_scale=max(cfg.scenario.cv_speed_mps[1], 1.0), view=tw.view, hide=tw.hide,
+                                sync_error_kind=tw.sync_error_kind, staleness_carry=tw.staleness_carry,
+                                info=tw.info, report_bits=tw.report_bits)
+        # twin.info = reported: each CV's report before the decision, (delay, energy) (E, I) of this slot.
+        self.report: tuple[np.ndarray, np.ndarray] | None = None
+        self._prev_spec_eff: np.ndarray | None = None
         self.layout: ObsLayout = self.twin.layout
         self.obs_dim = self.layout.dim
         self.state_dim = self.n_cvs * self.obs_dim
@@ -121,14 +126,18 @@ class BatchCoSim:
         self.fading = M.draw_fading(self._rng, shape + (self.n_rsus,))
         if self.fused:
             F.channel_and_observation(self)
-            return self.obs, self.state
-        mob = self.mob
-        hd = M.horizontal_distance(self.params, mob.x, mob.y)
-        self.covered = M.coverage(self.params, hd, mob.active)
-        self.d3 = M.distance_3d(self.params, hd)
-        self.spec_eff = M.spectral_efficiency(self.params, self.d3, self.fading)
-        self.obs, self.state = self.twin.observe(mob, self.tasks, self.cv_cpu, self.covered, self.d3,
-                                                 self.spec_eff, self.queues)
+        else:
+            mob = self.mob
+            hd = M.horizontal_distance(self.params, mob.x, mob.y)
+            self.covered = M.coverage(self.params, hd, mob.active)
+            self.d3 = M.distance_3d(self.params, hd)
+            self.spec_eff = M.spectral_efficiency(self.params, self.d3, self.fading)
+            self.obs, self.state = self.twin.observe(mob, self.tasks, self.cv_cpu, self.covered, self.d3,
+                                                     self.spec_eff, self.queues)
+        if self.twin.charges_reports:  # at the previous slot's rate (an episode's first slot: this one's)
+            prev = self._prev_spec_eff if self._prev_spec_eff is not None else self.spec_eff
+            self.report = M.report_cost(self.params, self.twin.report_bits, prev, self.covered)
+        self._prev_spec_eff = self.spec_eff
         return self.obs, self.state
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -137,6 +146,7 @@ class BatchCoSim:
             self._seed_seq = np.random.SeedSequence(seed)
             self._rng = np.random.default_rng(self._seed_seq)
         mob_seed, twin_seed = (int(s) for s in self._rng.integers(0, 2**31 - 1, 2))
+        self._prev_spec_eff = None
         self.mob = self.mobility.reset_batch(mob_seed)
         self.twin.reset(twin_seed)
         self.cv_cpu = M.draw_cv_cpu(self._rng, self.params, (self.n_envs, self.n_cvs))
@@ -158,14 +168,15 @@ class BatchCoSim:
     def step(self, raw_actions: np.ndarray) -> StepOutput:
         """Apply raw actions (E, I, 3K+2) for the current slot and move to the next."""
         raw = np.asarray(raw_actions, dtype=float).reshape(self.n_envs, self.n_cvs, self.action_dim)
-        if self.fused and self.params.paper_actions:  # the kernel covers the paper's actions.* only
+        # The kernel covers the paper's actions.* and no report charge (twin.info: reported) only.
+        if self.fused and self.params.paper_actions and self.report is None:
             decision, result, self.queues = F.project_and_slot(
                 self.params, self._fused_pv, self.queues, self.tasks, self.cv_cpu, self.spec_eff, raw,
                 self.covered, self.mob.active)
         else:
             decision = self.project(raw)
             result, self.queues = M.slot(self.params, self.queues, self.tasks, self.cv_cpu, self.spec_eff,
-                                         decision, self.mob.active)
+                                         decision, self.mob.active, signalling=self.report)
         mob_now = self.mob
         if self.before_advance is not None:
             self.before_advance(result, decision)

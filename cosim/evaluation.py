@@ -143,6 +143,7 @@ class LongHorizonSummary:
     energy_vs_budget: float       # energy_last_half_j / budget - 1 (0: on budget)
     y_final_j: float              # energy queue Y per CV at the end
     y_growth_j_per_slot: float    # least-squares slope of the mean Y over the last half (0: stable)
+    y_levelled: bool              # the slope is at most LEVELLED_SHARE of the budget per slot
     cost_last_half: float         # system cost per slot over the last half (the long-run cost)
     cost_all: float               # system cost per slot over the whole episode
     delay_last_half_s: float
@@ -152,6 +153,12 @@ class LongHorizonSummary:
     q_rsu_trace: list[float] = field(default_factory=list)  # RSU backlog summed over RSUs after every slot, W_ref
     q_loc_trace: list[float] = field(default_factory=list)  # local backlog per CV after every slot, W_ref
     energy_trace_j: list[float] = field(default_factory=list)  # energy per active CV in every slot, J
+
+
+# Y has levelled off when over the last half it grows by at most this share of the per-CV budget per slot
+# (the slope is the energy over budget where Y > 0: 2 % of the budget is 0.2 J per slot at 10 J). A
+# heuristic on a finite horizon: a queue that grows more slowly may still not be stable.
+LEVELLED_SHARE = 0.02
 
 
 def _long_horizon_summary(name: str, slots: int, budget: float, tr: dict[str, np.ndarray],
@@ -167,7 +174,7 @@ def _long_horizon_summary(name: str, slots: int, budget: float, tr: dict[str, np
     return LongHorizonSummary(
         policy=name, episodes=tr["cost"].shape[0], slots=slots, energy_budget_j=budget,
         energy_last_half_j=e_half, energy_vs_budget=e_half / budget - 1.0 if budget > 0 else float("inf"),
-        y_final_j=float(y[-1]), y_growth_j_per_slot=slope,
+        y_final_j=float(y[-1]), y_growth_j_per_slot=slope, y_levelled=bool(slope <= LEVELLED_SHARE * budget),
         cost_last_half=float(tr["cost"][:, half].mean()), cost_all=float(tr["cost"].mean()),
         delay_last_half_s=float(tr["delay"][:, half].sum() / max(n_act, 1)),
         deadline_miss_last_half=float(tr["misses"][:, half].sum() / max(n_act, 1)),
@@ -226,10 +233,12 @@ def evaluate_long_horizon(cfg: Config, policies: dict[str, Any], episodes: int, 
 LONG_COLUMNS = [("policy", "policy", "{}"), ("energy_last_half_j", "energy/CV last half J", "{:.2f}"),
                 ("energy_budget_j", "budget J", "{:.1f}"), ("energy_vs_budget", "vs budget", "{:+.1%}"),
                 ("y_final_j", "Y end J", "{:.1f}"), ("y_growth_j_per_slot", "Y growth J/slot", "{:+.3f}"),
+                ("y_levelled_text", "Y levelled", "{}"),
                 ("cost_last_half", "cost last half", "{:.4f}"), ("cost_all", "cost all", "{:.4f}"),
                 ("delay_last_half_s", "delay s", "{:.4f}"), ("deadline_miss_last_half", "misses", "{:.1%}"),
                 ("q_rsu_final", "Q_rsu end", "{:.3f}")]
 
 
 def long_horizon_table(long: dict[str, LongHorizonSummary]) -> str:
-    return format_table([asdict(s) for s in long.values()], LONG_COLUMNS)
+    return format_table([dict(asdict(s), y_levelled_text="yes" if s.y_levelled else "no") for s in long.values()],
+                        LONG_COLUMNS)

@@ -370,9 +370,13 @@ OBS_BLOCKS = ("task", "position", "velocity", "covered", "distance", "spec_eff",
 
 
 def uses_fused_observation(twin: Any) -> bool:
-    """The fused observation applies to the twin layout it was written for, and only then."""
+    """The fused observation applies to the twin layout it was written for (``twin.view: paper``), and
+    only then; every fidelity option on that layout (staleness and its carry, either sync-error kind,
+    ``twin.hide``) is applied by the twin's own :meth:`~cosim.twin.DigitalTwin.seen_dt`, as on the numpy
+    path. Any other layout (``twin.view: global``, whatever its ``twin.info``) gets the numpy observation."""
     blocks = getattr(twin.layout, "_blocks", None)
-    return blocks is not None and tuple(n for n, _ in blocks()) == OBS_BLOCKS
+    return blocks is not None and tuple(n for n, _ in blocks()) == OBS_BLOCKS and \
+        getattr(twin, "info", "oracle") == "oracle"
 
 
 @njit(cache=True, error_model="numpy")
@@ -460,8 +464,9 @@ def _channel_obs_kernel(pv, rsu_xy, rsu_h, rsu_r, x, y, speed, heading, active, 
 def channel_and_observation(sim: Any) -> None:
     """BatchCoSim._begin_slot after the draws: sets covered, d3, spec_eff, obs and state on ``sim``.
 
-    The twin's staleness and sync-error noise are applied as in DigitalTwin.observe (same
-    history, same generator); a twin layout this kernel does not know gets the numpy observation."""
+    The twin's staleness, sync-error noise and hidden blocks are applied by DigitalTwin.seen_dt, the
+    numpy path's code (same history, same generator); a twin layout this kernel does not know gets
+    the numpy observation (uses_fused_observation)."""
     from .twin import SPEC_EFF_SCALE, area_frame
     p, mob, tk, q, twin = sim.params, sim.mob, sim.tasks, sim.queues, sim.twin
     fused_obs = uses_fused_observation(twin)
@@ -481,18 +486,11 @@ def channel_and_observation(sim: Any) -> None:
         return
     E, I, D = full.shape
     dt = twin.layout.dt_slice
-    true_dt = full[..., dt]
-    twin._history.append(true_dt)
+    seen = twin.seen_dt(full[..., dt].copy())  # staleness, sync error, hidden blocks: the numpy path's code
     state = full.astype(np.float32).reshape(E, I * D)
-    if twin.enabled and twin.staleness == 0 and twin.sync_error <= 0:
+    if twin.enabled and twin.staleness == 0 and twin.sync_error <= 0 and not twin.hide:
         obs = state.reshape(E, I, D).copy()
     else:
-        if twin.enabled:
-            seen = twin._history[0]
-            if twin.sync_error > 0:
-                seen = seen * (1.0 + twin.sync_error * twin._rng.standard_normal(seen.shape))
-        else:
-            seen = 0.0
         obs = full.copy()
         obs[..., dt] = seen
         obs = obs.astype(np.float32)

@@ -562,12 +562,30 @@ class SlotResult:
     active: np.ndarray          # (E, I)
 
 
+def report_cost(p: ModelParams, report_bits: float, spec_eff_prev: np.ndarray, covered: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The task-descriptor report of ``twin.info: reported`` (E, I): delay and energy of each CV's.
+
+    Before the decision each CV sends ``report_bits`` to the twin over its V2I link, with the CV's whole
+    bandwidth (no part is being uploaded yet) on the covering RSU with the best spectral efficiency of
+    the previous slot (the current fading is not measured yet): delay G_rep / (Theta B max_k se_prev),
+    energy P_tx times that delay. A CV no RSU covers sends nothing and pays nothing."""
+    se = np.where(covered, spec_eff_prev, 0.0).max(axis=-1)
+    sent = covered.any(axis=-1)
+    rate = p.sensing_gain * p.bandwidth * np.where(sent, np.maximum(se, _EPS), 1.0)
+    delay = np.where(sent, report_bits / rate, 0.0)
+    return delay, p.tx_power * delay
+
+
 def slot(p: ModelParams, state: QueueState, tasks: Tasks, cv_cpu: np.ndarray, spec_eff: np.ndarray,
-         decision: Decision, active: np.ndarray | None = None) -> tuple[SlotResult, QueueState]:
+         decision: Decision, active: np.ndarray | None = None,
+         signalling: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[SlotResult, QueueState]:
     """One slot: rates, modes, delays, energies, cost and reward; queues move to t+1.
 
     ``spec_eff`` is log2(1 + SNR) per link (E, I, K); ``cv_cpu`` is C_i (E, I).
-    Inactive CVs have no task: no arrivals, no cost, no energy.
+    Inactive CVs have no task: no arrivals, no cost, no energy. ``signalling`` (delay s, energy J,
+    each (E, I)): what each CV spent before the decision (:func:`report_cost`), added to its task's
+    delay and energy (so to its cost, deadline and energy queue).
     """
     if active is None:
         active = np.ones(cv_cpu.shape, dtype=bool)
@@ -617,6 +635,9 @@ def slot(p: ModelParams, state: QueueState, tasks: Tasks, cv_cpu: np.ndarray, sp
     t_rsu = np.where(used, d_up + d_comp + w_rsu[:, None, :], 0.0)
     delay = np.maximum(t_loc, t_rsu.max(axis=-1))
     energy = (e_loc + (e_up + e_comp).sum(axis=-1)) * act
+    if signalling is not None:
+        delay = delay + signalling[0] * act
+        energy = energy + signalling[1] * act
     miss = (delay > tasks.deadline) & active
 
     # Normalised cost (24), (25).

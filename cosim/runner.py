@@ -149,6 +149,17 @@ def slot_rows(out: StepOutput, first_episode: int, slot: int, n_envs: int) -> li
     return rows
 
 
+MAX_SEED = 2**32 - 1  # episode seeds (numpy's legacy range, SUMO's --seed) stay within [0, MAX_SEED]
+
+
+def check_episode_count(episodes: int, first_seed: int, seed_name: str, note: str = "") -> None:
+    """One CosimError when episodes first_seed .. first_seed + episodes - 1 leave the seed range."""
+    if first_seed + episodes - 1 > MAX_SEED and 0 <= first_seed <= MAX_SEED:
+        raise CosimError(f"--episodes {episodes} is too many: episode i is reset with seed {seed_name} + i, at most "
+                         f"{MAX_SEED}, so from {seed_name} {first_seed}{note} at most {MAX_SEED - first_seed + 1} "
+                         f"episodes fit" + (" (far more than any run finishes)" if episodes > 10**7 else ""))
+
+
 @dataclass
 class RunResult:
     episodes: list[EpisodeRecord] = field(default_factory=list)

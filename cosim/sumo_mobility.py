@@ -246,9 +246,18 @@ def _random_trips(net: Path, out_dir: Path, cfg: Config) -> Path:
     return trips
 
 
+def _is_shipped_road(sumocfg: str) -> bool:
+    try:
+        return Path(sumocfg).expanduser().resolve() == (road.ROAD_DIR / f"{road.NAME}.sumocfg").resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 def _resolve_map(cfg: Config, workdir: Path) -> _Map:
     s = cfg.sumo
     sumocfg = str(maps.resolve(s.map).sumocfg) if s.map else s.sumocfg
+    if sumocfg and not s.map and _is_shipped_road(sumocfg):
+        sumocfg = None  # the paper's road named explicitly: the default run, which runs that very file
     if sumocfg:
         path = _existing(sumocfg, "sumo.sumocfg")
         inputs = _sumocfg_inputs(path)
@@ -431,6 +440,11 @@ def _road_candidates(net: _NetInfo, radius: float) -> np.ndarray:
     return np.asarray(points, dtype=float).reshape(-1, 2)
 
 
+_NO_SITES = ("no candidate RSU site on this map: none of its roads that passenger cars may use has a positive "
+             "length (zero-length lanes) and no junction joins three of them; place the RSUs yourself "
+             "(sumo.rsu_placement=config with scenario.rsus) or fix the network")
+
+
 def greedy_max_coverage(candidates: np.ndarray, samples: np.ndarray, radii: Sequence[float],
                         spacing: float, cap: float | None = None) -> tuple[list[int], float]:
     """Pick one candidate per radius, each covering the most samples not yet covered.
@@ -442,6 +456,8 @@ def greedy_max_coverage(candidates: np.ndarray, samples: np.ndarray, radii: Sequ
     Ties go to the candidate with more open samples, then to the lowest index. Returns the picked
     indices and the spacing that held for all of them.
     """
+    if not len(candidates) and len(radii):
+        raise CosimError(_NO_SITES)
     cover: dict[float, np.ndarray] = {}
     for r in set(radii):
         cover[r] = np.zeros((len(candidates), len(samples)), dtype=bool)
@@ -566,6 +582,8 @@ def _place_by_traffic(template: Sequence[RSUConfig], net: _NetInfo, samples: np.
     each RSU's gain capped at ``load_cap`` fair shares (0: uncapped)."""
     radii = [t.radius for t in template]
     candidates = _candidates(net, min(radii), sites)
+    if not len(candidates):
+        raise CosimError(_NO_SITES)
     x0, y0, x1, y1 = net.bbox
     k = len(template)
     # Smaller maps get closer RSUs, at most the map's larger side over the number of RSUs; but never
@@ -709,9 +727,11 @@ def _write_episode_routes(path: Path, cfg: Config, spec: Any, routes_file: Path,
 class _Sumo:
     """A SUMO process behind TraCI, or libsumo in this process; ``api`` has TraCI's interface."""
 
-    def __init__(self, label: str, gui: bool, want_libsumo: bool, log: Path):
+    def __init__(self, label: str, gui: bool, want_libsumo: bool, log: Path, timeout_s: float | None = None):
         self.label = label
         self.gui = gui
+        # TraCI: the longest wait for one answer (sumo.traci_timeout_s); none with the GUI, which may be paused.
+        self.timeout_s = None if gui else timeout_s
         self.want_libsumo = want_libsumo and not gui
         self.log = log
         self.api: Any = None
@@ -773,6 +793,8 @@ class _Sumo:
         while True:
             try:
                 self.api = traci.connection.Connection("localhost", port, self.proc, None, False, self.label)
+                if self.timeout_s is not None:  # a frozen SUMO: recv times out, traci drops the connection
+                    self.api._socket.settimeout(self.timeout_s)
                 return
             except OSError:
                 if self.proc.poll() is not None:
@@ -795,6 +817,11 @@ class _Sumo:
         except subprocess.TimeoutExpired:
             code = None
         binary = "sumo-gui" if self.gui else "sumo"
+        if code is None and self.timeout_s is not None and "closed by SUMO" in str(exc):
+            # The connection dropped while SUMO runs on: it did not answer within the timeout (stopped, stuck).
+            self.proc.kill()
+            return (f"{binary} (pid {self.proc.pid}) did not answer TraCI within {self.timeout_s:g} s, stopped or "
+                    f"stuck; it was ended (sumo.traci_timeout_s sets the wait)")
         if code is not None and code < 0:
             try:
                 sig = signal.Signals(-code).name
@@ -812,17 +839,25 @@ class _Sumo:
     def close(self) -> None:
         """Stop SUMO; harmless when it is stopped already or died."""
         global _libsumo_holder
+        import struct
         api, proc = self.api, self.proc
         self.api = self.proc = None
         try:
             # Closing a connection whose SUMO died fails once, dropping the socket; the second
             # attempt then only unregisters the TraCI label.
+            sock = getattr(api, "_socket", None) if proc is not None else None
+            if sock is not None:  # a frozen SUMO, or an exchange a Ctrl-C cut: do not wait long for its goodbye
+                try:
+                    sock.settimeout(min(self.timeout_s or 5.0, 5.0))
+                except OSError:
+                    pass
             for _ in range(2 if api is not None else 0):
                 try:
                     api.close(False) if proc is not None else api.close()
                     break
-                except self.errors:
-                    pass
+                except (*self.errors, OSError, struct.error, ValueError, IndexError):  # a cut exchange: garbage
+                    if proc is not None and proc.poll() is None:
+                        proc.kill()
         finally:
             if proc is not None:
                 if api is None:  # never connected: nothing will tell it to quit
@@ -900,7 +935,7 @@ class SumoMobility:
         except ValueError:
             raise ConfigError(f"sumo.extra_args: --window-size {size!r} is not WIDTH,HEIGHT in pixels") from None
         self._px_per_m = 1.0
-        self._sumo = _Sumo(self.label, gui, cfg.sumo.use_libsumo, workdir / "sumo.log")
+        self._sumo = _Sumo(self.label, gui, cfg.sumo.use_libsumo, workdir / "sumo.log", cfg.sumo.traci_timeout_s)
         weakref.finalize(self, self._sumo.close)
         self._rng = np.random.default_rng(cfg.seed)
         self._closed = False

@@ -147,16 +147,106 @@ def read_traces(directory: str | Path) -> Traces:
     return _read_traces(str(d.resolve()), str(d), signature)
 
 
+# Bounds of a plausible recording: positions within 10,000 km of the map's origin, speeds below 1000 m/s.
+MAX_COORD_M = 1e7
+MAX_SPEED_MPS = 1e3
+KINDS = {"x": "f", "y": "f", "speed": "f", "heading": "f", "lane": "iu", "active": "b", "seeds": "iu"}
+
+
+def _bad(path: Path, what: str) -> ConfigError:
+    return ConfigError(f"trace file {path}: {what} (record the folder anew with scripts/record_traces.py)")
+
+
+def _number(meta: dict, key: str, path: Path, integer: bool = False, low: float = 0.0) -> None:
+    v = meta.get(key)
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if not ok or isinstance(v, bool) or not np.isfinite(v) or not v > low:
+        want = "a positive integer" if integer else "a positive finite number"
+        raise _bad(path, f"{key} must be {want}, got {v!r}" if key in meta else f"{key} is missing")
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """meta.json, checked: an object with slot_s, episode_slots, n_cvs and RSUs this code can build."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise _bad(path, "not UTF-8 text") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise _bad(path, f"not JSON ({' '.join(str(exc).split())[:80]})") from None
+    if not isinstance(meta, dict):
+        raise _bad(path, f"a JSON {type(meta).__name__}, not an object")
+    _number(meta, "slot_s", path)
+    _number(meta, "episode_slots", path, integer=True)
+    _number(meta, "n_cvs", path, integer=True)
+    rsus = meta.get("rsus")
+    if not isinstance(rsus, list):
+        raise _bad(path, "rsus is missing" if "rsus" not in meta else f"rsus must be a list, got {rsus!r}"[:160])
+    for k, r in enumerate(rsus):
+        try:
+            rsu = RSUConfig(**r)
+        except TypeError as exc:
+            raise _bad(path, f"rsus[{k}] is not an RSU ({' '.join(str(exc).split())[:80]})") from None
+        for f in dataclasses.fields(rsu):
+            v = getattr(rsu, f.name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v):
+                raise _bad(path, f"rsus[{k}].{f.name} must be a finite number, got {v!r}")
+    return meta
+
+
+def _read_part(path: Path) -> dict[str, np.ndarray]:
+    """One traces_*.npz, checked field by field: present, readable, of its kind and shape, finite, plausible."""
+    import zipfile
+    import zlib
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        raise _bad(path, f"not a readable .npz archive ({' '.join(str(exc).split())[:80]})") from None
+    out: dict[str, np.ndarray] = {}
+    with z:
+        for f in (*FIELDS, "seeds"):
+            if f not in z.files:
+                raise _bad(path, f"field {f} is missing")
+            try:
+                a = z[f]
+            except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as exc:
+                raise _bad(path, f"field {f} is truncated or damaged ({' '.join(str(exc).split())[:80]})") from None
+            if a.dtype.kind not in KINDS[f]:
+                raise _bad(path, f"field {f} holds {a.dtype} values")
+            out[f] = a
+    shape = out["x"].shape
+    if len(shape) != 3 or shape[1] < 2 or shape[2] < 1:
+        raise _bad(path, f"field x has shape {list(shape)}, not (episodes, slots + 1, CV slots)")
+    for f in FIELDS:
+        if out[f].shape != shape:
+            raise _bad(path, f"field {f} has shape {list(out[f].shape)}, field x {list(shape)}")
+    if out["seeds"].shape != shape[:1]:
+        raise _bad(path, f"field seeds holds {out['seeds'].size} seeds for {shape[0]} episodes")
+    for f, bound in (("x", MAX_COORD_M), ("y", MAX_COORD_M), ("speed", MAX_SPEED_MPS), ("heading", None)):
+        a = out[f]
+        if not np.isfinite(a).all():
+            raise _bad(path, f"field {f} holds NaN or infinite values")
+        if bound is not None and a.size and float(np.abs(a).max()) > bound:
+            raise _bad(path, f"field {f} holds {float(np.abs(a).max()):.3g}, beyond any map (at most {bound:g})")
+    return out
+
+
 @functools.lru_cache(maxsize=8)
 def _read_traces(directory: str, shown: str, signature: tuple) -> Traces:
     d = Path(directory)
+    show = Path(shown)
     try:
-        meta = json.loads((d / META_FILE).read_text())
-        parts = [np.load(d / name) for name, _, _ in signature[1:]]
-        seeds = np.concatenate([p["seeds"] for p in parts])
-        arrays = {f: np.concatenate([p[f] for p in parts]) for f in FIELDS}
-    except (OSError, ValueError, KeyError) as exc:
+        meta = read_meta(d / META_FILE)
+        parts = [_read_part(d / name) for name, _, _ in signature[1:]]
+    except ConfigError as exc:  # name the folder as the user gave it
+        raise ConfigError(str(exc).replace(str(d), str(show))) from None
+    except OSError as exc:
         raise CosimError(f"trace.dir: {shown} holds a broken trace file ({exc})") from None
+    for (name, _, _), p in zip(signature[2:], parts[1:]):
+        if p["x"].shape[1:] != parts[0]["x"].shape[1:]:
+            raise _bad(show / name, f"field x has {p['x'].shape[1] - 1} slots x {p['x'].shape[2]} CV slots, "
+                                    f"{signature[1][0]} {parts[0]['x'].shape[1] - 1} x {parts[0]['x'].shape[2]}")
+    seeds = np.concatenate([p["seeds"] for p in parts]).astype(np.int64)
+    arrays = {f: np.concatenate([p[f] for p in parts]).astype(DTYPES[f], copy=False) for f in FIELDS}
     order = np.argsort(seeds, kind="stable")
     traces = Traces(meta, seeds[order], {f: a[order] for f, a in arrays.items()})
     for a in (traces.seeds, *traces.arrays.values()):

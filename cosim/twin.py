@@ -213,21 +213,51 @@ def dt_part(p: ModelParams, mob: MobilityState, queues: QueueState) -> dict[str,
             "dt_aggregate": np.broadcast_to(agg[:, None, :], (E, I, 3)), "dt_distance_next": d_next}
 
 
+INFO_MODELS = ("oracle", "reported", "previous")  # twin.info: what the global view knows before the decision
+GLOBAL_NAMES = tuple(b.name for b in GLOBAL_BLOCKS)
+
+
 class DigitalTwin:
     """Builds actor observations and the critic's state; models twin fidelity.
 
-    ``staleness`` delays the DT part by that many slots; ``sync_error`` adds
-    relative Gaussian noise to it (drawn from the twin's own generator, so it
-    never shifts the task or fading streams).
+    ``staleness`` delays the DT part by that many slots (``staleness_carry``: across episode
+    boundaries too, else every episode's first slots are fresh); ``sync_error`` adds Gaussian
+    noise to it, relative (``sync_error_kind = multiplicative``: an empty queue always shows
+    exactly 0) or in the observation's scaled units (``additive``), drawn from the twin's own
+    generator, so it never shifts the task or fading streams. ``hide`` shows named twin blocks
+    as zeros. The numpy and the fused (cosim/fused.py) observation share :meth:`seen_dt`, which
+    applies all of these to the true DT part in layout order.
+
+    ``info`` (``twin.view = global`` only) is what the twin knows about the other CVs when the
+    actor decides: ``oracle``, their current-slot task cycles and spectral efficiencies, exact and
+    free (what a twin that knows every task before it is reported would show); ``reported``, the
+    same values, available only after every CV has sent its task descriptor (``report_bits``) over
+    its V2I link, whose delay and energy each CV pays in the slot (:func:`cosim.model.report_cost`,
+    charged by the environment); ``previous``, the last slot's values (zeros in an episode's first
+    slot, or with ``staleness_carry`` the previous episode's last). The critic's state always holds
+    the current, true values.
     """
 
     def __init__(self, p: ModelParams, enabled: bool = True, sync_error: float = 0.0, staleness: int = 0,
-                 speed_scale: float = 16.0, view: str = "paper", hide: tuple[str, ...] = ()):
+                 speed_scale: float = 16.0, view: str = "paper", hide: tuple[str, ...] = (),
+                 sync_error_kind: str = "multiplicative", staleness_carry: bool = False, info: str = "oracle",
+                 report_bits: float = 8000.0):
         self.p = p
         self.enabled = enabled
         self.sync_error = sync_error
+        if sync_error_kind not in ("multiplicative", "additive"):
+            raise ConfigError(f"twin.sync_error_kind: '{sync_error_kind}' is not one of multiplicative, additive")
+        self.sync_error_kind = sync_error_kind
         self.staleness = staleness
+        self.staleness_carry = bool(staleness_carry)
         self.view = view
+        if info not in INFO_MODELS:
+            raise ConfigError(f"twin.info: '{info}' is not one of {', '.join(INFO_MODELS)}")
+        if info != "oracle" and view != "global":
+            raise ConfigError(f"twin.info: {info} is about the global view's blocks; it needs twin.view: global "
+                              f"(twin.view is {view})")
+        self.info = info
+        self.report_bits = float(report_bits)
         self.layout = ObsLayout(p.n_rsus, VIEWS[view])
         shown = [b.name for b in self.layout.blocks if b.twin]
         for name in hide:
@@ -235,14 +265,53 @@ class DigitalTwin:
                 raise ConfigError(f"twin.hide: '{name}' is not a twin block of twin.view={view} "
                                   f"(choose from {', '.join(shown)})")
         self.hide = tuple(hide)
+        sl, off = self.layout.slices(), self.layout.dt_slice.start
+        self._hide_idx = np.array([j - off for name in self.hide for j in range(sl[name].start, sl[name].stop)],
+                                  dtype=np.intp)
         self.centre, self.half_width = area_frame(p)
         self.speed_scale = speed_scale
         self._history: deque[np.ndarray] = deque(maxlen=staleness + 1)
+        self._previous: dict[str, np.ndarray] | None = None  # info = previous: the last slot's global blocks
         self._rng = np.random.default_rng()
 
+    @property
+    def charges_reports(self) -> bool:
+        """True when every CV pays its task-descriptor report before the decision (info = reported)."""
+        return self.enabled and self.info == "reported"
+
     def reset(self, seed: int | None) -> None:
-        self._history.clear()
+        if not self.staleness_carry:
+            self._history.clear()
+            self._previous = None
         self._rng = np.random.default_rng(seed)
+
+    def seen_dt(self, true_dt: np.ndarray) -> np.ndarray:
+        """The DT part the actor sees (E, I, n) from the true one, both in layout order: the lag
+        (staleness), the sync error, the hidden blocks; zeros without the twin. Records ``true_dt``."""
+        if self._history and self._history[-1].shape != true_dt.shape:  # a fleet of another size
+            self._history.clear()
+        self._history.append(true_dt)
+        if not self.enabled:
+            return np.zeros_like(true_dt)
+        seen = self._history[0]
+        if self.sync_error > 0:  # one draw over the whole DT part, in layout order
+            noise = self._rng.standard_normal(seen.shape)
+            seen = seen + self.sync_error * noise if self.sync_error_kind == "additive" \
+                else seen * (1.0 + self.sync_error * noise)
+        if self._hide_idx.size:  # an ablation: the actor sees these blocks as zeros
+            seen = seen.copy()
+            seen[..., self._hide_idx] = 0.0
+        return seen
+
+    def _known_global(self, now: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The global blocks the twin knows at decision time under ``info`` (``now``: this slot's)."""
+        if self.info != "previous":
+            return now
+        prev = self._previous
+        if prev is None or any(prev[k].shape != v.shape for k, v in now.items()):
+            prev = {k: np.zeros_like(v) for k, v in now.items()}
+        self._previous = now
+        return prev
 
     def observe(self, mob: MobilityState, tasks: Tasks, cv_cpu: np.ndarray, covered: np.ndarray,
                 d3: np.ndarray, spec_eff: np.ndarray, queues: QueueState) -> tuple[np.ndarray, np.ndarray]:
@@ -265,21 +334,16 @@ class DigitalTwin:
                 "queues": np.stack([queues.q_loc / p.W_ref, queues.energy / p.E_ref], axis=-1),
                 "rsu_capacity": np.broadcast_to(p.rsu_capacity / p.rsu_cpu, (E, I, K)), "active": a}
         true_dt = dt_part(p, mob, queues)
+        known = dict(true_dt)
         if self.view == "global":
-            true_dt.update(others_per_rsu(p, tasks, covered, spec_eff, mob.active))
-        self._history.append(true_dt)
-        if self.enabled:
-            seen = self._history[0]
-            if self.sync_error > 0:  # one draw over the whole DT part, in layout order
-                sl = self.layout.slices()
-                noise = self._rng.standard_normal((E, I, self.layout.dt_slice.stop - self.layout.dt_slice.start))
-                off = self.layout.dt_slice.start
-                seen = {k: v * (1.0 + self.sync_error * noise[..., sl[k].start - off:sl[k].stop - off])
-                        for k, v in seen.items()}
-        else:
-            seen = {k: np.zeros_like(v) for k, v in true_dt.items()}
-        if self.hide:  # an ablation: the actor sees these blocks as zeros, as Ly-MAPPO sees the whole DT part
-            seen = {k: np.zeros_like(v) if k in self.hide else v for k, v in seen.items()}
-        obs = self.layout.assemble({**base, **seen}).astype(np.float32)
+            now = others_per_rsu(p, tasks, covered, spec_eff, mob.active)
+            true_dt.update(now)
+            known.update(self._known_global(now))
+        dt_names = [b.name for b in self.layout.blocks if b.twin]
+        seen = self.seen_dt(np.concatenate([np.broadcast_to(known[k], (E, I, known[k].shape[-1]))
+                                            for k in dt_names], axis=-1))
+        sl, off = self.layout.slices(), self.layout.dt_slice.start
+        seen_blocks = {k: seen[..., sl[k].start - off:sl[k].stop - off] for k in dt_names}
+        obs = self.layout.assemble({**base, **seen_blocks}).astype(np.float32)
         state = self.layout.assemble({**base, **true_dt}).astype(np.float32).reshape(E, -1)
         return obs, state

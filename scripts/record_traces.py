@@ -33,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cosim.cli import add_common_args, add_map_args, config_from_args, map_overrides, run_main  # noqa: E402
 from cosim.config import Config, CosimError, with_rsus  # noqa: E402
+from cosim.outputs import OutputDir, check_writable_dir, refuse_foreign  # noqa: E402
 from cosim.resources import REPO_ROOT  # noqa: E402
+from cosim.signals import stop_workers, worker_init  # noqa: E402
 from cosim.trace_mobility import record_episodes, split_episodes, write_meta, write_traces  # noqa: E402
 
 
@@ -64,8 +66,11 @@ def _on_ray(cfg: Config, chunks: list[list[int]], address: str, done) -> None:
         if address == "local":
             kwargs["num_cpus"] = os.cpu_count() or 2
         else:
+            from agents.experiments import check_ray_address
+            check_ray_address(address)
             kwargs["address"] = address
         ray.init(**kwargs)
+    pending: dict[Any, int] = {}
     try:
         task = ray.remote(num_cpus=1)(record_episodes)
         pending = {task.remote(cfg, cfg.scenario.n_cvs, c): k for k, c in enumerate(chunks)}
@@ -73,6 +78,13 @@ def _on_ray(cfg: Config, chunks: list[list[int]], address: str, done) -> None:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 done(pending.pop(ref), ray.get(ref))
+    except BaseException:  # Ctrl-C, SIGTERM: the tasks this run started stop too
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                pass
+        raise
     finally:
         if started:
             ray.shutdown()
@@ -93,15 +105,23 @@ def main() -> int:
         ap.error("--episodes, --workers and --chunk must be at least 1")
     cfg = config_from_args(args, defaults={"backend": "sumo"})
     cfg = cfg.replace(**map_overrides(args), backend="sumo")
-    out = Path(args.out)
+    out = check_writable_dir(args.out)
     if list(out.glob("traces_*.npz")):
         raise CosimError(f"--out: {out} already holds traces; choose a new folder")
+    refuse_foreign(out, {"meta.json"})  # before any SUMO starts; OutputDir checks again under its lock
 
     t0 = time.perf_counter()
     cfg, (rsus, name) = resolve_map(cfg)
     seeds = list(range(args.first_seed, args.first_seed + args.episodes))
     size = args.chunk or max(1, math.ceil(len(seeds) / (4 * args.workers)))
     chunks = [seeds[i:i + size] for i in range(0, len(seeds), size)]
+    # Locked, and never over a meta.json the user put there; the traces land in place (chunk by chunk).
+    with OutputDir(out, staged=False, writes={"meta.json", *(f"traces_{k:04d}.npz" for k in range(len(chunks)))}):
+        return _record(args, out, cfg, rsus, name, seeds, chunks, t0)
+
+
+def _record(args: argparse.Namespace, out: Path, cfg: Config, rsus: Any, name: str, seeds: list[int],
+            chunks: list[list[int]], t0: float) -> int:
     write_meta(out, cfg, cfg.scenario.n_cvs, rsus, name)
     active: list[float] = []
 
@@ -116,10 +136,14 @@ def main() -> int:
             done(k, record_episodes(cfg, cfg.scenario.n_cvs, c))
     else:
         # spawn: each worker its own libsumo, never a forked copy of this process's SUMO state
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(record_episodes, cfg, cfg.scenario.n_cvs, c) for c in chunks]
-            for k, f in enumerate(futures):
-                done(k, f.result())
+        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=worker_init) as pool:
+            try:
+                futures = [pool.submit(record_episodes, cfg, cfg.scenario.n_cvs, c) for c in chunks]
+                for k, f in enumerate(futures):
+                    done(k, f.result())
+            except BaseException:  # Ctrl-C, SIGTERM, a failed chunk: no worker (nor its SUMO) outlives the run
+                stop_workers(pool)
+                raise
     seconds = time.perf_counter() - t0
     n_eval = len(split_episodes(len(seeds), cfg.trace.eval_share, "eval"))
     print(f"recorded {len(seeds)} episodes of {cfg.scenario.episode_slots} slots, {cfg.scenario.n_cvs} CV slots, "

@@ -231,7 +231,7 @@ def test_full_disk_is_one_line_naming_the_folder(tmp_path):
 
 
 def test_staged_outputs_replace_a_run_whole_or_not_at_all(tmp_path):
-    from cosim.outputs import OutputDir
+    from cosim.outputs import MANIFEST, OutputDir
     out = tmp_path / "run"
     with OutputDir(out) as od:
         (od.path / "summary.json").write_text("old")
@@ -242,8 +242,8 @@ def test_staged_outputs_replace_a_run_whole_or_not_at_all(tmp_path):
         with OutputDir(out) as od:
             (od.path / "config.yaml").write_text("new")
             raise RuntimeError("the run fails")
-    assert {f.name: f.read_text() for f in out.iterdir()} == {"summary.json": "old", "config.yaml": "old",
-                                                              "slots.csv": "old"}
+    assert {f.name: f.read_text() for f in out.iterdir() if f.name != MANIFEST} == {
+        "summary.json": "old", "config.yaml": "old", "slots.csv": "old"}
     # A run killed with SIGKILL leaves its staging folder and a temp file behind; the next run removes them.
     stale = tmp_path / ".run.tmp-999999"
     stale.mkdir()
@@ -253,8 +253,8 @@ def test_staged_outputs_replace_a_run_whole_or_not_at_all(tmp_path):
         (od.path / "summary.json").write_text("new")
         (od.path / "config.yaml").write_text("new")
     assert not stale.exists() and not (out / ".checkpoint.safetensors.tmp999999").exists()
-    assert {f.name: f.read_text() for f in out.iterdir()} == {"summary.json": "new", "config.yaml": "new",
-                                                              "notes.txt": "mine"}  # no old slots.csv
+    assert {f.name: f.read_text() for f in out.iterdir() if f.name != MANIFEST} == {
+        "summary.json": "new", "config.yaml": "new", "notes.txt": "mine"}  # no old slots.csv
     assert not list(tmp_path.glob(".run.lock"))
 
 

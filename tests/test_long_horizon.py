@@ -23,6 +23,13 @@ def test_long_horizon_numbers_follow_the_energy_queue():
     assert loc.y_final_j == pytest.approx(loc.y_trace_j[-1]) and loc.y_final_j > 30 * 150
     assert loc.cost_last_half > 5 * eq.cost_last_half
     assert "energy/CV last half J" in long_horizon_table(long)
+    # Y levelled off: its last-half growth is at most 2 % of the budget per slot; all-local's is not.
+    assert not loc.y_levelled and "Y levelled" in long_horizon_table(long)
+    from cosim.evaluation import _long_horizon_summary
+    flat = {k: np.ones((1, 10)) for k in ("energy", "active", "cost", "delay", "misses", "q_rsu", "q_loc")}
+    rising = _long_horizon_summary("x", 10, 10.0, {**flat, "y": np.arange(10.0)[None] * 0.3}, [0.0])
+    level = _long_horizon_summary("x", 10, 10.0, {**flat, "y": np.full((1, 10), 500.0)}, [0.0])
+    assert (rising.y_levelled, level.y_levelled) == (False, True)
 
 
 def test_long_horizon_matches_a_direct_run():

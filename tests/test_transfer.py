@@ -280,4 +280,4 @@ def test_shipped_checkpoints_carry_the_shipped_options():
     assert strip(dt["config"]) == strip(mappo["config"])  # trained the same way
     assert policy_options(read_policy_file(PAPER_CHECKPOINT)[0]) == {
         "actions.bandwidth": "paper", "actions.split": "paper", "actions.cpu": "paper", "twin.view": "paper",
-        "twin.hide": []}
+        "twin.hide": [], "twin.info": "oracle"}

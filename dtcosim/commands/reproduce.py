@@ -23,6 +23,19 @@ from agents.experiments import (EXPERIMENTS_DIR, PRESETS, Budget, grid, load_exp
 from cosim.backends import BACKENDS
 from cosim.cli import add_config_args, add_debug_arg, add_list_arg
 from cosim.config import CosimError, flat_overrides
+from cosim.outputs import OutputDir
+
+
+def _reproduction_file(path: Path) -> bool:
+    """Whether a file without a manifest entry is an earlier reproduction's (one of before the manifests)."""
+    if path.name == "cells":
+        return path.is_dir()
+    try:
+        import json
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(old, dict) and {"preset", "budget", "experiments"} <= set(old)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -63,12 +76,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         long = sum(1 for c in cells if c.eval_slots)
         print(f"{len(cells)} cells" + (f" ({long} of them long-horizon evaluations)" if long else ""))
         return 0
-    root.mkdir(parents=True, exist_ok=True)
-    write_manifest(root, experiments, budget, args.backend, preset, base)
-    print(f"{len(cells)} runs ({', '.join(e.name for e in experiments)}), {budget.episodes} training episodes each, "
-          f"{budget.seeds} seed(s), into {root}")
-    t0 = time.time()
-    report = run_grid(cells, root, workers=args.workers, ray_address=args.ray)
+    # Locked (one reproduction per folder at a time), and never over a manifest.json or cells the user put there.
+    with OutputDir(root, staged=False, writes=("manifest.json", "cells"), ours=_reproduction_file):
+        write_manifest(root, experiments, budget, args.backend, preset, base)
+        print(f"{len(cells)} runs ({', '.join(e.name for e in experiments)}), {budget.episodes} training episodes "
+              f"each, {budget.seeds} seed(s), into {root}")
+        t0 = time.time()
+        report = run_grid(cells, root, workers=args.workers, ray_address=args.ray)
     print(f"done in {time.time() - t0:.0f} s: {len(report.records) - report.skipped} new, "
           f"{report.skipped} already done, {len(report.failed)} failed")
     for key, err in report.failed:

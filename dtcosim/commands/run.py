@@ -26,7 +26,7 @@ from cosim.config import Config, CosimError, flat_overrides
 from cosim.env import BatchCoSim, StepOutput
 from cosim.gui import SlotDecisions, decision_colors, decision_label, short_label, slot_line
 from cosim.outputs import OutputDir
-from cosim.runner import episode_table, run_episodes, write_summary
+from cosim.runner import check_episode_count, episode_table, run_episodes, write_summary
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             raise CosimError(f"{needs} needs the SUMO backend, not --backend {args.backend}")
         args.backend = "sumo"
     cfg = config_from_args(args, defaults={"backend": "sumo"})
+    check_episode_count(args.episodes, cfg.seed, "--seed")
     if sumo_map:
         cfg = cfg.replace(**sumo_map)
     if args.gui:
