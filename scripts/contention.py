@@ -55,7 +55,9 @@ SCENARIOS: dict[str, tuple[str, list[Path], dict[str, Any], int]] = {
 POLICIES = {"shipped": str(SHIPPED_CHECKPOINT),
             "Ly-DTMPPO (paper)": str(checkpoint_dir() / "ly-dtmppo_paper.safetensors"),
             "Ly-MAPPO": str(checkpoint_dir() / "ly-mappo_default.safetensors"),
-            "equal": "equal", "nearest": "nearest", "local": "local", "dpp-opt": "dpp-opt"}
+            "equal": "equal", "nearest": "nearest", "local": "local", "dpp-opt": "dpp-opt",
+            "Ly-DAgger (set)": str(checkpoint_dir() / "ly-dagger_set.safetensors"),
+            "Ly-DAgger + 10 opt. iterations": "refined10:" + str(checkpoint_dir() / "ly-dagger_set.safetensors")}
 
 
 def _fits(path: str, cfg: Config) -> bool:
