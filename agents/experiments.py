@@ -43,6 +43,7 @@ from cosim.config import (Config, ConfigError, CosimError, _f, flat_overrides, f
                           read_json, read_yaml, to_dict)
 from cosim.evaluation import EVAL_SEED
 from cosim.resources import REPO_ROOT, config_dir
+from cosim.signals import cancel_ray_tasks
 
 EXPERIMENTS_DIR = config_dir() / "experiments"
 DONE_FILE = "done.json"
@@ -635,11 +636,7 @@ def _run_on_ray(phases: list[list[Cell]], root: str, address: str, finished,
                     except Exception as exc:  # a task's error arrives wrapped by Ray
                         finished(cell, None, exc)
     except BaseException:  # Ctrl-C, SIGTERM: the tasks this run started stop too (on a remote cluster as well)
-        for ref in pending:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:
-                pass
+        cancel_ray_tasks(pending)
         raise
     finally:
         if started:

@@ -740,7 +740,7 @@ class DppOptimizer:
             "max_last_gain": q(col("last_gain"), 1.0),
             "share_probe_improved": float(np.mean(col("probe_gain") > 0)),
             "max_probe_gain": q(col("probe_gain"), 1.0),
-            "mean_gain_over_references": float(np.nanmean(col("gain_over_references"))),
+            "mean_gain_over_references": _nanmean(col("gain_over_references")),
             "fallbacks": int(sum(s["fallback"] is not None for s in h)),
             # of the slots with a warm start (all but each episode's first), how often it was the best start
             "share_warm_best": (float(np.mean([s["best_start"] == "warm" for s in h if s.get("warm_started")]))
@@ -811,10 +811,28 @@ class RefinedPolicy:
         return out
 
     def summary(self) -> dict[str, Any]:
-        return self.optimizer.summary()
+        """dpp-opt's summary, with the mean relative gain of the refined action over the proposal."""
+        s = self.optimizer.summary()
+        h = self.optimizer.history
+        if h:
+            start = np.array([x["policy_start"] for x in h], dtype=float)
+            end = np.array([x["objective"] for x in h], dtype=float)
+            s["mean_gain_over_proposal"] = _nanmean((start - end) / np.maximum(np.abs(start), 1e-12))
+        return s
 
     def summary_text(self) -> str:
-        return self.optimizer.summary_text()
+        s = self.summary()
+        if not s["slots"]:
+            return f"{self.name}: no slot refined yet"
+        return (f"{self.name} over {s['slots']} slots: {s['mean_gain_over_proposal']:.1%} better on the slot than "
+                f"the proposal on average, {s['mean_iterations']:.1f} iterations, {s['mean_evals']:.0f} evaluations "
+                f"and {s['mean_seconds'] * 1e3:.1f} ms per slot")
+
+
+def _nanmean(a: np.ndarray) -> float:
+    """The mean of the finite entries (nan when there are none, without numpy's warning)."""
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else float("nan")
 
 
 def _env_slice(st: M.QueueState, e: int) -> M.QueueState:

@@ -86,3 +86,14 @@ def stop_workers(pool: Any, grace_s: float = 10.0) -> None:
         if p.is_alive():
             p.kill()
             p.join(2)
+
+
+def cancel_ray_tasks(refs: Any) -> None:
+    """Cancel the Ray tasks a run started (on Ctrl-C or SIGTERM), ignoring those already gone."""
+    import ray
+
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # finished, or its worker died: nothing to stop
+            pass

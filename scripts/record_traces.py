@@ -35,7 +35,7 @@ from cosim.cli import add_common_args, add_map_args, config_from_args, map_overr
 from cosim.config import Config, CosimError, with_rsus  # noqa: E402
 from cosim.outputs import OutputDir, check_writable_dir, refuse_foreign  # noqa: E402
 from cosim.resources import REPO_ROOT  # noqa: E402
-from cosim.signals import stop_workers, worker_init  # noqa: E402
+from cosim.signals import cancel_ray_tasks, stop_workers, worker_init  # noqa: E402
 from cosim.trace_mobility import record_episodes, split_episodes, write_meta, write_traces  # noqa: E402
 
 
@@ -79,11 +79,7 @@ def _on_ray(cfg: Config, chunks: list[list[int]], address: str, done) -> None:
             for ref in ready:
                 done(pending.pop(ref), ray.get(ref))
     except BaseException:  # Ctrl-C, SIGTERM: the tasks this run started stop too
-        for ref in pending:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:
-                pass
+        cancel_ray_tasks(pending)
         raise
     finally:
         if started:

@@ -19,7 +19,6 @@ within O(1/V) of the constrained optimum and Y grows as O(V); before, energy run
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

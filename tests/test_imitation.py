@@ -95,3 +95,25 @@ def test_dagger_refuses_what_it_cannot_do() -> None:
         make_trainer("ly-dagger", load_config())
     with pytest.raises(ConfigError, match="ly-dagger imitates dpp-opt, which optimises the paper's action"):
         make_trainer("ly-dagger", dagger_cfg(**{"actions.split": "balanced"}))
+
+
+def test_a_refined_policy_improves_its_proposal_and_reports_it() -> None:
+    from agents import config_for, make_policy
+    from cosim.config import CosimError
+    cfg = load_config().replace(**{"scenario.n_cvs": 4, "scenario.episode_slots": 4})
+    with BatchCoSim(config_for("equal", cfg), n_envs=2, seed=0) as sim:
+        refined = make_policy("refined5:equal", sim.n_rsus, seed=0, env=sim)
+        assert refined.name == "refined5:equal"
+        sim.reset(1)
+        for _ in range(3):
+            sim.step(refined.act_sim(sim))
+        stats = refined.optimizer.history
+        assert len(stats) == 6 and all(s["objective"] <= s["policy_start"] + 1e-9 for s in stats)
+        assert all(s["best_start"] == "policy" and s["n_starts"] == 1 for s in stats)  # nothing but the proposal
+        assert refined.summary()["mean_gain_over_proposal"] > 0 and "better on the slot than" in refined.summary_text()
+        with pytest.raises(CosimError, match="a refined policy needs the whole slot"):
+            refined.act(sim.obs)
+    with BatchCoSim(cfg.replace(**{"actions.split": "balanced"}), n_envs=1, seed=0) as sim:
+        sim.reset(0)
+        with pytest.raises(CosimError, match="refining optimises the paper's action parameterisation"):
+            make_policy("refined5:equal", sim.n_rsus, env=sim).act_sim(sim)
