@@ -293,6 +293,12 @@ class TrainedPolicy:
         return np.clip(out.numpy().astype(np.float64), -ACTION_BOUND, ACTION_BOUND)
 
 
+def fits(meta: dict[str, Any], cfg: Any) -> bool:
+    """Whether a policy file's actor runs on ``cfg``'s fleet: a set-structured one on any, an MLP only on
+    the CV and RSU counts it was trained on (``check_compatible`` says why not, against a built env)."""
+    return meta.get("arch", "mlp") == "set" or (meta["n_cvs"], meta["n_rsus"]) == (cfg.scenario.n_cvs, cfg.n_rsus)
+
+
 def check_compatible(meta: dict[str, Any], env: Any, where: str) -> None:
     """One-line CosimError when the checkpoint cannot drive the environment.
 

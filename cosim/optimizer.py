@@ -591,16 +591,22 @@ class DppOptimizer:
         if not sim.params.paper_actions:  # its raw actions are in the paper's projection's image only
             raise CosimError("dpp-opt optimises the paper's action parameterisation (it bounds every actions.* "
                              "option from below): evaluate it with actions.bandwidth/split/cpu = paper")
-        E, I, K = sim.n_envs, sim.n_cvs, sim.n_rsus
-        ref_raw = np.stack([r.act(sim.obs) for r in self._references(K)], axis=0)  # (R, E, I, 3K+2)
-        out = np.zeros((E, I, M.action_dim(K)))
-        self.last_stats = []
+        ref_raw = np.stack([r.act(sim.obs) for r in self._references(sim.n_rsus)], axis=0)  # (R, E, I, 3K+2)
         if sim.t == 0:  # a new episode: the last one's solutions say nothing about it
             self._warm.clear()
-        for e in range(E):
+        return self.solve_sim(sim, ref_raw=ref_raw)
+
+    def solve_sim(self, sim: Any, ref_raw: np.ndarray | None = None,
+                  start_raw: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`solve` for every environment of the simulator's current slot, recording the stats.
+        ``ref_raw`` (R, E, I, 3K+2) and ``start_raw`` (E, I, 3K+2): per environment, as in solve."""
+        out = np.zeros((sim.n_envs, sim.n_cvs, M.action_dim(sim.n_rsus)))
+        self.last_stats = []
+        for e in range(sim.n_envs):
             out[e], stats = self.solve(sim.params, _env_slice(sim.queues, e), _tasks_slice(sim.tasks, e),
                                        sim.cv_cpu[e:e + 1], sim.spec_eff[e:e + 1], sim.covered[e:e + 1],
-                                       sim.mob.active[e:e + 1], ref_raw[:, e], env=e)
+                                       sim.mob.active[e:e + 1], None if ref_raw is None else ref_raw[:, e], env=e,
+                                       start_raw=None if start_raw is None else start_raw[e])
             stats.update(env=e, t=int(sim.t))
             self.last_stats.append(stats)
         self.history.extend(self.last_stats)
@@ -798,17 +804,7 @@ class RefinedPolicy:
             raise CosimError("refining optimises the paper's action parameterisation: run the policy with "
                              "actions.bandwidth/split/cpu = paper")
         proposal = np.asarray(self.policy.act(sim.obs, deterministic=True))
-        out = np.zeros_like(proposal)
-        opt = self.optimizer
-        opt.last_stats = []
-        for e in range(sim.n_envs):
-            out[e], stats = opt.solve(sim.params, _env_slice(sim.queues, e), _tasks_slice(sim.tasks, e),
-                                      sim.cv_cpu[e:e + 1], sim.spec_eff[e:e + 1], sim.covered[e:e + 1],
-                                      sim.mob.active[e:e + 1], None, env=e, start_raw=proposal[e])
-            stats.update(env=e, t=int(sim.t))
-            opt.last_stats.append(stats)
-        opt.history.extend(opt.last_stats)
-        return out
+        return self.optimizer.solve_sim(sim, start_raw=proposal).astype(proposal.dtype)  # as the policy's own
 
     def summary(self) -> dict[str, Any]:
         """dpp-opt's summary, with the mean relative gain of the refined action over the proposal."""

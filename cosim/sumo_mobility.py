@@ -498,14 +498,20 @@ def covered_share(rsus: Sequence[RSUConfig], samples: np.ndarray) -> float:
     return float(hit.mean())
 
 
+def _nearest_loads(d: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (K, N) of N samples to K RSUs with radii (K, 1) -> which samples some RSU covers (N,)
+    and how many of them each RSU is the nearest covering RSU of (K,)."""
+    near = np.where(d <= radii, d, np.inf)
+    inside = np.isfinite(near).any(axis=0)
+    return inside, np.bincount(near[:, inside].argmin(axis=0), minlength=len(d))
+
+
 def rsu_loads(rsus: Sequence[RSUConfig], samples: np.ndarray) -> np.ndarray:
     """How many of the sample positions (N, 2) each RSU is the nearest covering RSU of, shape (K,)."""
     if len(samples) == 0 or not len(rsus):
         return np.zeros(len(rsus), dtype=np.int64)
-    d = np.stack([np.hypot(samples[:, 0] - r.x, samples[:, 1] - r.y) for r in rsus], axis=1)
-    d = np.where(d <= np.array([r.radius for r in rsus]), d, np.inf)
-    inside = np.isfinite(d).any(axis=1)
-    return np.bincount(d[inside].argmin(axis=1), minlength=len(rsus))
+    d = np.stack([np.hypot(samples[:, 0] - r.x, samples[:, 1] - r.y) for r in rsus])
+    return _nearest_loads(d, np.array([[r.radius] for r in rsus]))[1]
 
 
 def busiest_share(rsus: Sequence[RSUConfig], samples: np.ndarray) -> float:
@@ -534,9 +540,7 @@ def balance_loads(candidates: np.ndarray, samples: np.ndarray, chosen: Sequence[
         return np.hypot(samples[:, 0] - candidates[c, 0], samples[:, 1] - candidates[c, 1])
 
     def score(d: np.ndarray) -> tuple[float, float, np.ndarray]:
-        near = np.where(d <= r, d, np.inf)
-        inside = np.isfinite(near).any(axis=0)
-        loads = np.bincount(near[:, inside].argmin(axis=0), minlength=k)
+        inside, loads = _nearest_loads(d, r)
         return float(inside.mean()), float(loads.max() / max(inside.sum(), 1)), loads
 
     d = np.stack([dist(c) for c in chosen])

@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents import SHIPPED_CHECKPOINT, config_for, make_policy, refined_base  # noqa: E402
-from agents.checkpoint import read_policy_file  # noqa: E402
+from agents.checkpoint import fits, read_policy_file  # noqa: E402
 from cosim.cli import add_debug_arg, add_list_arg, run_main  # noqa: E402
 from cosim.config import Config, CosimError, load_config  # noqa: E402
 from cosim.evaluation import EVAL_SEED, TimedPolicy, evaluate_each  # noqa: E402
@@ -61,13 +61,9 @@ POLICIES = {"shipped": str(SHIPPED_CHECKPOINT),
 
 
 def _fits(path: str, cfg: Config) -> bool:
-    """An MLP checkpoint drives only its own CV and RSU counts (a set-structured one, any)."""
+    """A named policy runs anywhere; a checkpoint (or the one a refinedN: name refines) where it fits."""
     path = refined_base(path)
-    if not path.endswith(".safetensors"):
-        return True
-    header = read_policy_file(path)[0]
-    return header.get("arch") != "mlp" or (header.get("n_cvs") == cfg.scenario.n_cvs
-                                          and header.get("n_rsus") == cfg.n_rsus)
+    return not path.endswith(".safetensors") or fits(read_policy_file(path)[0], cfg)
 
 
 def run_scenario(name: str, policies: dict[str, str], episodes: int | None, seed: int) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents import DEFAULT_CHECKPOINT, SHIPPED_CHECKPOINT, config_for, make_policy  # noqa: E402
-from agents.checkpoint import load_policy, read_policy_file  # noqa: E402
+from agents.checkpoint import fits, load_policy, read_policy_file  # noqa: E402
 from cosim.cli import add_debug_arg, run_main  # noqa: E402
 from cosim.config import Config, CosimError, load_config  # noqa: E402
 from cosim.evaluation import EVAL_SEED, evaluate_each  # noqa: E402
@@ -42,11 +42,6 @@ SCENARIOS: dict[str, tuple[str, list[Path], list[str]]] = {
     "rsu5": ("5 RSUs, other positions and radii (`configs/transfer/rsu5.yaml`)", [CONFIGS / "rsu5.yaml"], []),
 }
 REFERENCES = ("equal", "nearest", "local", "random")
-
-
-def fits(meta: dict, cfg: Config) -> bool:
-    """An MLP checkpoint runs only on its own CV and RSU counts."""
-    return meta.get("arch", "mlp") == "set" or (meta["n_cvs"], meta["n_rsus"]) == (cfg.scenario.n_cvs, cfg.n_rsus)
 
 
 def main() -> int:
