@@ -38,6 +38,7 @@ from torch import nn
 from cosim.config import Config, CosimError, save_config, to_dict
 from cosim.env import ACTION_BOUND, BatchCoSim
 from cosim.runner import RECORD_FIELDS, EpisodeRecord, record_from_row
+from cosim.signals import interrupt_behind
 from cosim.stats import smooth
 from cosim.trace_mobility import mixes_folders, trace_dirs
 
@@ -523,11 +524,14 @@ def fit(trainer: Trainer, run_dir: str | Path, episodes: int | None = None, resu
             if done // every > prev // every and done < stop:
                 save(boundary)
         save(boundary)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemError) as exc:  # SystemError: an interrupt inside a numba kernel
+        stop = interrupt_behind(exc)
+        if stop is None:
+            raise
         bar.close()
         save(boundary)
         log(f"interrupted: saved the state after {boundary['episodes']} episodes; continue with --resume {run_dir}")
-        raise
+        raise stop from None
     finally:
         bar.close()
         tb.close()

@@ -135,7 +135,7 @@ def run_main(main: Callable[[], int | None]) -> None:
     OSError such as a missing or unreadable file or a full disk, MemoryError) -> one line on
     stderr and exit 2; Ctrl-C -> exit 130; SIGTERM or SIGHUP -> the same clean-up (checkpoint, SUMO),
     exit 143 or 129. ``--debug`` on the command line shows the traceback."""
-    from .signals import Terminated, install
+    from .signals import Terminated, install, interrupt_behind
     debug = "--debug" in sys.argv[1:]
     install()  # SIGTERM and SIGHUP end the run as Ctrl-C does (checkpoints saved, SUMO closed), exit 128 + N
     try:
@@ -153,7 +153,7 @@ def run_main(main: Callable[[], int | None]) -> None:
     except (KeyboardInterrupt, SystemError) as exc:
         # A Ctrl-C that lands inside a compiled (numba) kernel surfaces as a SystemError ("returned a result
         # with an exception set") whose cause is the KeyboardInterrupt.
-        stop = exc if isinstance(exc, KeyboardInterrupt) else _interrupt_behind(exc)
+        stop = interrupt_behind(exc)
         if stop is None:
             raise
         if debug:
@@ -164,14 +164,3 @@ def run_main(main: Callable[[], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
-
-
-def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt in the chain of causes and contexts of ``exc``, if any."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None

@@ -97,3 +97,17 @@ def cancel_ray_tasks(refs: Any) -> None:
             ray.cancel(ref, force=True)
         except Exception:  # finished, or its worker died: nothing to stop
             pass
+
+
+def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Ctrl-C, or a Terminated) in the chain of causes and contexts of ``exc``, if any.
+
+    One that lands inside a compiled (numba) kernel surfaces as a SystemError ("returned a result with an
+    exception set") whose cause is the KeyboardInterrupt: whoever saves work on an interrupt must see it."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -2,6 +2,8 @@
 
 import csv
 
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -119,6 +121,37 @@ def test_ctrl_c_saves_the_last_boundary_and_resume_finishes_the_same(tmp_path):
     assert load_state_file(tmp_path / "cut" / CHECKPOINT_FILE)[0]["episodes"] == 4
     res = train(None, resume=tmp_path / "cut", progress=False, tensorboard=False)
     assert [vars(m) for m in res.metrics] == [vars(m) for m in res_ref.metrics]
+
+
+def test_an_interrupt_inside_a_numba_kernel_saves_the_state_too(tmp_path):
+    # A signal that lands inside a compiled kernel arrives as a SystemError caused by the interrupt.
+    from cosim.signals import Terminated
+    trainer = make_trainer("ly-dtmppo", small_cfg(n_cvs=2, n_envs=2, episodes=8))
+    real_iterate, calls = trainer.iterate, []
+
+    def iterate(first_episode):
+        calls.append(first_episode)
+        if len(calls) == 2:
+            try:
+                raise Terminated(signal.SIGTERM)
+            except KeyboardInterrupt as exc:
+                raise SystemError("<built-in function kernel> returned a result with an exception set") from exc
+        return real_iterate(first_episode)
+
+    trainer.iterate = iterate
+    messages = []
+    with pytest.raises(Terminated):  # the interrupt itself goes on up, for run_main's line and exit code
+        fit(trainer, tmp_path / "cut", progress=False, tensorboard=False, log=messages.append)
+    trainer.sim.close()
+    assert messages == [f"interrupted: saved the state after 2 episodes; continue with --resume {tmp_path / 'cut'}"]
+    assert load_state_file(tmp_path / "cut" / CHECKPOINT_FILE)[0]["episodes"] == 2
+    # Any other SystemError is a bug: it is not taken for an interrupt.
+    trainer = make_trainer("ly-dtmppo", small_cfg(n_cvs=2, n_envs=2, episodes=8))
+    trainer.iterate = lambda first_episode: (_ for _ in ()).throw(SystemError("x"))
+    with pytest.raises(SystemError, match="x"):
+        fit(trainer, tmp_path / "bug", progress=False, tensorboard=False, log=messages.append)
+    trainer.sim.close()
+    assert len(messages) == 1
 
 
 def test_checkpoint_round_trip_gives_the_actor_mean(tmp_path):
