@@ -200,6 +200,7 @@ class FlatAdam(torch.optim.Adam):
         self._exp_avg_sq = torch.zeros(total)
         self._grad = torch.zeros(total)
         self._steps = torch.zeros(len(params))
+        self._denom = torch.zeros(total)
         # cat(..., out=grad) writes every parameter's gradient and the (zero) padding after it in one op
         self._pads = [torch.zeros(q - n) for n, q in zip(sizes, padded)]
         with torch.no_grad():
@@ -252,7 +253,7 @@ class FlatAdam(torch.optim.Adam):
         # torch.optim.adam._multi_tensor_adam (capturable=False, no weight decay, no amsgrad), one op per line
         group = self.param_groups[0]
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        self._steps.add_(torch.tensor(1.0), alpha=1.0)
+        self._steps += 1.0  # integers, exact in float32: what _foreach_add_(steps, 1.0) gives
         step = self._steps[0].item()
         bias_correction1 = 1 - beta1 ** step
         bias_correction2 = 1 - beta2 ** step
@@ -262,7 +263,7 @@ class FlatAdam(torch.optim.Adam):
         self._exp_avg.lerp_(g, 1 - beta1)
         self._exp_avg_sq.mul_(beta2)
         self._exp_avg_sq.addcmul_(g, g, value=1 - beta2)
-        denom = self._exp_avg_sq.sqrt()
+        denom = torch.sqrt(self._exp_avg_sq, out=self._denom)
         denom.div_(bias_correction2_sqrt)
         denom.add_(eps)
         self._flat.addcdiv_(self._exp_avg, denom, value=step_size)
