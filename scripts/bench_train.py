@@ -73,6 +73,70 @@ def child(root: str, recipe: str, iterations: int) -> None:
                       "torch": torch.__version__}))
 
 
+def optimiser_steps(reps: int, steps: int = 200) -> None:
+    """CPU time of one optimiser step of the MLP recipe's two networks: torch's Adam (foreach) with
+    clip_grad_norm_ (the reference), FlatAdam (bit-identical) and torch's fused Adam on the flat buffer
+    (not bit-identical, shown for comparison only)."""
+    sys.path.insert(0, str(HERE))
+    import torch
+    from torch import nn
+
+    from agents import make_trainer
+    from agents.common import FlatAdam
+    from cosim.config import load_config
+
+    files, sets = RECIPES["mlp (shipped.yaml)"]
+    tr = make_trainer("ly-dtmppo", load_config([str(HERE / f) for f in files]).replace(**sets))
+    shapes = [[p.shape for p in (*tr.actor_net.parameters(), tr.log_std)], [p.shape for p in tr.critic.parameters()]]
+    gen = torch.Generator().manual_seed(0)
+
+    def setup(kind: str):
+        nets = [[nn.Parameter(torch.randn(s, generator=gen) * 0.1) for s in group] for group in shapes]
+        grads = [[torch.randn(s, generator=gen) * 1e-2 for s in group] for group in shapes]
+        if kind == "reference":
+            opts = [torch.optim.Adam(ps, lr=1e-4, eps=1e-5, foreach=True) for ps in nets]
+        else:
+            opts = [FlatAdam(ps, lr=1e-4, eps=1e-5) for ps in nets]
+
+        def step() -> None:
+            for ps, gs, opt in zip(nets, grads, opts):
+                for p, g in zip(ps, gs):
+                    p.grad = g
+                if kind == "reference":
+                    nn.utils.clip_grad_norm_(ps, 10.0, foreach=True)
+                    opt.step()
+                elif kind == "flat":
+                    opt.clip_and_step(10.0)
+                else:  # FlatAdam.clip_and_step with torch's fused Adam kernel in place of its seven ops
+                    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gs, 2.0)), 2.0)
+                    torch.cat([t for g, pad in zip(gs, opt._pads) for t in (g.reshape(-1), pad)], out=opt._grad)
+                    opt._grad.mul_(torch.clamp(10.0 / (total + 1e-6), max=1.0))
+                    opt._steps[:1] += 1
+                    torch._fused_adam_([opt._flat], [opt._grad], [opt._exp_avg], [opt._exp_avg_sq], [],
+                                       [opt._steps[0]], lr=1e-4, beta1=0.9, beta2=0.999, weight_decay=0.0,
+                                       eps=1e-5, amsgrad=False, maximize=False)
+        return step
+
+    runs = {k: setup(k) for k in ("reference", "flat", "fused")}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(reps):
+        for k, step in runs.items():
+            step()
+            t = time.process_time()
+            for _ in range(steps):
+                step()
+            times[k].append((time.process_time() - t) / steps * 1e6)
+    ref = statistics.median(times["reference"])
+    print(f"\noptimiser step of the MLP recipe's actor and critic ({sum(map(len, shapes))} tensors), "
+          f"microseconds (median of {reps}), ratio to the reference")
+    print("| Adam + clipping | us per step | speed-up |")
+    print("|---|---|---|")
+    for k, label in (("reference", "torch Adam(foreach) + clip_grad_norm_ (before)"),
+                     ("flat", "FlatAdam.clip_and_step (now, bit-identical)"),
+                     ("fused", "fused Adam on the flat buffer (not bit-identical, not used)")):
+        print(f"| {label} | {statistics.median(times[k]):.0f} | {ref / statistics.median(times[k]):.2f}x |")
+
+
 def measure(root: Path, recipe: str, iterations: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", str(root), recipe, str(iterations)],
                          capture_output=True, text=True, check=False)
@@ -90,6 +154,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=12, help="timed iterations per process (default 12)")
     ap.add_argument("--reps", type=int, default=3, help="A/B pairs per recipe (default 3)")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated, of: " + ", ".join(RECIPES))
+    ap.add_argument("--no-optimiser", action="store_true", help="skip the optimiser-step table")
     args = ap.parse_args()
     if not (args.base / "agents" / "mappo.py").is_file():
         raise SystemExit(f"--base {args.base}: not a dtcosim checkout (no agents/mappo.py)")
@@ -116,6 +181,8 @@ def main() -> None:
               f"| {med(base, 'update'):.3f} | {med(new, 'update'):.3f} | {ratio('update'):.2f}x "
               f"| {med(base, 'update') / med(base, 'total'):.0%}, {med(new, 'update') / med(new, 'total'):.0%} "
               f"| {same} |", flush=True)
+    if not args.no_optimiser:
+        optimiser_steps(max(args.reps, 3))
 
 
 if __name__ == "__main__":
