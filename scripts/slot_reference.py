@@ -58,7 +58,7 @@ def main() -> int:
             t0 = time.perf_counter()
             with BatchCoSim(cfg, n_envs=1, seed=EVAL_SEED) as sim:
                 policy = make_policy(pol, sim.n_rsus, seed=EVAL_SEED, env=sim, name=pol)
-                g = trajectory_gaps(sim, lambda s: _act(policy, s.obs, s), args.slots, EVAL_SEED,
+                g = trajectory_gaps(sim, lambda s, policy=policy: _act(policy, s.obs, s), args.slots, EVAL_SEED,
                                     ThoroughOptimizer(seed=0))
             r = {"scenario": scen, "policy": pol, **g.row(), "seconds": time.perf_counter() - t0}
             rows.append(r)
