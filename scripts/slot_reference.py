@@ -62,7 +62,8 @@ def main() -> int:
                                     ThoroughOptimizer(seed=0))
             r = {"scenario": scen, "policy": pol, **g.row(), "seconds": time.perf_counter() - t0}
             rows.append(r)
-            name = Path(pol).stem if pol != "dpp-opt" else pol
+            # a run folder's policy.safetensors is named by its folder
+            name = pol if pol == "dpp-opt" else (Path(pol).parent.name if Path(pol).stem == "policy" else Path(pol).stem)
             lines.append(f"| {scen} | {name} | {int(r['slots'])} | {r['policy_vs_thorough_median']:+.3%} / "
                          f"{r['policy_vs_thorough_mean']:+.3%} / {r['policy_vs_thorough_max']:+.3%} | "
                          f"{r['dpp_vs_thorough_median']:+.4%} / {r['dpp_vs_thorough_mean']:+.4%} / "
