@@ -67,6 +67,8 @@ class Experiment:
                                            "leaves out the cells matching all of its entries")
     eval_slots: int = _f(0, 0, 100_000, doc="evaluate on episodes this many slots long (a long-horizon "
                                             "evaluation, 0: scenario.episode_slots); training is unchanged")
+    eval_episodes: int = _f(0, 0, 100_000, doc="long-horizon cells: evaluate on at most this many episodes (0: the "
+                                               "budget's; a 3000-slot dpp-opt episode takes about a minute)")
     figures: tuple[str, ...] = _f((), doc="figures and tables the experiment feeds")
 
     @classmethod
@@ -253,6 +255,7 @@ class Cell:
     eval_slots: int = 0  # > 0: a long-horizon evaluation of the policy the same cell trains at the usual length
     # experiment -> {axis: variant}: which experiments list the cell, as what (not part of the key)
     variants: dict = field(default_factory=dict, compare=False)
+    long_episodes: int = 0  # a long-horizon cell's episodes (0: eval_episodes); its training cell keeps eval_episodes
 
     @property
     def key(self) -> str:
@@ -270,7 +273,7 @@ class Cell:
     @property
     def training_cell(self) -> "Cell | None":
         """The cell whose trained policy a long-horizon cell evaluates (None: nothing to share)."""
-        return replace(self, eval_slots=0) if self.eval_slots and is_learned(self.algo) else None
+        return replace(self, eval_slots=0, long_episodes=0) if self.eval_slots and is_learned(self.algo) else None
 
     def config(self):
         cfg = load_config(overrides=[f"{k}={json.dumps(v)}" for k, v in self.overrides])
@@ -330,7 +333,9 @@ def cells_of(exp: Experiment, budget: Budget, backend: str, base: Mapping[str, A
                 continue
             c = Cell(algo, seed, items, budget.episodes, budget.eval_episodes, backend, exp.eval_slots,
                      {exp.name: dict(labels)})
-            for cell in filter(None, (c.training_cell, c)):
+            long = (replace(c, long_episodes=min(exp.eval_episodes, budget.eval_episodes))
+                    if c.eval_slots and exp.eval_episodes else c)
+            for cell in filter(None, (c.training_cell, long)):
                 if cell.key in out:  # a variant's algo can make two combinations one cell
                     cell = replace(out[cell.key], variants=_merge_variants(out[cell.key].variants, cell.variants))
                 out[cell.key] = cell
@@ -449,8 +454,8 @@ def _run_long_cell(cell: Cell, root: Path) -> dict[str, Any]:
         policy = lambda sim: load_policy(base_dir, env=sim)  # noqa: E731
     else:
         policy = lambda sim: make_policy(cell.algo, sim.n_rsus, seed=cell.seed, env=sim)  # noqa: E731
-    summaries, long = evaluate_long_horizon(cell.config(), {cell.algo: policy}, cell.eval_episodes,
-                                            cell.eval_slots, seed=EVAL_SEED)
+    summaries, long = evaluate_long_horizon(cell.config(), {cell.algo: policy},
+                                            cell.long_episodes or cell.eval_episodes, cell.eval_slots, seed=EVAL_SEED)
     run_dir = root / "cells" / cell.key
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = summaries[cell.algo]

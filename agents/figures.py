@@ -308,7 +308,7 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
                                 fmt_ci([r.record["eval"]["mean_delay_s"] for r in by_v[v]], 3)]
                                for v, c, p in zip(vs, costs, per_cv)]), ""]
 
-    for section in (twin_ablation_section, scenarios_section, long_horizon_section):
+    for section in (twin_ablation_section, scenarios_section, long_horizon_section, lyapunov_v_long_section):
         md += section(all_runs, manifest, out, figures)
 
     md += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
@@ -321,7 +321,8 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
 # Issue 12's experiments: cells selected by the variant names their records carry
 
 TWIN_ABLATION, SCENARIOS, LONG_HORIZON = "twin_ablation", "scenarios", "long_horizon"
-VARIANT_EXPERIMENTS = (TWIN_ABLATION, SCENARIOS, LONG_HORIZON)
+LYAPUNOV_V_LONG = "lyapunov_v_long"
+VARIANT_EXPERIMENTS = (TWIN_ABLATION, SCENARIOS, LONG_HORIZON, LYAPUNOV_V_LONG)
 
 
 def _variants(r: Run) -> dict[str, dict[str, Any]]:
@@ -568,3 +569,63 @@ def long_horizon_section(runs: list[Run], manifest: dict[str, Any], out: Path, f
             f"(the training cell's evaluation).", "",
             markdown_table(["policy", *axes_names, f"energy J, slots {h}–{slots}", "vs budget", f"Y at {slots} J",
                             "Y growth J/slot", "cost, last half", "cost, all", "cost, usual episodes"], rows), ""]
+
+
+def v_tradeoff_figure(rows: list[dict[str, Any]], budget: float, path: Path) -> Path:
+    """Cost over the second half, Y at the end and the energy against the budget, each against V (log),
+    one line per policy; circled: Y not levelled. ``rows``: dicts with policy, V, cost_last_half,
+    y_final_j, energy_vs_budget, y_levelled (scripts/v_sweep.py and the lyapunov_v_long experiment)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for pol in dict.fromkeys(r["policy"] for r in rows):
+        rs = sorted((r for r in rows if r["policy"] == pol), key=lambda r: r["V"])
+        vs = [r["V"] for r in rs]
+        axes[0].plot(vs, [r["cost_last_half"] for r in rs], "o-", label=pol)
+        axes[1].plot(vs, [r["y_final_j"] for r in rs], "o-", label=pol)
+        axes[2].plot(vs, [100 * r["energy_vs_budget"] for r in rs], "o-", label=pol)
+        for ax, key in ((axes[0], "cost_last_half"), (axes[1], "y_final_j")):
+            ax.scatter([r["V"] for r in rs if not r["y_levelled"]], [r[key] for r in rs if not r["y_levelled"]],
+                       s=90, facecolors="none", edgecolors="k", zorder=3)
+    axes[2].axhline(0.0, color="k", lw=0.8, ls="--")
+    axes[0].set_ylabel("system cost per slot, second half")
+    axes[1].set_ylabel("energy queue Y per CV at the end, J")
+    axes[1].set_yscale("log")
+    axes[2].set_ylabel(f"energy per CV vs budget ({budget:g} J), second half, %")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("V")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("circled: Y not levelled", fontsize=9)
+    return save(fig, path)
+
+
+def lyapunov_v_long_section(runs: list[Run], manifest: dict[str, Any], out: Path, figures: list[Path]) -> list[str]:
+    """The V trade-off over long episodes: per policy and V, means over the seeds' long evaluations."""
+    rs = members(runs, LYAPUNOV_V_LONG, long=True)
+    if not rs:
+        return []
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in rs:
+        groups[(r.algo, float(r.setting["lyapunov.V"]))].append(r.record["long_horizon"])
+    slots = int(rs[0].record["long_horizon"]["slots"])
+    budget = float(rs[0].record["long_horizon"]["energy_budget_j"])
+    rank = {a: i for i, a in enumerate(ordered({a for a, _ in groups}))}
+    rows, fig_rows = [], []
+    for algo, V in sorted(groups, key=lambda g: (rank[g[0]], g[1])):
+        lh = groups[(algo, V)]
+        mean = lambda k, lh=lh: float(np.mean([x[k] for x in lh]))  # noqa: E731
+        fig_rows.append({"policy": label(algo), "V": V, "cost_last_half": mean("cost_last_half"),
+                         "y_final_j": mean("y_final_j"), "energy_vs_budget": mean("energy_vs_budget"),
+                         "y_levelled": all(x["y_levelled"] for x in lh)})
+        rows.append([label(algo), f"{V:g}", fmt_ci([x["cost_last_half"] for x in lh], 4),
+                     fmt_ci([x["energy_last_half_j"] for x in lh], 2), fmt_pct([x["energy_vs_budget"] * 100 for x in lh]),
+                     fmt_ci([x["y_final_j"] for x in lh], 0), f"{sum(x['y_levelled'] for x in lh)}/{len(lh)}"])
+    figures.append(v_tradeoff_figure(fig_rows, budget, out / "fig_v_tradeoff.png"))
+    h = slots // 2
+    return [f"## The V trade-off: {slots}-slot episodes", "",
+            f"Per policy and V (mean ± 95 % CI over seeds): the cost over slots {h}–{slots}, the energy per CV there "
+            f"against the budget {budget:g} J (the constraint's violation), Y at the end, and in how many seeds Y has "
+            f"levelled off (cosim.evaluation.LEVELLED_SHARE). Figure: fig_v_tradeoff.png.", "",
+            markdown_table(["policy", "V", f"cost, slots {h}–{slots}", "energy J", "vs budget", f"Y at {slots} J",
+                            "Y levelled"], rows), ""]

@@ -52,33 +52,8 @@ def parse_learners(items: list[str]) -> dict[float, list[str]]:
 
 
 def figure(rows: list[dict], budget: float, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for pol in dict.fromkeys(r["policy"] for r in rows):
-        rs = sorted((r for r in rows if r["policy"] == pol), key=lambda r: r["V"])
-        vs = [r["V"] for r in rs]
-        axes[0].plot(vs, [r["cost_last_half"] for r in rs], "o-", label=pol)
-        axes[1].plot(vs, [r["y_final_j"] for r in rs], "o-", label=pol)
-        axes[2].plot(vs, [100 * r["energy_vs_budget"] for r in rs], "o-", label=pol)
-        for ax, key in ((axes[0], "cost_last_half"), (axes[1], "y_final_j")):
-            ax.scatter([r["V"] for r in rs if not r["y_levelled"]], [r[key] for r in rs if not r["y_levelled"]],
-                       s=90, facecolors="none", edgecolors="k", zorder=3)
-    axes[2].axhline(0.0, color="k", lw=0.8, ls="--")
-    axes[0].set_ylabel("system cost per slot, second half")
-    axes[1].set_ylabel("energy queue Y per CV at the end, J")
-    axes[1].set_yscale("log")
-    axes[2].set_ylabel(f"energy per CV vs budget ({budget:g} J), second half, %")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.set_xlabel("V")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    axes[0].set_title("circled: Y not levelled", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from agents.figures import v_tradeoff_figure  # one figure for this script and the lyapunov_v_long experiment
+    v_tradeoff_figure(rows, budget, path)
 
 
 def main() -> int:

@@ -279,9 +279,10 @@ def test_shipped_variant_experiments():
     best = "ly-dtmppo__analytic__bandwidth=full__split=balanced__view=global__ep=1800__seed=0"
     assert set(by_key[best].variants) == {"twin_ablation", "scenarios", "long_horizon"}
     long = [c for c in cells if c.eval_slots]
-    assert len(long) == 24 and all(c.eval_slots == 600 for c in long)
+    # over 600 slots Y is still filling (issue 22): the long run is 3000 slots, 2 episodes per cell
+    assert len(long) == 24 and all(c.eval_slots == 3000 and c.long_episodes == 2 for c in long)
     for c in long:  # each learned long-horizon cell's training cell is in the grid; no key is reused
-        assert "__slots=600__" in c.key and (c.training_cell is None or c.training_cell.key in by_key)
+        assert "__slots=3000__" in c.key and (c.training_cell is None or c.training_cell.key in by_key)
     assert not [c for c in cells if c.algo == "dpp-opt" and ("split", "balanced") in
                 [(k.split(".")[-1], v) for k, v in c.overrides]]
     # The paper's experiments keep their keys, so results already computed stay valid.
@@ -306,3 +307,42 @@ def test_long_horizon_cell_alone_runs_its_training_cell_first(tmp_path):
     rec = report.records[1]
     assert rec["trained_in"] == long[0].training_cell.key and rec["long_horizon"]["slots"] == 12
     assert len(rec["long_horizon"]["energy_trace_j"]) == 12 and rec["eval"]["episodes"] == 1
+
+
+def test_lyapunov_v_long_is_registered():
+    """The V trade-off experiment: V in {1, ..., 100} at >= 3000 slots for dpp-opt (paper's actions) and the
+    two MAPPOs (shipped options); its training cells evaluate on the budget's episodes, its long cells on 2."""
+    exps = {e.name: e for e in load_experiments(directory=EXPERIMENTS_DIR)}
+    exp = exps["lyapunov_v_long"]
+    assert exp.sweep["lyapunov.V"] == (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0) and exp.eval_slots >= 3000
+    assert set(exp.algos) == {"ly-dtmppo", "ly-mappo", "dpp-opt"} and "fig_v_tradeoff" in exp.figures
+    cells = grid([exp], Budget(1800, 20, 3), "analytic")
+    validate(cells)
+    long = [c for c in cells if c.eval_slots]
+    assert len(long) == 7 * 3 * 3 and all(c.long_episodes == 2 for c in long)
+    train = [c for c in cells if not c.eval_slots]
+    assert len(train) == 7 * 2 * 3 and all(c.eval_episodes == 20 for c in train)
+    for c in long:
+        opts = {k.split(".")[-1]: v for k, v in c.overrides}
+        assert opts["V"] in exp.sweep["lyapunov.V"]
+        assert (opts.get("split") == "balanced") == (c.algo != "dpp-opt")
+        assert c.training_cell is None or c.training_cell in train
+    # the paper's Fig. 7 experiment is unchanged
+    assert exps["lyapunov_v"].sweep["lyapunov.V"] == (5.0, 10.0, 50.0, 100.0) and not exps["lyapunov_v"].eval_slots
+
+
+def test_lyapunov_v_long_figure_and_table(tmp_path):
+    """A tiny lyapunov_v_long grid (dpp-opt, two V, 12-slot episodes) gives the V trade-off figure and table."""
+    exp = Experiment.load(write_exp(tmp_path, "name: lyapunov_v_long\nalgos: [dpp-opt]\neval_slots: 12\n"
+                                              "eval_episodes: 1\nsweep: {lyapunov.V: [1, 20]}\n"))
+    cells = grid([exp], Budget(2, 3, 1), "analytic")
+    assert [c.long_episodes for c in cells] == [1, 1]
+    report = run_grid(cells, tmp_path / "res", workers=1, progress=False)
+    assert not report.failed
+    from agents.figures import make_all
+    figures, md = make_all(tmp_path / "res", tmp_path / "out")
+    assert (tmp_path / "out" / "fig_v_tradeoff.png") in figures
+    text = md.read_text()
+    assert "## The V trade-off: 12-slot episodes" in text
+    assert all(r["eval"]["episodes"] == 1 for r in report.records)
+    assert "| per-slot optimiser | 1 |" in text and "| per-slot optimiser | 20 |" in text
