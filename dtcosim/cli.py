@@ -2,9 +2,10 @@
 
     dtcosim run --episodes 1                       # SUMO headless, the shipped policy
     dtcosim train --algo ly-dtmppo
-    dtcosim evaluate --checkpoint runs/x/policy.safetensors
+    dtcosim evaluate --checkpoint runs/x/policy.safetensors   # or a packaged one: --checkpoint ly-dtmppo_set
     dtcosim reproduce --preset quick && dtcosim plot
     dtcosim bench --sumo
+    dtcosim configs; dtcosim policies                 # what --config NAME and --policy NAME take
 
 Each subcommand lives in ``dtcosim/commands/<name>.py`` with a ``main(argv, prog)``;
 ``python scripts/<name>.py`` runs the same function, so both spellings take the
@@ -25,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("plot", "figures and results.md from a reproduction folder"),
     "bench": ("bench", "speed ratios of the environments, the optimiser and training"),
     "maps": ("maps", "list the named SUMO maps, draw one with its RSUs, generate a synthetic city"),
+    "configs": ("configs", "list the packaged configs --config takes by name (congested, set_policy, ...)"),
+    "policies": ("policies", "list the policies and packaged checkpoints --policy takes by name"),
 }
 
 

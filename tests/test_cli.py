@@ -24,7 +24,7 @@ def test_lists_its_commands_and_refuses_unknown_ones():
         assert f"\n  {name} " in p.stdout
     p = dtcosim("fly")
     assert p.returncode == 2 and p.stderr.strip() == "error: unknown command 'fly' (choose run, train, evaluate, " \
-                                                     "reproduce, plot, bench, maps)"
+                                                     "reproduce, plot, bench, maps, configs, policies)"
 
 
 @pytest.mark.parametrize("args, message", [
