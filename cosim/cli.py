@@ -178,7 +178,7 @@ def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None =
         changes["seed"] = args.seed
     if getattr(args, "traces", None) is not None:
         if not args.traces:
-            raise CosimError("--traces: name at least one folder from scripts/record_traces.py")
+            raise CosimError("--traces: name at least one folder recorded by dtcosim traces")
         changes["trace.dir"] = args.traces[0] if len(args.traces) == 1 else list(args.traces)
         changes["backend"] = args.backend or "trace"
     return cfg.replace(**changes) if changes else cfg

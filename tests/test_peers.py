@@ -197,13 +197,8 @@ def test_rllib_wrapper_steps_the_env():
 
 
 def _compare_peers():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parent.parent / "scripts" / "compare_peers.py"
-    spec = importlib.util.spec_from_file_location("compare_peers", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from dtcosim.commands import peers
+    return peers
 
 
 def test_compare_peers_table_ratios_and_t_interval():

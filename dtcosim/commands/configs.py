@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import argparse
 
-from cosim.cli import add_debug_arg, config_arg
+from cosim.cli import add_debug_arg, check_configs, packaged_config
 from cosim.resources import configs
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--show", metavar="NAME", type=config_arg, default=None,
+    ap.add_argument("--show", metavar="NAME", type=packaged_config, default=None,
                     help="print this config's YAML instead of the list (default: the list)")
     ap.add_argument("--paths", action="store_true", help="also print each file's path (default: names only)")
     add_debug_arg(ap)
     args = ap.parse_args(argv)
     if args.show is not None:
+        check_configs([args.show])
         with open(args.show, encoding="utf-8") as fh:
             print(fh.read(), end="")
         return 0

@@ -7,7 +7,7 @@
 
 A run folder (default runs/<scenario>__<algo>__<seed>__<time>) gets config.yaml,
 metrics.csv, tb/ (TensorBoard), checkpoint.safetensors (for --resume),
-policy.safetensors (for run_cosim.py --policy and evaluate.py) and curves.png.
+policy.safetensors (for dtcosim run --policy and dtcosim evaluate) and curves.png.
 Ctrl-C saves a checkpoint; --resume DIR continues to the same result as an
 uninterrupted run.
 """
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     add_common_args(ap, backend_default="the config's, analytic")
     ap.add_argument("--episodes", type=int, default=None, help="training episodes (default: training.episodes)")
     ap.add_argument("--out", default=None, help="run folder (default: runs/scenario__algo__seed__time)")
-    ap.add_argument("--resume", default=None, metavar="DIR", help="continue the interrupted run in DIR")
+    ap.add_argument("--resume", default=None, metavar="DIR", help="continue the interrupted run in DIR (default: a new run)")
     ap.add_argument("--no-tensorboard", action="store_true", help="skip TensorBoard event files")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
