@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convergence": ("convergence", "how well the per-slot optimiser dpp-opt converges (gap between its starts)"),
     "traces": ("traces", "record SUMO mobility traces once, to train and evaluate on them fast"),
     "peers": ("peers", "the project's MAPPO against SB3, BenchMARL and RLlib on the same environments"),
+    "warmup": ("warmup", "compile the numba kernels once, ahead of time (otherwise the first run does)"),
     "configs": ("configs", "list the packaged configs --config takes by name (congested, set_policy, ...)"),
     "policies": ("policies", "list the policies and packaged checkpoints --policy takes by name"),
 }

@@ -42,6 +42,7 @@ from cosim.evaluation import EVAL_SEED, comparison_table, evaluate_each, long_ho
 from cosim.outputs import OutputDir
 from cosim.runner import MAX_SEED, check_episode_count, strict_json
 from cosim.trace_mobility import mixes_folders, trace_folders
+from dtcosim.commands.warmup import prepare
 
 
 def checkpoint_labels(paths: list[str], algos: list[str]) -> list[str]:
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.slots is not None:
             cfg = cfg.replace(**{"scenario.episode_slots": args.slots})
         save_run_config(cfg, out, settings=settings)
+        prepare(cfg, names)  # first-run compiles, said before the progress bars start
         if folders is None:
             summaries = _evaluate(args, cfg, configs, policies, checkpoints)
         else:

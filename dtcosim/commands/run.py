@@ -32,6 +32,7 @@ from cosim.gui import SlotDecisions, decision_colors, decision_label, short_labe
 from cosim.outputs import OutputDir
 from cosim.resources import short_name
 from cosim.runner import check_episode_count, episode_table, run_episodes, write_summary
+from dtcosim.commands.warmup import prepare
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -110,6 +111,8 @@ def _run(args: argparse.Namespace, cfg: Config, policy_name: str, out: Path, rec
             print(f"note: {exc}; using the {FALLBACK_POLICY} policy instead", file=sys.stderr)
             policy_name = FALLBACK_POLICY
             policy = make_policy(policy_name, sim.n_rsus, seed=cfg.seed, env=sim)
+        # Kernels not compiled yet are compiled now, said first, so the progress bar below times only the run.
+        prepare(sim.cfg, [policy_name])
         # With the RSUs where they were placed and the policy's resolved settings (dpp-opt's).
         save_run_config(sim.cfg, out, policy)
         show_slots = args.print_slots or args.gui

@@ -20,7 +20,8 @@ import sys
 from agents import ALGORITHMS, get_algorithm, train
 from agents.common import CURVES_FILE, METRICS_FILE, POLICY_FILE
 from cosim.cli import add_common_args, config_from_args
-from cosim.config import CosimError
+from cosim.config import CosimError, load_config
+from dtcosim.commands.warmup import prepare
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.episodes is not None:
             cfg = cfg.replace(**{"training.episodes": args.episodes})
 
+    prepare(cfg if cfg is not None else load_config(), [] if args.algo != "ly-dagger" else ["dpp-opt"])
     result = train(args.algo, cfg, out=args.out, resume=args.resume, episodes=args.episodes,
                    progress=not args.quiet, tensorboard=not args.no_tensorboard,
                    log=lambda msg: print(msg, file=sys.stderr))
