@@ -161,7 +161,7 @@ def slot_line(out: StepOutput, slot: int, e: int = 0) -> str:
     for kind, k in kinds:
         key = f"R{k}" if k is not None else kind
         where[key] = where.get(key, 0) + 1
-    order = sorted(where, key=lambda w: (not w.startswith("R"), int(w[1:]) if w.startswith("R") else 0, w))
+    order = sorted(where, key=lambda w: (int(w[1:]), "") if w.startswith("R") else (1 << 30, w == "inactive"))
     active = [i for i in range(n) if kinds[i][0] != "inactive"]
     slowest = (f" | slowest cv{max(active, key=lambda i: r.delay[e, i])} {max(r.delay[e, i] for i in active):.2f} s"
                if active else "")
