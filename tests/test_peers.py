@@ -1,8 +1,8 @@
 """The environments as other RL libraries use them: copies, infos, render_mode, the Gymnasium view,
 SuperSuit + Stable-Baselines3, TorchRL's PettingZooWrapper, the BenchMARL task, RLlib's wrapper.
 
-The tests marked ``peers`` need ``pip install -e ".[peers]"``; without it they are skipped with the
-reason shown by ``pytest -rs``.
+The tests marked ``peers`` need the library's extra (``pip install -e ".[peers-sb3]"``, ``peers-benchmarl``,
+``peers-rllib``; ``peers`` is the first two); without it they are skipped with the reason shown by ``pytest -rs``.
 """
 
 import copy
@@ -15,7 +15,7 @@ import pytest
 from cosim import CosimError, make_env, make_gym_env
 from cosim.env import INFO_SCALARS, INFO_VECTORS
 
-PEERS = "needs the peers extra: pip install -e \".[peers]\""
+PEERS = "needs the library's peers extra: pip install -e \".[peers-sb3]\" (or peers-benchmarl, peers-rllib)"
 
 
 def _episode_obs(env, seed=None, slots=3):
