@@ -1,4 +1,4 @@
-"""The queues of the default scenario and each preset under configs/scenarios/, policy by policy.
+"""The queues of the default scenario and each scenario preset (congested, heavy-sensing), policy by policy.
 
     dtcosim queues                                  # 3 episodes of 60 slots, ~15 min
     dtcosim queues --episodes 1 --slots 30 --policies equal,nearest
