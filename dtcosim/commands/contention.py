@@ -29,6 +29,7 @@ from cosim.cli import add_debug_arg, add_list_arg
 from cosim.config import Config, CosimError, load_config
 from cosim.evaluation import EVAL_SEED, TimedPolicy, evaluate_each
 from cosim.resources import checkpoint_dir, config_dir
+from dtcosim.commands.warmup import prepare
 
 # Two RSUs of 160 m at x = 150 and 550 m leave 310..390 m of the 700 m road uncovered; eight of 45 m
 # on both sides of the road leave gaps between them.
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     for p in args.policies or list(POLICIES):
         label, _, path = p.partition("=") if "=" in p else (p, "", POLICIES.get(p, p))
         policies[label] = path
+    prepare(load_config(), policies.values())  # first-run compiles, said before the first scenario
     rows = []
     for n in names:
         rows.append(run_scenario(n, policies, args.episodes, args.eval_seed))

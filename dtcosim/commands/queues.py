@@ -27,6 +27,7 @@ from cosim.cli import add_debug_arg, add_list_arg, packaged_checkpoint
 from cosim.config import CosimError, load_config
 from cosim.evaluation import EVAL_SEED, evaluate_each, long_horizon_table
 from cosim.resources import config_dir
+from dtcosim.commands.warmup import prepare
 
 DEFAULT_CHECKPOINT = "ly-dtmppo_paper"  # a packaged checkpoint (dtcosim policies)
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    prepare(load_config(), args.policies)  # first-run compiles, said before the first scenario
     results: dict[str, dict] = {}
     for sc in scenarios:
         files = [] if sc == "default" else [config_dir() / "scenarios" / f"{sc}.yaml"]

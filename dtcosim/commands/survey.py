@@ -31,6 +31,7 @@ from cosim.config import Config, CosimError, load_config
 from cosim.env import BatchCoSim
 from cosim.evaluation import options_key
 from cosim.runner import run_episodes
+from dtcosim.commands.warmup import prepare
 
 GAME = maps.GAME_DIR
 GAME_MAPS = maps.GAME_MAPS  # the wheel's tools/game scenarios with road traffic (cosim.maps says which are left out)
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     names = args.maps if args.maps else list(GAME_MAPS) + list(GENERATED)
     policies = args.policies if args.policies is not None else ["shipped", "equal", "local", "nearest"]
     counts = args.cvs or [3, 5, 8]
+    prepare(load_config(), policies)  # first-run compiles, said before the first map
     out = Path(args.out)
     rows = []
     for name in names:

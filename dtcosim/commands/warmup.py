@@ -88,6 +88,7 @@ def prepare(cfg: Any, policies: Iterable[str] = (), log=None) -> None:
         log(f"compiling {what} once ({how_long}); later runs load them from the cache (dtcosim warmup does it "
             f"ahead of time)")
         seconds = warm(cfg, group)
+        _WARMED.add(group)
         log(f"compiled {what} in {seconds:.0f} s")
 
 
