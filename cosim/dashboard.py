@@ -376,7 +376,7 @@ def write_animation(record_dir: str | Path, path: str | Path | None = None, fps:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cosim.dashboard",
                                  description="Combine recorded sumo-gui and dashboard frames into one GIF.")
-    ap.add_argument("record_dir", help="the folder given to run_cosim.py --record")
+    ap.add_argument("record_dir", help="the folder given to dtcosim run --record")
     ap.add_argument("--fps", type=float, default=2.0, help="frames (slots) per second (default 2)")
     ap.add_argument("--out", default=None, help=f"GIF path (default RECORD_DIR/{ANIMATION_NAME})")
     ap.add_argument("--still", nargs=2, metavar=("N", "PNG"), default=None,
