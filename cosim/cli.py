@@ -10,14 +10,79 @@ from typing import Any, Callable
 
 from .backends import BACKENDS
 from .config import Config, CosimError, load_config, save_config, settings_dict, with_extra
+from .resources import ResourceError, checkpoints, configs, resolve_checkpoint, resolve_config
 
 
-def add_config_args(ap: argparse.ArgumentParser) -> None:
+class _ConfigAction(argparse._AppendAction):
+    """--config NAME|YAML: a packaged config's name becomes its file; anything else stays as given (a file that
+    is missing fails in check_configs, or in load_config, with one line)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, packaged_config(values), option_string)
+
+
+def packaged_config(value: str) -> str:
+    """A --config value with a packaged config's name (or its path from the repository root) made its file."""
+    try:
+        return resolve_config(value)
+    except ResourceError:
+        return value
+
+
+def check_configs(files: list[str]) -> None:
+    """One line naming the first --config that is no file, with the names allowed."""
+    for f in files:
+        try:
+            resolve_config(f)
+        except ResourceError:
+            raise CosimError(f"config file not found: {f} (nor a packaged config: {', '.join(configs())}; "
+                             f"dtcosim configs describes them)") from None
+
+
+def packaged_checkpoint(value: str) -> str:
+    """A checkpoint value with a packaged checkpoint's name made its file; anything else as given."""
+    try:
+        return resolve_checkpoint(value)
+    except ResourceError:
+        return value
+
+
+def check_checkpoints(paths: list[str], flag: str = "--checkpoint") -> None:
+    for p in paths:
+        try:
+            resolve_checkpoint(p)
+        except ResourceError:
+            raise CosimError(f"{flag} {p}: policy checkpoint not found (nor a packaged checkpoint: "
+                             f"{', '.join(checkpoints())}; dtcosim policies describes them)") from None
+
+
+def resolve_policy(value: str) -> str:
+    """A --policy value: a reference policy or dpp-opt by name, refinedN:POLICY, a checkpoint file or run folder,
+    or a packaged checkpoint by name (``ly-dtmppo_default``), which becomes its path. A name that is none of
+    these is one line listing the names; a missing path is left to make_policy's own error."""
+    from agents import REFINED, policy_names
+    names = policy_names()
+    if value in names:
+        return value
+    m = REFINED.fullmatch(value)
+    if m:
+        return value[:m.start(2)] + resolve_policy(m.group(2))
+    try:
+        return resolve_checkpoint(value)
+    except ResourceError:
+        if "/" in value or value.endswith(".safetensors"):
+            return value
+        raise CosimError(f"unknown policy '{value}' (choose {', '.join(names)}, a packaged checkpoint: "
+                         f"{', '.join(checkpoints())}, refinedN:POLICY, or a checkpoint path)") from None
+
+
+def add_config_args(ap: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """--config and --set, which every command that builds a config takes."""
-    ap.add_argument("--config", action="append", default=[], metavar="YAML",
-                    help="YAML file merged over configs/default.yaml (repeatable)")
+    ap.add_argument("--config", action=_ConfigAction, default=[], metavar="NAME|YAML",
+                    help="a packaged config by name (dtcosim configs lists them: congested, set_policy, ...) or a "
+                         "YAML file, merged over the default config (repeatable; default: none)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
-                    help="override one config value, e.g. --set lyapunov.V=10 (repeatable)")
+                    help="override one config value, e.g. --set lyapunov.V=10 (repeatable; default: none)")
 
 
 class _ListAction(argparse.Action):
@@ -51,32 +116,38 @@ def add_list_arg(ap: argparse.ArgumentParser, flag: str, help: str, metavar: str
     ap.add_argument(flag, action=_ListAction, nargs="*", metavar=metavar, help=help, item_type=type, **kwargs)
 
 
-def add_common_args(ap: argparse.ArgumentParser, backend_default: str | None = None) -> None:
-    """--config, --set and the scenario flags --backend, --cvs, --seed."""
-    add_config_args(ap)
-    ap.add_argument("--backend", choices=tuple(BACKENDS), default=None,
-                    help=f"mobility backend (default: {backend_default or 'the config backend'})")
-    ap.add_argument("--cvs", type=int, default=None, help="number of client vehicles (agents)")
-    ap.add_argument("--seed", type=int, default=None, help="random seed (default: the config seed)")
-    add_list_arg(ap, "--traces", metavar="DIR", default=None,
-                 help="replay SUMO traces recorded by scripts/record_traces.py (backend trace); several folders "
-                      "(--traces A,B or --traces A --traces B) are mixed in training, one per episode batch")
+def add_common_args(ap: argparse.ArgumentParser, backend_default: str | None = None) -> argparse._ArgumentGroup:
+    """The "scenario" group: --config, --set and --backend, --cvs, --seed, --traces; and --debug. Returns the
+    group, for a command's own scenario flags."""
+    g = ap.add_argument_group("scenario")
+    add_config_args(g)
+    g.add_argument("--backend", choices=tuple(BACKENDS), default=None,
+                   help=f"mobility backend (default: {backend_default or 'the config backend'})")
+    g.add_argument("--cvs", type=int, default=None, help="number of client vehicles, the agents "
+                                                          "(default: the config's scenario.n_cvs, 5)")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: the config seed, 0)")
+    add_list_arg(g, "--traces", metavar="DIR", default=None,
+                 help="replay SUMO traces recorded by dtcosim traces (backend trace); several folders "
+                      "(--traces A,B or --traces A --traces B) are mixed in training, one per episode batch "
+                      "(default: none)")
     add_debug_arg(ap)
+    return g
 
 
 def add_map_args(ap: argparse.ArgumentParser) -> None:
     """The map flags of the commands that run SUMO: --map, --sumocfg, --net, --routes, --rsus, --penetration."""
-    g = ap.add_argument_group("SUMO map (default: the paper's road)")
+    g = ap.add_argument_group("SUMO map", "default: the paper's road, a 700 m two-way street with 3 RSUs")
     g.add_argument("--map", default=None, metavar="NAME",
-                   help="a named map, e.g. resco/ingolstadt21 (dtcosim maps lists them; sumo.map)")
-    g.add_argument("--sumocfg", default=None, help="another SUMO map: its .sumocfg")
-    g.add_argument("--net", default=None, help="another SUMO map: its .net.xml (with --routes, or random trips)")
-    g.add_argument("--routes", default=None, help="route file for --net")
+                   help="a named map, e.g. resco/ingolstadt21 (dtcosim maps lists them; sumo.map; default: none)")
+    g.add_argument("--sumocfg", default=None, metavar="FILE", help="another SUMO map: its .sumocfg (default: none)")
+    g.add_argument("--net", default=None, metavar="FILE",
+                   help="another SUMO map: its .net.xml (with --routes, or random trips; default: none)")
+    g.add_argument("--routes", default=None, metavar="FILE", help="route file for --net (default: random trips)")
     g.add_argument("--rsus", type=int, default=None, metavar="K",
-                   help="other maps: place K RSUs where the traffic is (sumo.n_rsus)")
+                   help="other maps: place K RSUs where the traffic is (sumo.n_rsus; default: as many as the config's RSUs)")
     g.add_argument("--penetration", type=float, default=None, metavar="P",
                    help="other maps: each vehicle is a CV with probability P, anywhere on the map "
-                        "(sumo.cv_pool = penetration, sumo.penetration = P)")
+                        "(sumo.cv_pool = penetration, sumo.penetration = P; default: CV slots go to vehicles in RSU coverage)")
 
 
 def map_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -96,6 +167,7 @@ def add_debug_arg(ap: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> Config:
     """Config from default.yaml < script defaults < --config files < --set < dedicated flags."""
+    check_configs(args.config)
     cfg = load_config(args.config, args.overrides, defaults=defaults)
     changes: dict[str, Any] = {}
     if getattr(args, "backend", None):
@@ -106,7 +178,7 @@ def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None =
         changes["seed"] = args.seed
     if getattr(args, "traces", None) is not None:
         if not args.traces:
-            raise CosimError("--traces: name at least one folder from scripts/record_traces.py")
+            raise CosimError("--traces: name at least one folder recorded by dtcosim traces")
         changes["trace.dir"] = args.traces[0] if len(args.traces) == 1 else list(args.traces)
         changes["backend"] = args.backend or "trace"
     return cfg.replace(**changes) if changes else cfg

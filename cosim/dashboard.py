@@ -33,6 +33,12 @@ FIG_SIZE_IN, FIG_DPI = (11.9, 5.6), 100
 ANIMATION_MAX_WIDTH = 1190               # px; wider combined frames are scaled down
 
 
+# The RSU hues (and local's and inactive's greys) mean where a task goes, here as in sumo-gui; what is not
+# an RSU is drawn in black and brown, which no RSU has, and told apart by line style, fill and hatching.
+NEUTRAL, BROWN = "black", "#8c564b"
+NOTE_STYLE = dict(ha="center", va="center", fontsize=8, color="0.35", wrap=True)
+
+
 def _rgb(c: tuple[int, ...]) -> tuple[float, float, float]:
     return (c[0] / 255.0, c[1] / 255.0, c[2] / 255.0)
 
@@ -158,22 +164,29 @@ class Dashboard:
         # system cost (left axis) and reward (right axis) over the episode
         self._time_axis(a["cost"])
         a["cost"].set_ylabel("system cost", fontsize=8)
-        (self.l_cost,) = a["cost"].plot([], [], color="black", lw=1.5, marker=".", ms=4)
+        (self.l_cost,) = a["cost"].plot([], [], color=NEUTRAL, lw=1.5, marker=".", ms=4, label="system cost (left)")
         self.ax_reward = a["cost"].twinx()
-        self.ax_reward.tick_params(labelsize=7, colors="tab:orange")
-        self.ax_reward.set_ylabel("reward R(t)", fontsize=8, color="tab:orange")
-        (self.l_reward,) = self.ax_reward.plot([], [], color="tab:orange", lw=1.2, marker=".", ms=3)
+        self.ax_reward.tick_params(labelsize=7)
+        self.ax_reward.set_ylabel("reward R(t)", fontsize=8)
+        (self.l_reward,) = self.ax_reward.plot([], [], color=NEUTRAL, lw=1.0, ls="--", marker="x", ms=3,
+                                               label="reward (right)")
         # per CV: delay (left) and energy (right)
         ax = a["cv"]
-        self.b_delay = ax.bar(cvs - 0.2, np.zeros(I), width=0.4, color="tab:blue")
-        ax.set_ylabel("delay s", fontsize=8, color="tab:blue")
+        self.b_delay = ax.bar(cvs - 0.2, np.zeros(I), width=0.4, facecolor="white", edgecolor=NEUTRAL, lw=1.0)
+        ax.set_ylabel("delay s (white bars)", fontsize=8)
         ax.set_xticks(cvs, [f"cv{i}" if I <= 8 else str(i) for i in cvs], fontsize=7)  # many CVs: numbers
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, axis="y")
         self.ax_energy = ax.twinx()
-        self.b_energy = self.ax_energy.bar(cvs + 0.2, np.zeros(I), width=0.4, color="tab:green", alpha=0.8)
-        self.ax_energy.set_ylabel("energy J", fontsize=8, color="tab:green")
-        self.ax_energy.tick_params(labelsize=7, colors="tab:green")
+        self.b_energy = self.ax_energy.bar(cvs + 0.2, np.zeros(I), width=0.4, color=BROWN)
+        self.ax_energy.set_ylabel("energy J (brown bars)", fontsize=8, color=BROWN)
+        self.ax_energy.tick_params(labelsize=7, colors=BROWN)
+        from matplotlib.patches import Patch
+        self.ax_energy.legend(handles=[Patch(facecolor="white", edgecolor=NEUTRAL, label="delay"),
+                                       Patch(facecolor="white", edgecolor=NEUTRAL, hatch="xxx", label="deadline missed"),
+                                       Patch(color=BROWN, label="energy")],
+                              fontsize=7, loc="upper right", ncol=3, framealpha=0.8, handlelength=1.2,
+                              columnspacing=0.8)
         # each CV's split: local, then RSU 0..K-1, stacked
         ax = a["split"]
         self.b_split = [ax.barh(cvs, np.zeros(I), height=0.7, color=_rgb(LOCAL_COLOR))]
@@ -183,25 +196,35 @@ class Dashboard:
         ax.set_xlim(0, 1)
         ax.set_xlabel("share of the task", fontsize=8, labelpad=1)
         ax.tick_params(labelsize=7)
-        ax.set_title("each CV's split: local, then RSU 0, 1, ...", fontsize=9)
+        ax.set_title("each CV's split (colours: the legend above)", fontsize=9)
         # RSU backlogs and energy queues over the episode
         ax = a["rsu"]
         self._time_axis(ax)
         self.l_rsu = [ax.plot([], [], color=_rgb(rsu_hue(k)), lw=1.5, label=f"R{k}")[0] for k in rsus]
         ax.set_title("RSU backlogs (in average local tasks)", fontsize=9)
         ax.legend(fontsize=7, loc="upper left", ncol=min(K, 4))
+        self.t_rsu = ax.text(0.5, 0.5, "", transform=ax.transAxes, **NOTE_STYLE)
         ax = a["energy_q"]
         self._time_axis(ax)
-        self.l_y = [ax.plot([], [], lw=0.8, alpha=0.6)[0] for _ in cvs]
-        (self.l_ysum,) = ax.plot([], [], color="black", lw=1.5, marker=".", ms=4, label="sum over CVs")
+        self.l_y = [ax.plot([], [], color=BROWN, lw=0.8, alpha=0.6, label="each CV" if i == 0 else "_")[0]
+                    for i in cvs]
+        (self.l_ysum,) = ax.plot([], [], color=NEUTRAL, lw=1.5, marker=".", ms=4, label="sum over CVs")
         ax.legend(fontsize=7, loc="upper left")
+        self.t_y = ax.text(0.5, 0.5, "", transform=ax.transAxes, **NOTE_STYLE)
         # the twin's view of the backlogs against the true ones
         ax = a["twin"]
         colors = [_rgb(rsu_hue(k)) for k in rsus]
         self.b_true = ax.bar(rsus - 0.2, np.zeros(K), width=0.4, color=colors)
-        self.b_seen = ax.bar(rsus + 0.2, np.zeros(K), width=0.4, color=colors, alpha=0.45, hatch="//")
+        # white with the RSU's hue as hatching: a pale fill would read as InstrT
+        self.b_seen = ax.bar(rsus + 0.2, np.zeros(K), width=0.4, facecolor="white", edgecolor=colors, hatch="//",
+                             lw=1.0)
         ax.set_xticks(rsus, [f"R{k}" for k in rsus], fontsize=7)
         ax.tick_params(labelsize=7)
+        from matplotlib.patches import Patch
+        ax.legend(handles=[Patch(facecolor="white", edgecolor=NEUTRAL, label="true"),
+                           Patch(facecolor="white", edgecolor=NEUTRAL, hatch="//", label="the twin's")],
+                  fontsize=7, loc="upper right", ncol=2, framealpha=0.8)
+        self.t_twin = ax.text(0.5, 0.5, "", transform=ax.transAxes, **NOTE_STYLE)
 
     @staticmethod
     def _top(values: np.ndarray, floor: float = 1e-3) -> float:
@@ -215,19 +238,21 @@ class Dashboard:
             lo, hi = min(v), max(v)
             pad = 0.08 * (hi - lo) or 0.1 * max(abs(hi), 1e-3)
             ax.set_ylim(lo - pad, hi + pad)
-        self.ax["cost"].set_title(f"system cost {h['cost'][-1]:.3f} (black), reward {h['reward'][-1]:.3f} (orange)",
+        # the title is the legend: the two lines differ by style, not colour
+        self.ax["cost"].set_title(f"system cost {h['cost'][-1]:.3f} (solid), reward {h['reward'][-1]:.3f} (dashed)",
                                   fontsize=9)
 
     def _draw_cvs(self, r: Any) -> None:
         delay, energy, miss = r.delay[0], r.energy[0], r.deadline_miss[0]
         for bar, v, m in zip(self.b_delay, delay, miss):
             bar.set_height(v)
-            bar.set_color("tab:red" if m else "tab:blue")
+            bar.set_hatch("xxx" if m else "")
         for bar, v in zip(self.b_energy, energy):
             bar.set_height(v)
-        self.ax["cv"].set_ylim(0, self._top(delay))
-        self.ax_energy.set_ylim(0, self._top(energy))
-        self.ax["cv"].set_title(f"per CV: delay (red: deadline missed, {int(miss.sum())}) and energy", fontsize=9)
+        # headroom for the legend above the bars
+        self.ax["cv"].set_ylim(0, self._top(delay) * 1.3)
+        self.ax_energy.set_ylim(0, self._top(energy) * 1.3)
+        self.ax["cv"].set_title(f"per CV: delay and energy ({int(miss.sum())} deadlines missed)", fontsize=9)
 
     def _draw_split(self, r: Any, d: Any) -> None:
         split, active = d.split[0], r.active[0]
@@ -251,11 +276,17 @@ class Dashboard:
         for k, line in enumerate(self.l_rsu):
             line.set_data(h["slot"], q[:, k])
         self.ax["rsu"].set_ylim(0, self._top(q))
+        # An empty panel says why (on the paper's road the RSUs finish their work within the slot).
+        self.t_rsu.set_text("" if q.max() > 1e-9 else
+                            "no RSU backlog so far this episode:\nevery RSU has finished its offloaded work\n"
+                            "within the slot")
         y = np.array(h["y"])
         for i, line in enumerate(self.l_y):
             line.set_data(h["slot"], y[:, i])
         self.l_ysum.set_data(h["slot"], y.sum(axis=1))
         self.ax["energy_q"].set_ylim(0, self._top(y.sum(axis=1), 1.0))
+        self.t_y.set_text("" if y.max() > 1e-9 else
+                          "Y = 0 so far: every CV has stayed\nwithin its energy budget each slot")
         self.ax["energy_q"].set_title(f"energy queues Y (J): sum {y[-1].sum():.1f}", fontsize=9)
 
     def _draw_twin(self, out: Any, sim: Any) -> None:
@@ -267,6 +298,8 @@ class Dashboard:
         for bar, v in zip(self.b_seen, seen_q):
             bar.set_height(v)
         self.ax["twin"].set_ylim(0, self._top(np.concatenate([true_q, seen_q])))
+        self.t_twin.set_text("" if max(true_q.max(), seen_q.max()) > 1e-9 else
+                             "nothing queued at the RSUs now,\nin truth or in the twin's view")
         # The twin predicted each CV's distance to each RSU one slot ahead: how far off was it?
         pred = obs[:, self.obs_layout["dt_distance_next"]] * self.rsu_radius  # m, for the slot now starting
         err = ""
@@ -274,10 +307,9 @@ class Dashboard:
             act = sim.mob.active[0]
             if act.any():
                 e = np.abs(self._prev_pred[act] - sim.d3[0][act]).mean()
-                err = f"distance forecast off by {e:.1f} m, "
+                err = f"forecast off {e:.1f} m; "
         self._prev_pred = pred
-        self.ax["twin"].set_title(f"RSU backlogs: true (solid), the twin's (hatched)\n"
-                                  f"{err}{self.twin_note}", fontsize=8)
+        self.ax["twin"].set_title(f"the twin's view of the RSU backlogs\n{err}{self.twin_note}", fontsize=8)
 
     def close(self) -> None:
         if self.show:
@@ -344,7 +376,7 @@ def write_animation(record_dir: str | Path, path: str | Path | None = None, fps:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cosim.dashboard",
                                  description="Combine recorded sumo-gui and dashboard frames into one GIF.")
-    ap.add_argument("record_dir", help="the folder given to run_cosim.py --record")
+    ap.add_argument("record_dir", help="the folder given to dtcosim run --record")
     ap.add_argument("--fps", type=float, default=2.0, help="frames (slots) per second (default 2)")
     ap.add_argument("--out", default=None, help=f"GIF path (default RECORD_DIR/{ANIMATION_NAME})")
     ap.add_argument("--still", nargs=2, metavar=("N", "PNG"), default=None,

@@ -151,9 +151,20 @@ def layout_labels(anchors: np.ndarray, texts: Sequence[str], px_per_m: float, vi
 
 
 def slot_line(out: StepOutput, slot: int, e: int = 0) -> str:
-    """One terminal line per slot: system metrics, then each CV's decision."""
+    """One short terminal line per slot, the same length for any fleet: system metrics, where the CVs' largest
+    parts go, how many use InstrT, and the slowest CV (each CV's decision is on its sumo-gui label and in
+    slots.csv), e.g. ``t=  3 cost 0.912 R -4.503 misses 1 | CVs R0 2, R1 2, local 1 | InstrT 2 | slowest cv3 0.42 s``."""
     r = out.result
-    cvs = "; ".join(f"cv{i}: {decision_label(out, e, i)} ({r.delay[e, i]:.2f}s)"
-                    for i in range(r.delay.shape[1]))
-    return (f"t={slot:3d} cost {r.system_cost[e]:7.3f} R {r.reward[e]:8.3f} "
-            f"misses {int(r.deadline_miss[e].sum())} | {cvs}")
+    n = r.delay.shape[1]
+    kinds = [main_part(out, e, i) for i in range(n)]
+    where: dict[str, int] = {}
+    for kind, k in kinds:
+        key = f"R{k}" if k is not None else kind
+        where[key] = where.get(key, 0) + 1
+    order = sorted(where, key=lambda w: (int(w[1:]), "") if w.startswith("R") else (1 << 30, w == "inactive"))
+    active = [i for i in range(n) if kinds[i][0] != "inactive"]
+    slowest = (f" | slowest cv{max(active, key=lambda i: r.delay[e, i])} {max(r.delay[e, i] for i in active):.2f} s"
+               if active else "")
+    return (f"t={slot:3d} cost {r.system_cost[e]:7.3f} R {r.reward[e]:8.3f} misses {int(r.deadline_miss[e].sum())}"
+            f" | CVs {', '.join(f'{w} {where[w]}' for w in order)} | InstrT {sum(kind == 'InstrT' for kind, _ in kinds)}"
+            f"{slowest}")

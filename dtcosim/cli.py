@@ -2,9 +2,10 @@
 
     dtcosim run --episodes 1                       # SUMO headless, the shipped policy
     dtcosim train --algo ly-dtmppo
-    dtcosim evaluate --checkpoint runs/x/policy.safetensors
+    dtcosim evaluate --checkpoint runs/x/policy.safetensors   # or a packaged one: --checkpoint ly-dtmppo_set
     dtcosim reproduce --preset quick && dtcosim plot
     dtcosim bench --sumo
+    dtcosim configs; dtcosim policies                 # what --config NAME and --policy NAME take
 
 Each subcommand lives in ``dtcosim/commands/<name>.py`` with a ``main(argv, prog)``;
 ``python scripts/<name>.py`` runs the same function, so both spellings take the
@@ -25,6 +26,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("plot", "figures and results.md from a reproduction folder"),
     "bench": ("bench", "speed ratios of the environments, the optimiser and training"),
     "maps": ("maps", "list the named SUMO maps, draw one with its RSUs, generate a synthetic city"),
+    "survey": ("survey", "run policies on SUMO's shipped maps and fresh netgenerate nets (the map-survey table)"),
+    "transfer": ("transfer", "the set-structured policy on other fleets and RSU layouts (the transfer table)"),
+    "contention": ("contention", "policies under contention: big fleets, few RSUs, coverage gaps"),
+    "city": ("city", "city-scale runs: real and generated maps with hundreds of CVs, timed"),
+    "queues": ("queues", "the queues of the default scenario and each preset, policy by policy (a figure)"),
+    "convergence": ("convergence", "how well the per-slot optimiser dpp-opt converges (gap between its starts)"),
+    "traces": ("traces", "record SUMO mobility traces once, to train and evaluate on them fast"),
+    "peers": ("peers", "the project's MAPPO against SB3, BenchMARL and RLlib on the same environments"),
+    "warmup": ("warmup", "compile the numba kernels once, ahead of time (otherwise the first run does)"),
+    "configs": ("configs", "list the packaged configs --config takes by name (congested, set_policy, ...)"),
+    "policies": ("policies", "list the policies and packaged checkpoints --policy takes by name"),
 }
 
 

@@ -20,11 +20,14 @@ def dtcosim(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
 def test_lists_its_commands_and_refuses_unknown_ones():
     p = dtcosim("--help")
     assert p.returncode == 0
-    for name in ("run", "train", "evaluate", "reproduce", "plot", "bench", "maps"):
+    for name in ("run", "train", "evaluate", "reproduce", "plot", "bench", "maps", "survey", "transfer", "peers",
+                 "traces", "queues", "convergence", "contention", "city", "warmup", "configs", "policies"):
         assert f"\n  {name} " in p.stdout
     p = dtcosim("fly")
     assert p.returncode == 2 and p.stderr.strip() == "error: unknown command 'fly' (choose run, train, evaluate, " \
-                                                     "reproduce, plot, bench, maps)"
+                                                     "reproduce, plot, bench, maps, survey, transfer, contention, " \
+                                                     "city, queues, convergence, traces, peers, warmup, configs, " \
+                                                     "policies)"
 
 
 @pytest.mark.parametrize("args, message", [

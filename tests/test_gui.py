@@ -16,7 +16,7 @@ import pytest
 
 from cosim.config import CosimError, load_config
 from cosim.dashboard import combined_frame, write_animation
-from cosim.gui import LabelMetrics, layout_labels, short_label
+from cosim.gui import LabelMetrics, layout_labels, short_label, slot_line
 from cosim.palette import rsu_hue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +39,17 @@ def test_short_labels_name_the_cv_and_its_largest_part() -> None:
                 [[False, False], [False, False], [False, True], [False, False]], [True, True, True, False])
     assert [short_label(out, 0, i) for i in range(4)] == ["cv0 R0 60%", "cv1 local", "cv2 R1 70% InstrT",
                                                           "cv3 inactive"]
+
+
+def test_slot_line_counts_where_the_cvs_go_and_names_the_slowest() -> None:
+    out = _slot([[0.4, 0.6, 0.0], [1.0, 0.0, 0.0], [0.1, 0.2, 0.7], [0.5, 0.5, 0.0]],
+                [[False, False], [False, False], [False, True], [False, False]], [True, True, True, False])
+    out.result.delay = np.array([[0.30, 0.10, 0.45, 9.0]])  # the inactive CV's delay is not a CV's
+    out.result.system_cost, out.result.reward = np.array([0.912]), np.array([-4.5])
+    out.result.deadline_miss = np.array([[False, False, True, False]])
+    line = slot_line(out, 3)
+    assert line == "t=  3 cost   0.912 R   -4.500 misses 1 | CVs R0 1, R1 1, local 1, inactive 1 | InstrT 1 | " \
+                   "slowest cv2 0.45 s"
 
 
 def _overlap(a, b) -> bool:
@@ -156,7 +167,9 @@ def test_gui_records_sumo_and_dashboard_frames_and_one_animation(tmp_path: Path)
     assert gif.shape[0] == SLOTS
     still = combined_frame(frames / f"dash_{SLOTS - 1:05d}.png", sumo[-1])
     assert still.shape[0] > 560  # sumo-gui's wide view stacked over the dashboard
-    assert "cv0:" in p.stdout  # the per-slot terminal lines
+    # the per-slot terminal lines: where the CVs' largest parts go, short for any fleet
+    slot_lines = [line for line in p.stdout.splitlines() if line.startswith("ep 0 t=")]
+    assert len(slot_lines) == SLOTS and all("| CVs " in line and len(line) < 120 for line in slot_lines)
 
 
 @pytest.fixture

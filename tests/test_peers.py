@@ -1,8 +1,8 @@
 """The environments as other RL libraries use them: copies, infos, render_mode, the Gymnasium view,
 SuperSuit + Stable-Baselines3, TorchRL's PettingZooWrapper, the BenchMARL task, RLlib's wrapper.
 
-The tests marked ``peers`` need ``pip install -e ".[peers]"``; without it they are skipped with the
-reason shown by ``pytest -rs``.
+The tests marked ``peers`` need the library's extra (``pip install -e ".[peers-sb3]"``, ``peers-benchmarl``,
+``peers-rllib``; ``peers`` is the first two); without it they are skipped with the reason shown by ``pytest -rs``.
 """
 
 import copy
@@ -15,7 +15,7 @@ import pytest
 from cosim import CosimError, make_env, make_gym_env
 from cosim.env import INFO_SCALARS, INFO_VECTORS
 
-PEERS = "needs the peers extra: pip install -e \".[peers]\""
+PEERS = "needs the library's peers extra: pip install -e \".[peers-sb3]\" (or peers-benchmarl, peers-rllib)"
 
 
 def _episode_obs(env, seed=None, slots=3):
@@ -197,13 +197,8 @@ def test_rllib_wrapper_steps_the_env():
 
 
 def _compare_peers():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parent.parent / "scripts" / "compare_peers.py"
-    spec = importlib.util.spec_from_file_location("compare_peers", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from dtcosim.commands import peers
+    return peers
 
 
 def test_compare_peers_table_ratios_and_t_interval():

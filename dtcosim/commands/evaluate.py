@@ -1,10 +1,11 @@
 """Evaluate trained checkpoints beside the reference policies, on the same unseen episodes.
 
-    dtcosim evaluate --checkpoint checkpoints/ly-dtmppo_paper.safetensors
+    dtcosim evaluate --checkpoint ly-dtmppo_paper          # a packaged checkpoint (dtcosim policies)
     dtcosim evaluate --checkpoint runs/A/policy.safetensors runs/B --episodes 50 --backend sumo
     dtcosim evaluate --checkpoint X --policies equal,nearest
     dtcosim evaluate --checkpoint X --policies equal,dpp-opt --slots 600 --episodes 2
-    dtcosim evaluate --checkpoint checkpoints/ly-dtmppo_set.safetensors --cvs 8 --config configs/transfer/rsu5.yaml
+    dtcosim evaluate --checkpoint ly-dtmppo_set --cvs 8 --config rsu5
+    dtcosim evaluate --checkpoint ly-dtmppo_default ly-mappo_default --policies dpp-opt --episodes 5
 
 A set-architecture checkpoint runs on any --cvs and RSU layout (--config); an
 MLP checkpoint only on the CV and RSU counts it was trained on (one-line error
@@ -35,12 +36,13 @@ from pathlib import Path
 
 from agents import make_policy, policy_names, refined_base
 from agents.checkpoint import POLICY_FILE, config_for_policy, load_policy, options_of, read_policy_file
-from cosim.cli import add_common_args, add_list_arg, config_from_args, save_run_config
+from cosim.cli import add_common_args, add_list_arg, check_checkpoints, config_from_args, packaged_checkpoint, save_run_config
 from cosim.config import Config, CosimError, flat_overrides, to_dict
 from cosim.evaluation import EVAL_SEED, comparison_table, evaluate_each, long_horizon_table
 from cosim.outputs import OutputDir
 from cosim.runner import MAX_SEED, check_episode_count, strict_json
 from cosim.trace_mobility import mixes_folders, trace_folders
+from dtcosim.commands.warmup import prepare
 
 
 def checkpoint_labels(paths: list[str], algos: list[str]) -> list[str]:
@@ -99,18 +101,22 @@ def _evaluate(args: argparse.Namespace, cfg: Config, configs: dict[str, Config],
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_list_arg(ap, "--checkpoint", metavar="PATH", default=[],
-                 help="policy .safetensors files or run folders")
-    add_common_args(ap, backend_default="analytic")
-    ap.add_argument("--episodes", type=int, default=20, help="evaluation episodes per policy (default 20)")
-    ap.add_argument("--eval-seed", type=int, default=EVAL_SEED, help=f"episode i uses seed EVAL_SEED + i "
-                                                                     f"(default {EVAL_SEED})")
-    add_list_arg(ap, "--policies", help="reference policies to include, none after the flag for none "
-                                        f"(default: {' '.join(policy_names())})", default=None)
-    ap.add_argument("--slots", type=int, default=None,
-                    help="episode length override (e.g. 600) with the long-horizon table (default: the config's)")
-    ap.add_argument("--out", default=None, help="output folder (default runs/eval__<time>)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    scenario = add_common_args(ap, backend_default="analytic")
+    scenario.add_argument("--episodes", type=int, default=20, help="evaluation episodes per policy (default 20)")
+    scenario.add_argument("--eval-seed", type=int, default=EVAL_SEED,
+                          help=f"episode i uses seed EVAL_SEED + i (default {EVAL_SEED})")
+    scenario.add_argument("--slots", type=int, default=None,
+                          help="episode length override (e.g. 600) with the long-horizon table "
+                               "(default: the config's, 30)")
+    pol = ap.add_argument_group("policy")
+    add_list_arg(pol, "--checkpoint", metavar="NAME|PATH", default=[], type=packaged_checkpoint,
+                 help="packaged checkpoints by name (dtcosim policies lists them), policy .safetensors files or "
+                      "run folders (default: none)")
+    add_list_arg(pol, "--policies", help="reference policies to include, none after the flag for none "
+                                         f"(default: {' '.join(policy_names())})", default=None)
+    out = ap.add_argument_group("output")
+    out.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/eval__<time>)")
+    out.add_argument("--quiet", action="store_true", help="no progress bars (default: progress bars)")
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be at least 1")
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if not 0 <= args.eval_seed <= MAX_SEED + 1 - args.episodes:
         raise CosimError(f"--eval-seed must be in [0, {MAX_SEED + 1 - args.episodes}], got {args.eval_seed}")
 
+    check_checkpoints(args.checkpoint)
     cfg = config_from_args(args, defaults={"trace.part": "eval"})  # traces: the held-out episodes
     if cfg.backend == "sumo":  # other SUMO maps: config.yaml records where the RSUs went
         from cosim.sumo_mobility import placed_config
@@ -168,6 +175,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.slots is not None:
             cfg = cfg.replace(**{"scenario.episode_slots": args.slots})
         save_run_config(cfg, out, settings=settings)
+        prepare(cfg, names)  # first-run compiles, said before the progress bars start
         if folders is None:
             summaries = _evaluate(args, cfg, configs, policies, checkpoints)
         else:

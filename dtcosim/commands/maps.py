@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from cosim import maps
-from cosim.cli import add_config_args, add_debug_arg, add_map_args, map_overrides
+from cosim.cli import add_config_args, check_configs, add_debug_arg, add_map_args, map_overrides
 from cosim.config import CosimError, load_config
 
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--out", default="map.png", help="the picture --show writes (default map.png)")
     add_config_args(ap)
     add_map_args(ap)
-    ap.add_argument("--cvs", type=int, default=None, help="CV slots (changes nothing about the placement)")
+    ap.add_argument("--cvs", type=int, default=None, help="CV slots (changes nothing about the placement; default: the config's, 5)")
     add_debug_arg(ap)
     args = ap.parse_args(argv)
     if args.show is None:
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         args.net = target
     else:
         args.map = target
+    check_configs(args.config)
     cfg = load_config(args.config, args.overrides).replace(backend="sumo", **map_overrides(args))
     from cosim.map_figure import draw_map  # matplotlib only here
     path = draw_map(cfg, Path(args.out))

@@ -16,7 +16,7 @@ from cosim.config import CosimError
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", default=None, help="the folder reproduce.py wrote")
+    ap.add_argument("--results", default=None, help="the folder dtcosim reproduce wrote (default: results/quick if it exists, else results/full)")
     ap.add_argument("--out", default=None, help="where figures and results.md go (default: the results folder)")
     add_debug_arg(ap)
     args = ap.parse_args(argv)
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         args.results = found[0]
     root = Path(args.results)
     if not (root / "cells").is_dir():
-        raise CosimError(f"{root} holds no results (expected {root / 'cells'}): run scripts/reproduce.py first")
+        raise CosimError(f"{root} holds no results (expected {root / 'cells'}): run dtcosim reproduce first")
     try:
         figures, results = make_all(root, Path(args.out) if args.out else None)
     except FileNotFoundError as exc:

@@ -21,7 +21,7 @@ from pathlib import Path
 from agents.experiments import (EXPERIMENTS_DIR, PRESETS, Budget, grid, load_experiments, run_grid,
                                 validate, write_manifest)
 from cosim.backends import BACKENDS
-from cosim.cli import add_config_args, add_debug_arg, add_list_arg
+from cosim.cli import add_config_args, check_configs, add_debug_arg, add_list_arg
 from cosim.config import CosimError, flat_overrides
 from cosim.outputs import OutputDir
 
@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     add_list_arg(ap, "--experiments", help="only these experiments (default: all)")
     ap.add_argument("--experiments-dir", default=None, help="folder of experiment YAML files (default: configs/experiments)")
     add_list_arg(ap, "--algos", help="only these algorithms/policies (default: all)")
-    ap.add_argument("--backend", choices=tuple(BACKENDS), default="analytic")
+    ap.add_argument("--backend", choices=tuple(BACKENDS), default="analytic", help="mobility backend (default analytic)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: the preset's, 3)")
     ap.add_argument("--episodes", type=int, default=None, help="training episodes per run (default: the preset's)")
-    ap.add_argument("--workers", type=int, default=2, help="parallel worker processes")
-    ap.add_argument("--ray", metavar="ADDRESS", default=None, help="run on Ray: a cluster address, or 'local'")
+    ap.add_argument("--workers", type=int, default=2, help="parallel worker processes (default 2)")
+    ap.add_argument("--ray", metavar="ADDRESS", default=None, help="run on Ray: a cluster address, or 'local' (default: local worker processes)")
     ap.add_argument("--out", default=None, help="results folder (default: results/<preset>)")
     ap.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     add_debug_arg(ap)
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                     b.seeds if args.seeds is None else args.seeds)
     experiments = load_experiments(args.experiments, Path(args.experiments_dir) if args.experiments_dir
                                    else EXPERIMENTS_DIR)
+    check_configs(args.config)
     base = flat_overrides(args.config, args.overrides)
     cells = grid(experiments, budget, args.backend, base=base)
     if args.algos:

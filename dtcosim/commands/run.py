@@ -8,7 +8,11 @@
     dtcosim run --map resco/ingolstadt21 --cvs 200 --rsus 20 --penetration 0.7   # a real city (maps extra)
     dtcosim run --net my.net.xml --rsus 5 --cvs 8
     dtcosim run --backend analytic --episodes 3 --policy nearest
-    dtcosim run --cvs 9 --config configs/transfer/rsu5.yaml   # the shipped policy, any fleet/layout
+    dtcosim run --cvs 9 --config rsu5          # the shipped policy, any fleet and RSU layout
+    dtcosim run --backend analytic --config congested --policy ly-dtmppo_default
+
+--config takes a packaged config by name (dtcosim configs lists them) or a YAML file;
+--policy a reference policy, a packaged checkpoint by name (dtcosim policies) or a path.
 """
 
 from __future__ import annotations
@@ -21,34 +25,43 @@ from pathlib import Path
 from tqdm import tqdm
 
 from agents import FALLBACK_POLICY, config_for, default_policy, make_policy
-from cosim.cli import add_common_args, add_map_args, config_from_args, map_overrides, save_run_config
+from cosim.cli import add_common_args, add_map_args, config_from_args, map_overrides, resolve_policy, save_run_config
 from cosim.config import Config, CosimError, flat_overrides
 from cosim.env import BatchCoSim, StepOutput
 from cosim.gui import SlotDecisions, decision_colors, decision_label, short_label, slot_line
 from cosim.outputs import OutputDir
+from cosim.resources import short_name
 from cosim.runner import check_episode_count, episode_table, run_episodes, write_summary
+from dtcosim.commands.warmup import prepare
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(ap, backend_default="sumo")
+    scenario = add_common_args(ap, backend_default="sumo")
+    scenario.add_argument("--episodes", type=int, default=1, help="episodes to run (default 1)")
     add_map_args(ap)
-    ap.add_argument("--policy", default=None,
-                    help="local | nearest | equal | random | dpp-opt | a checkpoint path "
-                         "(default: the shipped set-structured Ly-DTMPPO checkpoint, any --cvs and RSU layout)")
-    ap.add_argument("--episodes", type=int, default=1)
-    ap.add_argument("--out", default="runs/cosim", help="output folder for slots.csv, summary.json, config.yaml")
-    ap.add_argument("--gui", action="store_true", help="run sumo-gui and colour each CV by its decision")
-    ap.add_argument("--record", metavar="DIR", default=None,
-                    help="save the dashboard (and with --gui sumo-gui's view) as one PNG per slot into DIR, "
-                         "and both side by side as DIR/cosim.gif")
-    ap.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=None,
-                    help="a live matplotlib window of cost, reward, delays, splits, queues and the twin "
-                         "(default: on with --gui)")
-    ap.add_argument("--fps", type=float, default=2.0, help="slots per second of the --record animation (default 2)")
-    ap.add_argument("--delay", type=int, default=200, metavar="MS", help="sumo-gui delay per step, ms (default 200)")
-    ap.add_argument("--print-slots", action="store_true", help="print one line per slot (on by default with --gui)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    pol = ap.add_argument_group("policy")
+    pol.add_argument("--policy", default=None, metavar="NAME|PATH",
+                     help="local | nearest | equal | random | dpp-opt | a packaged checkpoint (dtcosim policies: "
+                          "ly-dtmppo_set, ly-dtmppo_default, ...) | a checkpoint path or run folder "
+                          "(default: ly-dtmppo_set, the set-structured Ly-DTMPPO for any --cvs and RSU layout)")
+    out = ap.add_argument_group("output")
+    out.add_argument("--out", default="runs/cosim", metavar="DIR",
+                     help="output folder for slots.csv, summary.json, config.yaml (default runs/cosim)")
+    out.add_argument("--record", metavar="DIR", default=None,
+                     help="save the dashboard (and with --gui sumo-gui's view) as one PNG per slot into DIR, "
+                          "and both side by side as DIR/cosim.gif (default: no recording)")
+    out.add_argument("--fps", type=float, default=2.0, help="slots per second of the --record animation (default 2)")
+    show = ap.add_argument_group("display")
+    show.add_argument("--gui", action="store_true",
+                      help="run sumo-gui and colour each CV by its decision (needs a display; default: headless)")
+    show.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=None,
+                      help="a live matplotlib window of cost, reward, delays, splits, queues and the twin "
+                           "(default: on with --gui)")
+    show.add_argument("--delay", type=int, default=200, metavar="MS", help="sumo-gui delay per step, ms (default 200)")
+    show.add_argument("--print-slots", action="store_true",
+                      help="print one line per slot (default: on with --gui, else off)")
+    show.add_argument("--quiet", action="store_true", help="no progress bar (default: a progress bar)")
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be at least 1")
@@ -67,7 +80,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         cfg = cfg.replace(**sumo_map)
     if args.gui:
         cfg = cfg.replace(**{"sumo.extra_args": [*cfg.sumo.extra_args, "--delay", str(args.delay)]})
-    policy_name = args.policy or default_policy()
+    policy_name = resolve_policy(args.policy) if args.policy else default_policy()
     # A checkpoint runs under the action and observation options it was trained with, unless set here.
     cfg = config_for(policy_name, cfg, flat_overrides(args.config, args.overrides))
 
@@ -98,13 +111,15 @@ def _run(args: argparse.Namespace, cfg: Config, policy_name: str, out: Path, rec
             print(f"note: {exc}; using the {FALLBACK_POLICY} policy instead", file=sys.stderr)
             policy_name = FALLBACK_POLICY
             policy = make_policy(policy_name, sim.n_rsus, seed=cfg.seed, env=sim)
+        # Kernels not compiled yet are compiled now, said first, so the progress bar below times only the run.
+        prepare(sim.cfg, [policy_name])
         # With the RSUs where they were placed and the policy's resolved settings (dpp-opt's).
         save_run_config(sim.cfg, out, policy)
         show_slots = args.print_slots or args.gui
         dashboard = None
         if show_dashboard or record is not None:  # off in a plain headless run: it costs ~0.2 s a slot
             from cosim.dashboard import Dashboard
-            title = f"{Path(policy_name).stem} on {cfg.backend}, {sim.n_cvs} CVs, {sim.n_rsus} RSUs"
+            title = f"{short_name(policy_name)} on {cfg.backend}, {sim.n_cvs} CVs, {sim.n_rsus} RSUs"
             # sumo-gui's window is at the top left
             below_gui = (0, sim.mobility.envs[0].window_size[1] + 30) if args.gui else None
             dashboard = Dashboard(sim, show=show_dashboard, record_dir=record, title=title, window_pos=below_gui)
@@ -132,7 +147,7 @@ def _run(args: argparse.Namespace, cfg: Config, policy_name: str, out: Path, rec
 
         try:
             result = run_episodes(sim, policy, args.episodes, seed=cfg.seed, csv_path=out / "slots.csv",
-                                  on_slot=on_slot, progress=not args.quiet, policy_name=policy_name)
+                                  on_slot=on_slot, progress=not args.quiet, policy_name=short_name(policy_name))
         finally:
             if dashboard is not None:
                 dashboard.close()
@@ -142,7 +157,7 @@ def _run(args: argparse.Namespace, cfg: Config, policy_name: str, out: Path, rec
         animation = write_animation(record, fps=args.fps)
     where = {"sumo": cfg.sumo.map or cfg.sumo.sumocfg or cfg.sumo.net or "the paper's road", "analytic": "analytic road",
              "trace": f"traces in {cfg.trace.dir}, {cfg.trace.part} part"}.get(cfg.backend, cfg.backend)
-    print(f"{policy_name} on {cfg.backend} ({where}), "
+    print(f"{short_name(policy_name)} on {cfg.backend} ({where}), "
           f"{sim.n_cvs} CVs, {sim.n_rsus} RSUs, {args.episodes} episode(s) of {cfg.scenario.episode_slots} slots")
     print(episode_table(result))
     s = result.summary
@@ -157,6 +172,8 @@ def _run(args: argparse.Namespace, cfg: Config, policy_name: str, out: Path, rec
         print(policy.summary_text())
     if getattr(sim.mobility, "map_summary", None) is not None:  # other maps: size, traffic, RSU coverage
         s["map"] = dataclasses.asdict(sim.mobility.map_summary)
+    if short_name(policy_name) != policy_name:
+        s["checkpoint"] = policy_name
     write_summary(out / "summary.json", s, result.episodes)
     return animation
 
