@@ -318,7 +318,8 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
 
 
 # ---------------------------------------------------------------------------
-# Issue 12's experiments: cells selected by the variant names their records carry
+# The variant experiments (twin ablation, scenarios, long horizon): cells selected by the variant names their
+# records carry
 
 TWIN_ABLATION, SCENARIOS, LONG_HORIZON = "twin_ablation", "scenarios", "long_horizon"
 VARIANT_EXPERIMENTS = (TWIN_ABLATION, SCENARIOS, LONG_HORIZON)
