@@ -35,7 +35,7 @@ class Algorithm:
     summary: str
     sections: tuple[str, ...] = ()
 
-    def trainer_class(self) -> type["Trainer"]:
+    def trainer_class(self) -> type[Trainer]:
         return getattr(importlib.import_module(self.module), self.trainer)
 
 
@@ -64,7 +64,7 @@ def get_algorithm(name: str) -> Algorithm:
     return ALGORITHMS[name]
 
 
-def make_trainer(algo: str, cfg: Config, **sim_kwargs: Any) -> "Trainer":
+def make_trainer(algo: str, cfg: Config, **sim_kwargs: Any) -> Trainer:
     """Seed everything, build the training simulator (training.n_envs episodes at once) and the trainer.
 
     The algorithm's twin flag overrides ``twin.enabled``: that flag is what tells the two MAPPOs apart.
@@ -99,7 +99,7 @@ def make_trainer(algo: str, cfg: Config, **sim_kwargs: Any) -> "Trainer":
 def train(algo: str | None, cfg: Config | None = None, out: str | Path | None = None,
           resume: str | Path | None = None, episodes: int | None = None, progress: bool = True,
           tensorboard: bool = True, stop_after: int | None = None, runs_root: str | Path = "runs",
-          log=print, **sim_kwargs: Any) -> "FitResult":
+          log=print, **sim_kwargs: Any) -> FitResult:
     """Train ``algo`` on ``cfg`` into ``out`` (default runs/scenario__algo__seed__time), or resume a run.
 
     With ``resume=DIR`` the algorithm and config come from DIR (``algo`` and ``cfg`` must then

@@ -207,7 +207,7 @@ class TrainedPolicy:
                 blocks = ObsLayout.blocks_of(s.entity)
             except (ValueError, KeyError, TypeError) as exc:
                 raise CosimError(f"policy {self.name}: {exc}") from None
-            self.net = SetActor(blocks, s.hidden, orthogonal=False)
+            self.net: torch.nn.Module = SetActor(blocks, s.hidden, orthogonal=False)
         else:
             self.net = AgentMLP(s.n_agents, s.obs_dim, s.action_dim, s.hidden, s.share_params, orthogonal=False)
         try:

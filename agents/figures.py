@@ -521,7 +521,8 @@ def long_horizon_section(runs: list[Run], manifest: dict[str, Any], out: Path, f
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for r in rs:
         v = _variants(r)[LONG_HORIZON]
-        groups[(r.algo, *(v.get(a) for a in axes_names))].append(r)
+        key = (r.algo, *(v.get(a) for a in axes_names))
+        groups[key].append(r)
     algo_rank = {a: i for i, a in enumerate(ordered({g[0] for g in groups}))}
     keys = sorted(groups, key=lambda g: (algo_rank[g[0]], *(orders[a].index(x) if x in orders[a] else 99
                                                              for a, x in zip(axes_names, g[1:]))))

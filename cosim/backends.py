@@ -26,7 +26,7 @@ class Backend:
     summary: str
     gui: bool = False  # shows the simulation (sumo-gui) and can record frames
 
-    def load(self) -> type["BatchMobility"]:
+    def load(self) -> type[BatchMobility]:
         module, cls = self.target.split(":")
         return getattr(importlib.import_module(module), cls)
 

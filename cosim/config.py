@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .backends import get_backend
-from .errors import ConfigError, CosimError
+from .errors import ConfigError, CosimError  # noqa: F401 - CosimError: callers import it from here
 from .extra_sections import check_sections
 from .resources import config_dir
 
@@ -289,7 +289,7 @@ class Config:
     sumo: SumoConfig = field(default_factory=SumoConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """Dotted-key replacement with validation: cfg.replace(**{"lyapunov.V": 10})."""
         return from_dict(deep_merge(to_dict(self), _nest(changes)))
 
@@ -449,7 +449,7 @@ def settings_dict(settings: Any, inherited: Iterable[str] = ()) -> dict[str, Any
     return {f.name: to_dict(getattr(settings, f.name)) for f in dataclasses.fields(settings) if f.name not in skip}
 
 
-def with_extra(cfg: "Config", sections: Mapping[str, Mapping[str, Any]], drop: Iterable[str] = ()) -> "Config":
+def with_extra(cfg: Config, sections: Mapping[str, Mapping[str, Any]], drop: Iterable[str] = ()) -> Config:
     """``cfg`` with ``training.extra`` sections replaced (resolved settings, saved with a run) and ``drop`` removed."""
     extra = {k: v for k, v in cfg.training.extra.items() if k not in set(drop)}
     extra.update({k: dict(v) for k, v in sections.items()})

@@ -76,7 +76,7 @@ class ModelParams:
         return self.rsu_cpu - self.twin_reserve
 
     @classmethod
-    def from_config(cls, cfg: Config, rsus=None) -> "ModelParams":
+    def from_config(cls, cfg: Config, rsus=None) -> ModelParams:
         """``rsus`` overrides cfg.scenario.rsus (e.g. RSUs placed on a SUMO map)."""
         rsus = tuple(rsus) if rsus is not None else cfg.scenario.rsus
         t, c, ch, ly = cfg.tasks, cfg.compute, cfg.channel, cfg.lyapunov
@@ -351,7 +351,7 @@ def proportional_cpu_request(split: np.ndarray, size: np.ndarray, intensity: np.
     return np.where(total > 0, cycles / np.where(total > 0, total, 1.0), 0.0)
 
 
-def start_of_slot_wait(p: ModelParams, state: "QueueState") -> np.ndarray:
+def start_of_slot_wait(p: ModelParams, state: QueueState) -> np.ndarray:
     """W_k (E, K) that the balanced split plans with: Little's law over the window as it stands
     when the slot starts (the slot's own arrivals are not known yet; :func:`slot` then includes them)."""
     return littles_law_delay(p.tau, state.hist_q_rsu, state.hist_lam_rsu)
@@ -510,13 +510,13 @@ class QueueState:
     t: int = 0               # slots since the episode started (all environments step in lockstep)
 
     @classmethod
-    def zeros(cls, n_envs: int, n_cvs: int, n_rsus: int, window: int) -> "QueueState":
+    def zeros(cls, n_envs: int, n_cvs: int, n_rsus: int, window: int) -> QueueState:
         z = np.zeros
         return cls(z((n_envs, n_cvs)), z((n_envs, n_rsus)), z((n_envs, n_cvs)),
                    z((n_envs, window, n_cvs)), z((n_envs, window, n_cvs)),
                    z((n_envs, window, n_rsus)), z((n_envs, window, n_rsus)), 0)
 
-    def copy(self) -> "QueueState":
+    def copy(self) -> QueueState:
         return replace(self, **{f.name: getattr(self, f.name).copy() for f in fields(self) if f.name != "t"})
 
 

@@ -158,7 +158,7 @@ class ObsLayout:
                 "twin": [b.name for b in self.blocks if b.twin]}
 
     @classmethod
-    def for_obs_dim(cls, dim: int, blocks: tuple[Block, ...] = OBS_BLOCKS) -> "ObsLayout":
+    def for_obs_dim(cls, dim: int, blocks: tuple[Block, ...] = OBS_BLOCKS) -> ObsLayout:
         """The layout of ``blocks`` whose flat vector has ``dim`` entries (K follows from it)."""
         probe = cls(0, blocks)
         K, rem = divmod(dim - probe.own_dim, probe.token_dim)

@@ -160,8 +160,8 @@ def resolve_map(cfg: Config, workdir: Path) -> SumoMap:
     spec = road.RoadSpec(length_m=sc.road_length_m, lanes_per_direction=sc.lanes_per_direction,
                          lane_width_m=sc.lane_width_m, rsus=tuple((r.x, r.y, r.radius) for r in sc.rsus))
     directory = road.ROAD_DIR if spec == road.RoadSpec() else road.build(workdir / "road", spec).parent
-    sumocfg = directory / f"{road.NAME}.sumocfg"
-    return SumoMap(str(sumocfg), ("-c", str(sumocfg)), directory / f"{road.NAME}.net.xml",
+    road_cfg = directory / f"{road.NAME}.sumocfg"
+    return SumoMap(str(road_cfg), ("-c", str(road_cfg)), directory / f"{road.NAME}.net.xml",
                 (directory / f"{road.NAME}.rou.xml",), spec)
 
 

@@ -174,9 +174,9 @@ def balance_loads(candidates: np.ndarray, samples: np.ndarray, chosen: Sequence[
                     best = (bus, int(j), int(c))
         if best is None:
             break
-        _, j, c = best
-        chosen[j] = c
-        d[j] = dist(c)
+        _, moved, site_c = best
+        chosen[moved] = site_c
+        d[moved] = dist(site_c)
         _, busiest, loads = score(d)
     return chosen
 

@@ -25,7 +25,7 @@ from ..config import CosimError
 
 CONNECT_TIMEOUT_S = 60.0
 # libsumo runs one simulation per process: the Sumo that holds it, if any.
-_libsumo_holder: "Sumo | None" = None
+_libsumo_holder: Sumo | None = None
 
 
 def sumo_binary(name: str) -> str:
@@ -183,7 +183,7 @@ class Sumo:
                 try:
                     api.close(False) if proc is not None else api.close()
                     break
-                except (*self.errors, OSError, struct.error, ValueError, IndexError):  # a cut exchange: garbage
+                except (*self.errors, OSError, struct.error, ValueError, IndexError):  # type: ignore[misc]  # a cut exchange: garbage
                     if proc is not None and proc.poll() is None:
                         proc.kill()
         finally:
