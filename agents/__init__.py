@@ -194,7 +194,7 @@ def make_policy(name_or_path: str, n_rsus: int, seed: int | None = None, env: An
     if name_or_path in REFERENCE_POLICIES:
         return REFERENCE_POLICIES[name_or_path](n_rsus, seed)
     if name_or_path == "dpp-opt":
-        from cosim.optimizer import DppOptimizer  # scipy is only needed when the optimiser is used
+        from cosim.optimizer import DppOptimizer  # imported when used: it loads the compiled kernels
         return DppOptimizer(env, seed=seed)
     refine = REFINED.fullmatch(name_or_path)
     if refine:  # another policy's proposal, refined by a few optimiser iterations on the slot
