@@ -12,6 +12,8 @@ repeating route), so a CV turns into the mirror lane at an end as the analytic f
 backends part only where the analytic model is unphysical (two CVs drawn closer in one lane than they
 can be, or a faster CV reaching a slower one: SUMO's car following brakes or overtakes) and, for the
 second a CV's rear takes through a U-turn, in the heading (SUMO reports the body's angle).
+``sumo.background_vehicles`` vehicles of vType ``background`` are inserted at free places drawn by
+SUMO's own ``--seed``.
 """
 
 from __future__ import annotations
