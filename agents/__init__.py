@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cosim.config import Config, CosimError, load_config
+from cosim.extra_sections import register_section
 from cosim.resources import checkpoint_dir
 
 if TYPE_CHECKING:
@@ -25,26 +26,36 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Algorithm:
-    """A registered algorithm: where its Trainer lives and whether its actors see the digital twin."""
+    """A registered algorithm: where its Trainer lives, whether its actors see the digital twin and
+    which ``training.extra`` sections its settings come from."""
 
     module: str
     trainer: str
     twin: bool
     summary: str
+    sections: tuple[str, ...] = ()
 
-    def trainer_class(self) -> type["Trainer"]:
+    def trainer_class(self) -> type[Trainer]:
         return getattr(importlib.import_module(self.module), self.trainer)
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "ly-dtmppo": Algorithm("agents.mappo", "MAPPOTrainer", True, "MAPPO, actors see the digital twin (the paper's)"),
-    "ly-mappo": Algorithm("agents.mappo", "MAPPOTrainer", False, "MAPPO without the twin's block (ablation)"),
-    "ly-maddpg": Algorithm("agents.maddpg", "MADDPGTrainer", True, "MADDPG, deterministic actors, centralised Q"),
-    "ly-matd3": Algorithm("agents.matd3", "MATD3Trainer", True, "MATD3: twin critics, target smoothing, delays"),
-    "ly-masac": Algorithm("agents.masac", "MASACTrainer", True, "MASAC: squashed Gaussians, auto temperature"),
+    "ly-dtmppo": Algorithm("agents.mappo", "MAPPOTrainer", True, "MAPPO, actors see the digital twin (the paper's)",
+                           ("mappo",)),
+    "ly-mappo": Algorithm("agents.mappo", "MAPPOTrainer", False, "MAPPO without the twin's block (ablation)",
+                          ("mappo",)),
+    "ly-maddpg": Algorithm("agents.maddpg", "MADDPGTrainer", True, "MADDPG, deterministic actors, centralised Q",
+                           ("offpolicy", "maddpg")),
+    "ly-matd3": Algorithm("agents.matd3", "MATD3Trainer", True, "MATD3: twin critics, target smoothing, delays",
+                          ("offpolicy", "matd3")),
+    "ly-masac": Algorithm("agents.masac", "MASACTrainer", True, "MASAC: squashed Gaussians, auto temperature",
+                          ("offpolicy", "masac")),
     "ly-dagger": Algorithm("agents.imitation", "DaggerTrainer", True,
-                           "DAgger from the per-slot optimiser into the set actor (twin's view, any fleet)"),
+                           "DAgger from the per-slot optimiser into the set actor (twin's view, any fleet)", ("dagger",)),
 }
+for _name, _spec in ALGORITHMS.items():  # config validation then refuses a misspelt training.extra section
+    for _section in _spec.sections:
+        register_section(_section, _name)
 
 
 def get_algorithm(name: str) -> Algorithm:
@@ -53,7 +64,7 @@ def get_algorithm(name: str) -> Algorithm:
     return ALGORITHMS[name]
 
 
-def make_trainer(algo: str, cfg: Config, **sim_kwargs: Any) -> "Trainer":
+def make_trainer(algo: str, cfg: Config, **sim_kwargs: Any) -> Trainer:
     """Seed everything, build the training simulator (training.n_envs episodes at once) and the trainer.
 
     The algorithm's twin flag overrides ``twin.enabled``: that flag is what tells the two MAPPOs apart.
@@ -88,7 +99,7 @@ def make_trainer(algo: str, cfg: Config, **sim_kwargs: Any) -> "Trainer":
 def train(algo: str | None, cfg: Config | None = None, out: str | Path | None = None,
           resume: str | Path | None = None, episodes: int | None = None, progress: bool = True,
           tensorboard: bool = True, stop_after: int | None = None, runs_root: str | Path = "runs",
-          log=print, **sim_kwargs: Any) -> "FitResult":
+          log=print, **sim_kwargs: Any) -> FitResult:
     """Train ``algo`` on ``cfg`` into ``out`` (default runs/scenario__algo__seed__time), or resume a run.
 
     With ``resume=DIR`` the algorithm and config come from DIR (``algo`` and ``cfg`` must then
@@ -183,7 +194,7 @@ def make_policy(name_or_path: str, n_rsus: int, seed: int | None = None, env: An
     if name_or_path in REFERENCE_POLICIES:
         return REFERENCE_POLICIES[name_or_path](n_rsus, seed)
     if name_or_path == "dpp-opt":
-        from cosim.optimizer import DppOptimizer  # scipy is only needed when the optimiser is used
+        from cosim.optimizer import DppOptimizer  # imported when used: it loads the compiled kernels
         return DppOptimizer(env, seed=seed)
     refine = REFINED.fullmatch(name_or_path)
     if refine:  # another policy's proposal, refined by a few optimiser iterations on the slot

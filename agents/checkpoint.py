@@ -115,7 +115,6 @@ def read_policy_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CosimError(f"{p} is not a policy checkpoint ({(str(exc).splitlines() or [''])[0][:80]})") from None
-    validate_header(meta, tensors, str(p))
     for k, v in tensors.items():
         if not torch.isfinite(v).all():
             raise CosimError(f"{p}: tensor {k} holds NaN or infinite values; the policy cannot be used")
@@ -124,45 +123,13 @@ def read_policy_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.
     return meta, tensors
 
 
-_ACTOR_FIELDS = {"kind": str, "n_agents": int, "obs_dim": int, "action_dim": int, "hidden": int, "share_params": bool}
-
-
-def validate_header(meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> None:
-    """One-line CosimError unless the header describes an actor this code can rebuild from these tensors."""
-    a = meta.get("actor")
-    if not isinstance(a, dict):
-        raise CosimError(f"{where}: policy header has no 'actor' mapping")
-    for key, tp in _ACTOR_FIELDS.items():
-        if not isinstance(a.get(key), tp) or (tp is int and isinstance(a.get(key), bool)):
-            raise CosimError(f"{where}: policy header actor.{key} must be a {tp.__name__}, got {a.get(key)!r}")
-    if a["kind"] not in ("gaussian", "deterministic", "squashed"):
-        raise CosimError(f"{where}: policy header actor.kind {a['kind']!r} is not gaussian, deterministic or squashed")
-    arch = a.get("arch", "mlp")
-    if arch not in ("mlp", "set"):
-        raise CosimError(f"{where}: policy header actor.arch {arch!r} is not mlp or set")
-    if arch == "set":
-        ent = a.get("entity")
-        if (not isinstance(ent, dict) or not isinstance(ent.get("own"), list) or not isinstance(ent.get("token"), list)
-                or not all(isinstance(b, list) and len(b) == 2 and isinstance(b[0], str) and isinstance(b[1], int)
-                           for b in ent["own"]) or not all(isinstance(b, str) for b in ent["token"])):
-            raise CosimError(f"{where}: policy header actor.entity must list own blocks [name, width] and token "
-                             f"block names, got {ent!r}")
-        if "log_std" not in tensors or tuple(tensors["log_std"].shape) != (len(PER_CV) + len(PER_RSU),):
-            raise CosimError(f"{where}: set policy needs a log_std tensor of {len(PER_CV) + len(PER_RSU)} entries")
-    elif a["obs_dim"] < 1 or a["action_dim"] < 1 or a["n_agents"] < 1:
-        raise CosimError(f"{where}: policy header sizes must be positive (n_agents, obs_dim, action_dim)")
-    for key in ("obs_mean", "obs_std") if arch == "mlp" else ():
-        if key not in tensors or tuple(tensors[key].shape) != (a["obs_dim"],):
-            raise CosimError(f"{where}: policy file needs a {key} tensor of {a['obs_dim']} entries")
-
-
 _KINDS = ("gaussian", "deterministic", "squashed")
 MAX_POLICY_SIZE = 1 << 16  # a bound on every size in a header (agents, observation, action, hidden width)
 
 
 def validate_policy_header(p: Path, meta: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
-    """One CosimError unless the header's fields have the right types and sensible values and
-    the tensors in the file have exactly the shapes the header implies."""
+    """One CosimError unless the header describes an actor this code can rebuild: its fields have the
+    right types and sensible values and the tensors in the file have exactly the shapes it implies."""
     def field(d: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
         v = d.get(key)
         if kind is int:
@@ -193,7 +160,15 @@ def validate_policy_header(p: Path, meta: dict[str, Any], shapes: dict[str, tupl
         if shapes.get("net.rsu_ctx.weight") != want_ctx:
             raise CosimError(f"{p}: tensor net.rsu_ctx.weight has shape {list(shapes.get('net.rsu_ctx.weight', []))}, "
                              f"the header implies {list(want_ctx)}")
-        return  # the rest of a set policy: validate_header, once its (small) tensors are read
+        ent = a.get("entity")
+        if (not isinstance(ent, dict) or not isinstance(ent.get("own"), list) or not isinstance(ent.get("token"), list)
+                or not all(isinstance(b, list) and len(b) == 2 and isinstance(b[0], str) and isinstance(b[1], int)
+                           for b in ent["own"]) or not all(isinstance(b, str) for b in ent["token"])):
+            raise CosimError(f"{p}: policy header actor.entity must list own blocks [name, width] and token "
+                             f"block names, got {ent!r}")
+        if shapes.get("log_std") != (len(PER_CV) + len(PER_RSU),):
+            raise CosimError(f"{p}: set policy needs a log_std tensor of {len(PER_CV) + len(PER_RSU)} entries")
+        return
     dt = a.get("dt_slice")
     if dt is not None and not (isinstance(dt, list) and len(dt) == 2 and all(isinstance(x, int) for x in dt)
                                and 0 <= dt[0] < dt[1] <= D):
@@ -232,7 +207,7 @@ class TrainedPolicy:
                 blocks = ObsLayout.blocks_of(s.entity)
             except (ValueError, KeyError, TypeError) as exc:
                 raise CosimError(f"policy {self.name}: {exc}") from None
-            self.net = SetActor(blocks, s.hidden, orthogonal=False)
+            self.net: torch.nn.Module = SetActor(blocks, s.hidden, orthogonal=False)
         else:
             self.net = AgentMLP(s.n_agents, s.obs_dim, s.action_dim, s.hidden, s.share_params, orthogonal=False)
         try:

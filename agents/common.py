@@ -624,13 +624,13 @@ def fit(trainer: Trainer, run_dir: str | Path, episodes: int | None = None, resu
                 save(boundary)
         save(boundary)
     except (KeyboardInterrupt, SystemError) as exc:  # SystemError: an interrupt inside a numba kernel
-        stop = interrupt_behind(exc)
-        if stop is None:
+        interrupt = interrupt_behind(exc)
+        if interrupt is None:
             raise
         bar.close()
         save(boundary)
         log(f"interrupted: saved the state after {boundary['episodes']} episodes; continue with --resume {run_dir}")
-        raise stop from None
+        raise interrupt from None
     finally:
         bar.close()
         tb.close()

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cosim.config import read_json
+from cosim.config import load_config, read_json
 from cosim.stats import ci95, smooth
 
 from .experiments import DONE_FILE
@@ -160,9 +160,23 @@ def finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path, figures: l
     figures.append(save(fig, path))
 
 
+@dataclass(frozen=True)
+class BaseSetting:
+    """The setting the paper's Fig. 4, 5 and 7 and Table III hold fixed: the default config's."""
+
+    n_cvs: int
+    n_rsus: int
+    V: float
+    alpha: float
+
+    @classmethod
+    def default(cls) -> BaseSetting:
+        cfg = load_config()
+        return cls(cfg.scenario.n_cvs, cfg.n_rsus, cfg.lyapunov.V, cfg.lyapunov.alpha)
+
+
 def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
     """Every figure and results.md from the runs under ``root``; returns (figures, results.md)."""
-    plt = _plt()
     out = out or root
     out.mkdir(parents=True, exist_ok=True)
     all_runs = load_runs(root)
@@ -179,57 +193,89 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
                f"episodes per run, {b['seeds']} seed(s), {b['eval_episodes']} evaluation episodes per run "
                "(deterministic policies, seeds never used in training). ± is the 95 % confidence interval over "
                "seeds.", ""]
-    learned = lambda group: {a: rs for a, rs in group.items() if rs and rs[0].metrics}  # noqa: E731
+    s = BaseSetting.default()
+    base = select(runs, **{"scenario.n_cvs": s.n_cvs, "lyapunov.V": s.V})
+    conv = _learned(base)
+    md += _convergence(conv, s, out, figures)
+    md += _default_evaluation(base, s)
+    md += _queues(base, conv, s, out, figures)
+    md += _against_cvs(runs, s, out, figures)
+    md += _against_v(runs, s, out, figures)
+    for section in (twin_ablation_section, scenarios_section, long_horizon_section, lyapunov_v_long_section):
+        md += section(all_runs, manifest, out, figures)
+    md += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
+    results = out / "results.md"
+    results.write_text("\n".join(md))
+    return figures, results
 
-    # Fig. 4 and Table III: convergence at 5 CVs, V = 5.
-    base = select(runs, **{"scenario.n_cvs": 5, "lyapunov.V": 5})
-    conv = learned(base)
-    if conv:
-        n = min(len(r.metrics["reward"]) for rs in conv.values() for r in rs)
-        w = min(STEADY_WINDOW, max(1, n // 3))
-        fig, ax = plt.subplots(figsize=(7.5, 4.5))
-        for a in ordered(conv):
-            band_plot(ax, [r.metrics["reward"] for r in conv[a]], w, ALGO_COLOR.get(a, None), label(a), ALGO_Z.get(a, 2))
-        ax.set_yscale("symlog", linthresh=10)
-        finish(fig, ax, "episode", f"mean reward per slot ({w}-episode moving average)",
-               "Fig. 4: convergence, 5 CVs, 3 RSUs, V = 5", out / "fig4_convergence.png", figures)
-        rows = []
-        for a in ordered(conv):
-            stats = [table3_row(r.metrics["reward"]) for r in conv[a]]
-            rows.append([label(a), fmt_ci([s[0] for s in stats]), fmt_ci([s[1] for s in stats]),
-                         fmt_ci([s[2] for s in stats], 0)])
-        md += ["## Table III: convergence stability and speed (5 CVs, 3 RSUs, V = 5)", "",
-               markdown_table(["algorithm", f"steady reward (last {w} episodes)", "CV", "conv. episode (95 %)"],
-                              rows), ""]
+
+def _learned(group: dict[str, list[Run]]) -> dict[str, list[Run]]:
+    """The algorithms of ``group`` that have training curves (the learners)."""
+    return {a: rs for a, rs in group.items() if rs and rs[0].metrics}
+
+
+def _window(n: int) -> int:
+    return min(STEADY_WINDOW, max(1, n // 3))
+
+
+def _convergence(conv: dict[str, list[Run]], s: BaseSetting, out: Path, figures: list[Path]) -> list[str]:
+    """Fig. 4 and Table III: convergence at the base setting, and Ly-DTMPPO's gain over each baseline."""
+    if not conv:
+        return []
+    plt = _plt()
+    where = f"{s.n_cvs} CVs, {s.n_rsus} RSUs, V = {s.V:g}"
+    n = min(len(r.metrics["reward"]) for rs in conv.values() for r in rs)
+    w = _window(n)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for a in ordered(conv):
+        band_plot(ax, [r.metrics["reward"] for r in conv[a]], w, ALGO_COLOR.get(a, None), label(a), ALGO_Z.get(a, 2))
+    ax.set_yscale("symlog", linthresh=10)
+    finish(fig, ax, "episode", f"mean reward per slot ({w}-episode moving average)",
+           f"Fig. 4: convergence, {where}", out / "fig4_convergence.png", figures)
+    rows = []
+    for a in ordered(conv):
+        stats = [table3_row(r.metrics["reward"]) for r in conv[a]]
+        rows.append([label(a), fmt_ci([st[0] for st in stats]), fmt_ci([st[1] for st in stats]),
+                     fmt_ci([st[2] for st in stats], 0)])
+    md = [f"## Table III: convergence stability and speed ({where})", "",
+          markdown_table(["algorithm", f"steady reward (last {w} episodes)", "CV", "conv. episode (95 %)"], rows), ""]
+    if "ly-dtmppo" in conv:
         gains = {}
-        if "ly-dtmppo" in conv:
-            ours = np.mean([table3_row(r.metrics["reward"])[0] for r in conv["ly-dtmppo"]])
-            for a in ordered(conv):
-                if a != "ly-dtmppo":
-                    theirs = np.mean([table3_row(r.metrics["reward"])[0] for r in conv[a]])
-                    gains[a] = (ours - theirs) / abs(theirs) * 100
-            md += ["Relative gain of Ly-DTMPPO's steady reward over each baseline (the paper: 25.3 % over "
-                   "Ly-MADDPG, 43.9 % over Ly-MATD3, 15.9 % over Ly-MASAC, 28.3 % over Ly-MAPPO): "
-                   + ", ".join(f"{label(a)} {g:+.1f} %" for a, g in gains.items()) + ".", ""]
+        ours = np.mean([table3_row(r.metrics["reward"])[0] for r in conv["ly-dtmppo"]])
+        for a in ordered(conv):
+            if a != "ly-dtmppo":
+                theirs = np.mean([table3_row(r.metrics["reward"])[0] for r in conv[a]])
+                gains[a] = (ours - theirs) / abs(theirs) * 100
+        md += ["Relative gain of Ly-DTMPPO's steady reward over each baseline (the paper: 25.3 % over "
+               "Ly-MADDPG, 43.9 % over Ly-MATD3, 15.9 % over Ly-MASAC, 28.3 % over Ly-MAPPO): "
+               + ", ".join(f"{label(a)} {g:+.1f} %" for a, g in gains.items()) + ".", ""]
+    return md
 
-    # Evaluation at the default setting, learned and reference policies side by side.
-    if base:
-        rows = []
-        opt = [r.record["eval"]["mean_cost"] for r in base.get("dpp-opt", [])]
-        for a in ordered(base):
-            ev = [r.record["eval"] for r in base[a]]
-            gap = ""
-            if opt and a != "dpp-opt":
-                gap = f"{(np.mean([e['mean_cost'] for e in ev]) / np.mean(opt) - 1) * 100:+.1f} %"
-            rows.append([label(a), fmt_ci([e["mean_cost"] for e in ev], 4), fmt_ci([e["mean_delay_s"] for e in ev]),
-                         fmt_ci([e["mean_energy_j"] for e in ev], 2), fmt_ci([e["instr_share"] for e in ev]),
-                         fmt_ci([e["deadline_miss_rate"] for e in ev]), gap])
-        md += ["## Evaluation at the default setting (5 CVs, V = 5)", "",
-               markdown_table(["policy", "system cost", "delay s", "energy J", "InstrT share", "deadline misses",
-                               "cost vs optimiser"], rows), ""]
 
-    # Fig. 5a: each CV's local queue over an evaluation episode of Ly-DTMPPO (mean over episodes);
-    # Fig. 5b: the mean local queue of each algorithm, episode by episode while training.
+def _default_evaluation(base: dict[str, list[Run]], s: BaseSetting) -> list[str]:
+    """Evaluation at the base setting, learned and reference policies side by side."""
+    if not base:
+        return []
+    rows = []
+    opt = [r.record["eval"]["mean_cost"] for r in base.get("dpp-opt", [])]
+    for a in ordered(base):
+        ev = [r.record["eval"] for r in base[a]]
+        gap = ""
+        if opt and a != "dpp-opt":
+            gap = f"{(np.mean([e['mean_cost'] for e in ev]) / np.mean(opt) - 1) * 100:+.1f} %"
+        rows.append([label(a), fmt_ci([e["mean_cost"] for e in ev], 4), fmt_ci([e["mean_delay_s"] for e in ev]),
+                     fmt_ci([e["mean_energy_j"] for e in ev], 2), fmt_ci([e["instr_share"] for e in ev]),
+                     fmt_ci([e["deadline_miss_rate"] for e in ev]), gap])
+    return [f"## Evaluation at the default setting ({s.n_cvs} CVs, V = {s.V:g})", "",
+            markdown_table(["policy", "system cost", "delay s", "energy J", "InstrT share", "deadline misses",
+                            "cost vs optimiser"], rows), ""]
+
+
+def _queues(base: dict[str, list[Run]], conv: dict[str, list[Run]], s: BaseSetting, out: Path,
+            figures: list[Path]) -> list[str]:
+    """Fig. 5a: each CV's local queue over an evaluation episode of Ly-DTMPPO (mean over episodes);
+    Fig. 5b: the mean local queue of each algorithm, episode by episode while training."""
+    plt = _plt()
     dt = [r for r in base.get("ly-dtmppo", []) if r.record.get("queue_trajectory")]
     if dt:
         traj = np.array([r.record["queue_trajectory"] for r in dt])  # (seeds, slots, CVs)
@@ -242,83 +288,86 @@ def make_all(root: Path, out: Path | None = None) -> tuple[list[Path], Path]:
     if withq:
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         for a in ordered(withq):
-            n = min(len(r.metrics["q_loc_mean"]) for r in withq[a])
-            w = min(STEADY_WINDOW, max(1, n // 3))
+            w = _window(min(len(r.metrics["q_loc_mean"]) for r in withq[a]))
             band_plot(ax, [r.metrics["q_loc_mean"] for r in withq[a]], w, ALGO_COLOR.get(a), label(a), ALGO_Z.get(a, 2),
                       floor=0.0)
         ax.set_yscale("symlog", linthresh=0.01)
         ax.set_ylim(bottom=0.0)
         finish(fig, ax, "episode", "mean local queue per CV (W_ref units)",
-               "Fig. 5b: average system queue, 5 CVs, V = 5", out / "fig5b_queues_per_algorithm.png", figures)
+               f"Fig. 5b: average system queue, {s.n_cvs} CVs, V = {s.V:g}", out / "fig5b_queues_per_algorithm.png",
+               figures)
+    return []
 
-    # Fig. 6a-c: cost, delay, energy against the number of CVs (V = 5).
+
+def _against_cvs(runs: list[Run], s: BaseSetting, out: Path, figures: list[Path]) -> list[str]:
+    """Fig. 6a-c: cost, delay, energy against the number of CVs (at the base V)."""
     by_cv: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
-        if r.setting.get("lyapunov.V") == 5 and "scenario.n_cvs" in r.setting:
+        if r.setting.get("lyapunov.V") == s.V and "scenario.n_cvs" in r.setting:
             by_cv[r.algo][int(r.setting["scenario.n_cvs"])].append(r.record["eval"])
     cv_counts = sorted({n for d in by_cv.values() for n in d})
-    if len(cv_counts) > 1:
-        for key, name, fname, unit in (("mean_cost", "system cost per slot", "fig6a_cost_vs_cvs", ""),
-                                       ("mean_delay_s", "average delay", "fig6b_delay_vs_cvs", " s"),
-                                       ("mean_energy_j", "average energy", "fig6c_energy_vs_cvs", " J")):
-            fig, ax = plt.subplots(figsize=(7, 4.5))
-            rows = []
-            for a in ordered(by_cv):
-                xs = [n for n in cv_counts if by_cv[a].get(n)]
-                vals = [[e[key] for e in by_cv[a][n]] for n in xs]
-                ax.errorbar(xs, [np.mean(v) for v in vals], yerr=[float(ci95(np.array(v))) for v in vals],
-                            marker="o", capsize=3, color=ALGO_COLOR.get(a), label=label(a))
-                rows.append([label(a)] + [fmt_ci([e[key] for e in by_cv[a].get(n, [])], 3) for n in cv_counts])
-            ax.set_xticks(cv_counts)
-            if key != "mean_delay_s":
-                ax.set_yscale("log")
-            finish(fig, ax, "number of CVs", name + unit, f"Fig. {fname[3:5]}: {name} vs CVs (α = 0.6, V = 5)",
-                   out / f"{fname}.png", figures, legend_size=8)
-            md += [f"## Fig. {fname[3:5]}: {name}{unit} versus the number of CVs", "",
-                   markdown_table(["policy"] + [f"{n} CVs" for n in cv_counts], rows), ""]
+    if len(cv_counts) < 2:
+        return []
+    plt = _plt()
+    md: list[str] = []
+    for key, name, fname, unit in (("mean_cost", "system cost per slot", "fig6a_cost_vs_cvs", ""),
+                                   ("mean_delay_s", "average delay", "fig6b_delay_vs_cvs", " s"),
+                                   ("mean_energy_j", "average energy", "fig6c_energy_vs_cvs", " J")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        rows = []
+        for a in ordered(by_cv):
+            xs = [n for n in cv_counts if by_cv[a].get(n)]
+            vals = [[e[key] for e in by_cv[a][n]] for n in xs]
+            ax.errorbar(xs, [np.mean(v) for v in vals], yerr=[float(ci95(np.array(v))) for v in vals],
+                        marker="o", capsize=3, color=ALGO_COLOR.get(a), label=label(a))
+            rows.append([label(a)] + [fmt_ci([e[key] for e in by_cv[a].get(n, [])], 3) for n in cv_counts])
+        ax.set_xticks(cv_counts)
+        if key != "mean_delay_s":
+            ax.set_yscale("log")
+        finish(fig, ax, "number of CVs", name + unit, f"Fig. {fname[3:5]}: {name} vs CVs (α = {s.alpha:g}, V = {s.V:g})",
+               out / f"{fname}.png", figures, legend_size=8)
+        md += [f"## Fig. {fname[3:5]}: {name}{unit} versus the number of CVs", "",
+               markdown_table(["policy"] + [f"{n} CVs" for n in cv_counts], rows), ""]
+    return md
 
-    # Fig. 7a, 7b: Ly-DTMPPO's cost for several V.
+
+def _against_v(runs: list[Run], s: BaseSetting, out: Path, figures: list[Path]) -> list[str]:
+    """Fig. 7a, 7b: Ly-DTMPPO's cost for several V (at the base number of CVs)."""
     by_v: dict[float, list[Run]] = defaultdict(list)
     for r in runs:
-        if r.algo == "ly-dtmppo" and r.setting.get("scenario.n_cvs") == 5 and "lyapunov.V" in r.setting:
+        if r.algo == "ly-dtmppo" and r.setting.get("scenario.n_cvs") == s.n_cvs and "lyapunov.V" in r.setting:
             by_v[float(r.setting["lyapunov.V"])].append(r)
-    if len(by_v) > 1:
-        fig, ax = plt.subplots(figsize=(7.5, 4.5))
-        for j, v in enumerate(sorted(by_v)):
-            n = min(len(r.metrics["cost"]) for r in by_v[v])
-            w = min(STEADY_WINDOW, max(1, n // 3))
-            band_plot(ax, [r.metrics["cost"] for r in by_v[v]], w, f"C{j}", f"V = {v:g}")
-        ax.set_yscale("log")
-        finish(fig, ax, "episode", "system cost per slot while training",
-               "Fig. 7a: Ly-DTMPPO's cost while training, by V", out / "fig7a_cost_vs_episode_by_v.png", figures)
-        vs = sorted(by_v)
-        costs = [[r.record["eval"]["mean_cost"] for r in by_v[v]] for v in vs]
-        per_cv = [[r.record["eval"]["mean_cost"] / 5 for r in by_v[v]] for v in vs]
-        fig, ax = plt.subplots(figsize=(6, 4.2))
-        ax.errorbar(vs, [np.mean(c) for c in costs], yerr=[float(ci95(np.array(c))) for c in costs], marker="o",
-                    capsize=3, color="C3", label="Ly-DTMPPO")
-        ax.set_xscale("log")
-        ax.set_xticks(vs, [f"{v:g}" for v in vs])
-        finish(fig, ax, "Lyapunov weight V", "system cost per slot (evaluation)", "Fig. 7b: cost versus V",
-               out / "fig7b_cost_vs_v.png", figures)
-        md += ["## Fig. 7b: Ly-DTMPPO's cost versus V (5 CVs)", "",
-               markdown_table(["V", "system cost per slot", "per CV", "energy J", "delay s"],
-                              [[f"{v:g}", fmt_ci(c, 4), fmt_ci(p, 4),
-                                fmt_ci([r.record["eval"]["mean_energy_j"] for r in by_v[v]], 2),
-                                fmt_ci([r.record["eval"]["mean_delay_s"] for r in by_v[v]], 3)]
-                               for v, c, p in zip(vs, costs, per_cv)]), ""]
-
-    for section in (twin_ablation_section, scenarios_section, long_horizon_section, lyapunov_v_long_section):
-        md += section(all_runs, manifest, out, figures)
-
-    md += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
-    results = out / "results.md"
-    results.write_text("\n".join(md))
-    return figures, results
+    if len(by_v) < 2:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for j, v in enumerate(sorted(by_v)):
+        w = _window(min(len(r.metrics["cost"]) for r in by_v[v]))
+        band_plot(ax, [r.metrics["cost"] for r in by_v[v]], w, f"C{j}", f"V = {v:g}")
+    ax.set_yscale("log")
+    finish(fig, ax, "episode", "system cost per slot while training",
+           "Fig. 7a: Ly-DTMPPO's cost while training, by V", out / "fig7a_cost_vs_episode_by_v.png", figures)
+    vs = sorted(by_v)
+    costs = [[r.record["eval"]["mean_cost"] for r in by_v[v]] for v in vs]
+    per_cv = [[r.record["eval"]["mean_cost"] / s.n_cvs for r in by_v[v]] for v in vs]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.errorbar(vs, [np.mean(c) for c in costs], yerr=[float(ci95(np.array(c))) for c in costs], marker="o",
+                capsize=3, color="C3", label="Ly-DTMPPO")
+    ax.set_xscale("log")
+    ax.set_xticks(vs, [f"{v:g}" for v in vs])
+    finish(fig, ax, "Lyapunov weight V", "system cost per slot (evaluation)", "Fig. 7b: cost versus V",
+           out / "fig7b_cost_vs_v.png", figures)
+    return [f"## Fig. 7b: Ly-DTMPPO's cost versus V ({s.n_cvs} CVs)", "",
+            markdown_table(["V", "system cost per slot", "per CV", "energy J", "delay s"],
+                           [[f"{v:g}", fmt_ci(c, 4), fmt_ci(p, 4),
+                             fmt_ci([r.record["eval"]["mean_energy_j"] for r in by_v[v]], 2),
+                             fmt_ci([r.record["eval"]["mean_delay_s"] for r in by_v[v]], 3)]
+                            for v, c, p in zip(vs, costs, per_cv)]), ""]
 
 
 # ---------------------------------------------------------------------------
-# Issue 12's experiments: cells selected by the variant names their records carry
+# The variant experiments (twin ablation, scenarios, long horizon): cells selected by the variant names their
+# records carry
 
 TWIN_ABLATION, SCENARIOS, LONG_HORIZON = "twin_ablation", "scenarios", "long_horizon"
 LYAPUNOV_V_LONG = "lyapunov_v_long"
@@ -521,7 +570,8 @@ def long_horizon_section(runs: list[Run], manifest: dict[str, Any], out: Path, f
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for r in rs:
         v = _variants(r)[LONG_HORIZON]
-        groups[(r.algo, *(v.get(a) for a in axes_names))].append(r)
+        key = (r.algo, *(v.get(a) for a in axes_names))
+        groups[key].append(r)
     algo_rank = {a: i for i, a in enumerate(ordered({g[0] for g in groups}))}
     keys = sorted(groups, key=lambda g: (algo_rank[g[0]], *(orders[a].index(x) if x in orders[a] else 99
                                                              for a, x in zip(axes_names, g[1:]))))

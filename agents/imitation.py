@@ -60,7 +60,7 @@ class DaggerConfig:
     expert_iterations: int = _f(40, 1, 100_000, doc="dpp-opt's BFGS iterations per label (its default is 80)")
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "DaggerConfig":
+    def from_config(cls, cfg: Config) -> DaggerConfig:
         return load_settings(cls, cfg.training.extra.get(EXTRA_SECTION), f"training.extra.{EXTRA_SECTION}")
 
     def resolved(self, cfg: Config) -> Config:

@@ -110,7 +110,7 @@ class OffPolicyConfig:
         return {f.name: getattr(cfg.training, f.name) for f in fields(cls) if hasattr(cfg.training, f.name)}
 
     @classmethod
-    def from_config(cls, cfg: Config, section: str) -> "OffPolicyConfig":
+    def from_config(cls, cfg: Config, section: str) -> OffPolicyConfig:
         """``cfg.training`` fields, then ``training.extra["offpolicy"]``, then ``training.extra[section]``
         (those two hold only the keys below the first block; an unknown key fails)."""
         t = cfg.training

@@ -13,6 +13,8 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     from .mobility import BatchMobility
 
@@ -24,7 +26,7 @@ class Backend:
     summary: str
     gui: bool = False  # shows the simulation (sumo-gui) and can record frames
 
-    def load(self) -> type["BatchMobility"]:
+    def load(self) -> type[BatchMobility]:
         module, cls = self.target.split(":")
         return getattr(importlib.import_module(module), cls)
 
@@ -39,14 +41,13 @@ def register_backend(name: str, target: str, summary: str, gui: bool = False) ->
 
 def get_backend(name: str) -> Backend:
     if name not in BACKENDS:
-        from .config import ConfigError
         raise ConfigError(f"backend: unknown backend '{name}' (choose {', '.join(BACKENDS)})")
     return BACKENDS[name]
 
 
 register_backend("analytic", "cosim.mobility:AnalyticMobility",
                  "the paper's straight road with uniform speeds, in numpy (fast, headless)")
-register_backend("sumo", "cosim.sumo_mobility:SumoBatchMobility",
+register_backend("sumo", "cosim.sumo.mobility:SumoBatchMobility",
                  "SUMO: libsumo headless, TraCI with sumo-gui; the paper's road or any map", gui=True)
 register_backend("trace", "cosim.trace_mobility:TraceMobility",
                  "SUMO mobility recorded by scripts/record_traces.py, replayed at batch speed (trace.dir)")

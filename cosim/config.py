@@ -20,6 +20,9 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .backends import get_backend
+from .errors import ConfigError, CosimError  # noqa: F401 - CosimError: callers import it from here
+from .extra_sections import check_sections
 from .resources import config_dir
 
 DEFAULT_CONFIG_PATH = config_dir() / "default.yaml"
@@ -27,14 +30,6 @@ DEFAULT_CONFIG_PATH = config_dir() / "default.yaml"
 # environment checks (cosim.env.check_env_memory) and refuses in one line.
 MAX_AGENTS = 100_000
 MAX_RSUS = 10_000
-
-
-class CosimError(Exception):
-    """Base of every error that scripts report as one line, without a traceback."""
-
-
-class ConfigError(CosimError, ValueError):
-    """A configuration key, type or value is not allowed."""
 
 
 def _f(default: Any, lo: float | None = None, hi: float | None = None, choices: Iterable[Any] | None = None,
@@ -207,7 +202,7 @@ class TrainingConfig:
                    doc="MAPPO actor/critic: the paper's MLP on the flat vector (fixed CVs and RSUs) or the "
                        "set-structured one on RSU tokens (any CVs and RSUs)")
     scenarios: ScenarioRangeConfig = field(default_factory=ScenarioRangeConfig)
-    extra: dict = _f({}, doc="algorithm settings, one section per algorithm (EXTRA_SECTIONS), "
+    extra: dict = _f({}, doc="algorithm settings, one section per algorithm (cosim.extra_sections), "
                              "each read by load_settings into its own dataclass")
 
 
@@ -294,7 +289,7 @@ class Config:
     sumo: SumoConfig = field(default_factory=SumoConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """Dotted-key replacement with validation: cfg.replace(**{"lyapunov.V": 10})."""
         return from_dict(deep_merge(to_dict(self), _nest(changes)))
 
@@ -454,7 +449,7 @@ def settings_dict(settings: Any, inherited: Iterable[str] = ()) -> dict[str, Any
     return {f.name: to_dict(getattr(settings, f.name)) for f in dataclasses.fields(settings) if f.name not in skip}
 
 
-def with_extra(cfg: "Config", sections: Mapping[str, Mapping[str, Any]], drop: Iterable[str] = ()) -> "Config":
+def with_extra(cfg: Config, sections: Mapping[str, Mapping[str, Any]], drop: Iterable[str] = ()) -> Config:
     """``cfg`` with ``training.extra`` sections replaced (resolved settings, saved with a run) and ``drop`` removed."""
     extra = {k: v for k, v in cfg.training.extra.items() if k not in set(drop)}
     extra.update({k: dict(v) for k, v in sections.items()})
@@ -465,37 +460,44 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     if not isinstance(data, Mapping):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     cfg = _build(Config, data)
-    from .backends import get_backend
     get_backend(cfg.backend)
     if len(cfg.scenario.rsus) < 1:
         raise ConfigError("scenario.rsus: at least one RSU is needed")
     if cfg.compute.twin_reserve_hz >= cfg.compute.rsu_cpu_hz:
         raise ConfigError(f"compute.twin_reserve_hz: {cfg.compute.twin_reserve_hz:g} leaves no RSU capacity "
                           f"(must be below compute.rsu_cpu_hz = {cfg.compute.rsu_cpu_hz:g})")
-    unknown = [k for k in cfg.training.extra if k not in EXTRA_SECTIONS]
-    if unknown:
-        raise ConfigError(f"unknown config key 'training.extra.{unknown[0]}' (allowed in training.extra: "
-                          f"{', '.join(EXTRA_SECTIONS)})")
+    check_sections(cfg.training.extra)
     _check_references(cfg)
     _check_sumo(cfg.sumo)
     return cfg
 
 
-# training.extra sections: each is read into a settings dataclass by its algorithm (load_settings);
-# listed here so that a misspelt section fails at once instead of being ignored.
-EXTRA_SECTIONS = ("mappo", "offpolicy", "maddpg", "matd3", "masac", "dpp_opt", "dagger")
+@dataclass(frozen=True)
+class References:
+    """One average task done locally (the paper's section 7): what costs and drifts are divided by."""
+
+    T_ref: float  # its delay, s
+    E_ref: float  # its energy, J
+    W_ref: float  # its work, cycles
 
 
-# Costs and drifts are divided by one average local task's delay, energy and work (model.ModelParams);
-# a parameter that makes one of them zero or non-finite would make every result inf or NaN.
+def reference_scales(cfg: Config) -> References:
+    """The normalising references of ``cfg`` (model.ModelParams carries them)."""
+    t, c = cfg.tasks, cfg.compute
+    mean = lambda r: 0.5 * (r[0] + r[1])  # noqa: E731
+    work_ref = mean(t.size_bits) * mean(t.intensity_cycles_per_bit)
+    cpu_ref = mean(c.cv_cpu_hz)
+    return References(T_ref=work_ref / cpu_ref, E_ref=c.kappa_cv * work_ref * cpu_ref**2, W_ref=work_ref)
+
+
+# A parameter that makes one of the references zero or non-finite would make every result inf or NaN.
 _REFERENCE_KEYS = {"T_ref": "tasks.size_bits, tasks.intensity_cycles_per_bit and compute.cv_cpu_hz",
                    "E_ref": "compute.kappa_cv, tasks.size_bits, tasks.intensity_cycles_per_bit and compute.cv_cpu_hz",
                    "W_ref": "tasks.size_bits and tasks.intensity_cycles_per_bit"}
 
 
 def _check_references(cfg: Config) -> None:
-    from .model import ModelParams  # late: model imports this module
-    p = ModelParams.from_config(cfg)
+    p = reference_scales(cfg)
     for name, keys in _REFERENCE_KEYS.items():
         v = getattr(p, name)
         if name == "E_ref" and cfg.compute.kappa_cv == 0:

@@ -20,7 +20,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from . import fused as F
+from . import fused as kernels
 from . import model as M
 from .config import Config, ConfigError, CosimError, load_config, with_rsus
 from .mobility import BatchMobility, MobilityState, make_mobility
@@ -67,11 +67,11 @@ class BatchCoSim:
 
     # The step runs in cosim/fused.py's numba kernels when numba is installed (the same numbers as
     # cosim.model within 1e-9); set False on the class or an instance for the numpy reference.
-    fused: bool = F.AVAILABLE
+    fused: bool = kernels.AVAILABLE
 
     @functools.cached_property
     def _fused_pv(self) -> np.ndarray:
-        return F.param_vector(self.params)
+        return kernels.param_vector(self.params)
 
     def __init__(self, cfg: Config | None = None, n_envs: int = 1, n_cvs: int | None = None,
                  backend: str | None = None, twin: bool | None = None, seed: int | None = None,
@@ -125,7 +125,7 @@ class BatchCoSim:
         self.tasks = M.draw_tasks(self._rng, self.params, shape)
         self.fading = M.draw_fading(self._rng, shape + (self.n_rsus,))
         if self.fused:
-            F.channel_and_observation(self)
+            kernels.channel_and_observation(self)
         else:
             mob = self.mob
             hd = M.horizontal_distance(self.params, mob.x, mob.y)
@@ -170,7 +170,7 @@ class BatchCoSim:
         raw = np.asarray(raw_actions, dtype=float).reshape(self.n_envs, self.n_cvs, self.action_dim)
         # The kernel covers the paper's actions.* and no report charge (twin.info: reported) only.
         if self.fused and self.params.paper_actions and self.report is None:
-            decision, result, self.queues = F.project_and_slot(
+            decision, result, self.queues = kernels.project_and_slot(
                 self.params, self._fused_pv, self.queues, self.tasks, self.cv_cpu, self.spec_eff, raw,
                 self.covered, self.mob.active)
         else:
@@ -191,7 +191,7 @@ class BatchCoSim:
             self._closed = True
             self.mobility.close()
 
-    def __enter__(self) -> "BatchCoSim":
+    def __enter__(self) -> BatchCoSim:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -286,11 +286,9 @@ class CoSimParallelEnv(ParallelEnv):
         state["_fresh_entropy"] = True
         return state
 
-    @functools.lru_cache(maxsize=None)
-    def observation_space(self, agent: str) -> spaces.Box:
+    def observation_space(self, agent: str) -> spaces.Box:  # the same object every call, as PettingZoo asks
         return self._obs_space
 
-    @functools.lru_cache(maxsize=None)
     def action_space(self, agent: str) -> spaces.Box:
         return self._act_space
 
@@ -314,7 +312,7 @@ class CoSimParallelEnv(ParallelEnv):
 
     def reset(self, seed: int | None = None, options: dict | None = None):
         if seed is None and self._fresh_entropy:
-            seed = np.random.SeedSequence().entropy  # fresh OS entropy, as a Gymnasium env's first reset
+            seed = int(np.random.SeedSequence().entropy)  # fresh OS entropy, as a Gymnasium env's first reset
         self._fresh_entropy = False
         obs, _ = self.sim.reset(seed)
         self.agents = list(self.possible_agents)

@@ -200,7 +200,8 @@ def evaluate_long_horizon(cfg: Config, policies: dict[str, Any], episodes: int, 
                                                                   "q_rsu", "q_loc")}
             q_final: list[float] = []
 
-            def on_slot(out: Any, ep: int, t: int, tr: dict[str, np.ndarray] = tr) -> None:
+            def on_slot(out: Any, ep: int, t: int, tr: dict[str, np.ndarray] = tr,
+                        q_final: list[float] = q_final) -> None:
                 r = out.result
                 tr["energy"][ep, t] = float((r.energy[0] * r.active[0]).sum())
                 tr["active"][ep, t] = float(r.active[0].sum())

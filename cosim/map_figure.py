@@ -1,7 +1,7 @@
 """A picture of a SUMO map: its roads, the RSUs with their coverage and the sampled traffic density.
 
 ``dtcosim maps --show MAP`` draws it with the RSUs placed exactly as a run with the same
-configuration places them (:class:`~cosim.sumo_mobility.SumoMobility` surveys the map first).
+configuration places them (:class:`~cosim.sumo.SumoMobility` surveys the map first).
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from .palette import rsu_hue
 
 
 def draw_map(cfg: Config, path: Path) -> Path:
-    from . import sumo_mobility as S
+    from .sumo.mobility import SumoMobility
+    from .sumo.placement import rsu_loads, survey_samples
 
     if not (cfg.sumo.map or cfg.sumo.sumocfg or cfg.sumo.net):
         raise CosimError("maps --show needs a map other than the paper's road: a name, a .sumocfg or a .net.xml")
-    mob = S.SumoMobility(cfg)
+    mob = SumoMobility(cfg)
     try:
         rsus, summary, net_file = mob.rsu_configs(), mob.map_summary, mob._map.net
-        samples = S._survey_samples.get(mob._map.name, np.zeros((0, 2)))
+        samples = survey_samples.get(mob._map.name, np.zeros((0, 2)))
     finally:
         mob.close()
     net = sumolib.net.readNet(str(net_file))
@@ -46,7 +47,7 @@ def draw_map(cfg: Config, path: Path) -> Path:
         hb = ax.hexbin(samples[:, 0], samples[:, 1], gridsize=cells, norm=LogNorm(), cmap="viridis",
                        mincnt=1, alpha=0.85, zorder=2, extent=(x0, x1, y0, y1))
         fig.colorbar(hb, ax=ax, fraction=0.035, pad=0.01, label="vehicle-slots sampled (log)")
-    loads = S.rsu_loads(rsus, samples)
+    loads = rsu_loads(rsus, samples)
     total = max(int(loads.sum()), 1)
     for k, r in enumerate(rsus):
         color = tuple(c / 255.0 for c in rsu_hue(k))

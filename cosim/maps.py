@@ -182,9 +182,9 @@ class CitySpec:
         for key, lo, hi in (("size", 2, 200), ("lanes", 1, 6)):
             if not lo <= getattr(self, key) <= hi:
                 raise ConfigError(f"city {key}: {getattr(self, key)} is out of range [{lo}, {hi}]")
-        for key, lo, hi in (("block_m", 20.0, 5000.0), ("vehicles_per_hour", 1.0, 1e6), ("duration_s", 60.0, 86400.0)):
-            if not lo <= getattr(self, key) <= hi:
-                raise ConfigError(f"city {key}: {getattr(self, key):g} is out of range [{lo:g}, {hi:g}]")
+        for key, low, high in (("block_m", 20.0, 5000.0), ("vehicles_per_hour", 1.0, 1e6), ("duration_s", 60.0, 86400.0)):
+            if not low <= getattr(self, key) <= high:
+                raise ConfigError(f"city {key}: {getattr(self, key):g} is out of range [{low:g}, {high:g}]")
 
     def netgenerate_args(self) -> list[str]:
         n, b = str(self.size), repr(self.block_m)

@@ -36,7 +36,7 @@ class MobilityState:
     lane: np.ndarray     # (I,) int, lane index (road: 0..3 south to north; SUMO maps: SUMO's lane index)
     active: np.ndarray   # (I,) bool, a vehicle occupies this CV slot
 
-    def copy(self) -> "MobilityState":
+    def copy(self) -> MobilityState:
         return MobilityState(*(a.copy() for a in (self.x, self.y, self.speed, self.heading, self.lane, self.active)))
 
 
@@ -76,7 +76,7 @@ class BatchMobility(ABC):
         """The RSUs in use (by default the config's; a map backend may check or place them)."""
         return self.cfg.scenario.rsus
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a backend without processes or files has nothing to release
         """Release simulators, processes and files; calling it twice is harmless."""
 
     # GUI hooks: only backends registered with gui=True implement them.

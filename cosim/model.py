@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from .config import Config
+from .config import Config, reference_scales
 
 _EPS = 1e-12  # keeps rates and spectral efficiencies strictly positive under deep fades
 _LOGIT_CLIP = 50.0  # raw actions beyond this saturate every softmax/sigmoid anyway
@@ -76,13 +76,11 @@ class ModelParams:
         return self.rsu_cpu - self.twin_reserve
 
     @classmethod
-    def from_config(cls, cfg: Config, rsus=None) -> "ModelParams":
+    def from_config(cls, cfg: Config, rsus=None) -> ModelParams:
         """``rsus`` overrides cfg.scenario.rsus (e.g. RSUs placed on a SUMO map)."""
         rsus = tuple(rsus) if rsus is not None else cfg.scenario.rsus
         t, c, ch, ly = cfg.tasks, cfg.compute, cfg.channel, cfg.lyapunov
-        mean = lambda r: 0.5 * (r[0] + r[1])  # noqa: E731
-        work_ref = mean(t.size_bits) * mean(t.intensity_cycles_per_bit)
-        cpu_ref = mean(c.cv_cpu_hz)
+        ref = reference_scales(cfg)  # one average task done locally
         return cls(
             rsu_xy=np.array([[r.x, r.y] for r in rsus], dtype=float),
             rsu_height=np.array([r.height for r in rsus], dtype=float),
@@ -99,9 +97,7 @@ class ModelParams:
             cv_cpu_range=c.cv_cpu_hz, size_range=t.size_bits, instr_range=t.instr_bits,
             intensity_range=t.intensity_cycles_per_bit, co_intensity_range=t.co_intensity_cycles_per_bit,
             deadline_range=t.deadline_s,
-            T_ref=work_ref / cpu_ref,
-            E_ref=c.kappa_cv * work_ref * cpu_ref**2,
-            W_ref=work_ref,
+            T_ref=ref.T_ref, E_ref=ref.E_ref, W_ref=ref.W_ref,
             bandwidth_mode=cfg.actions.bandwidth, split_mode=cfg.actions.split, cpu_mode=cfg.actions.cpu,
         )
 
@@ -355,7 +351,7 @@ def proportional_cpu_request(split: np.ndarray, size: np.ndarray, intensity: np.
     return np.where(total > 0, cycles / np.where(total > 0, total, 1.0), 0.0)
 
 
-def start_of_slot_wait(p: ModelParams, state: "QueueState") -> np.ndarray:
+def start_of_slot_wait(p: ModelParams, state: QueueState) -> np.ndarray:
     """W_k (E, K) that the balanced split plans with: Little's law over the window as it stands
     when the slot starts (the slot's own arrivals are not known yet; :func:`slot` then includes them)."""
     return littles_law_delay(p.tau, state.hist_q_rsu, state.hist_lam_rsu)
@@ -514,13 +510,13 @@ class QueueState:
     t: int = 0               # slots since the episode started (all environments step in lockstep)
 
     @classmethod
-    def zeros(cls, n_envs: int, n_cvs: int, n_rsus: int, window: int) -> "QueueState":
+    def zeros(cls, n_envs: int, n_cvs: int, n_rsus: int, window: int) -> QueueState:
         z = np.zeros
         return cls(z((n_envs, n_cvs)), z((n_envs, n_rsus)), z((n_envs, n_cvs)),
                    z((n_envs, window, n_cvs)), z((n_envs, window, n_cvs)),
                    z((n_envs, window, n_rsus)), z((n_envs, window, n_rsus)), 0)
 
-    def copy(self) -> "QueueState":
+    def copy(self) -> QueueState:
         return replace(self, **{f.name: getattr(self, f.name).copy() for f in fields(self) if f.name != "t"})
 
 

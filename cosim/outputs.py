@@ -33,6 +33,7 @@ import re
 import shutil
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 from .config import CosimError
 
@@ -263,7 +264,7 @@ class OutputDir:
         return stale
 
     # -- the run -----------------------------------------------------------------------------
-    def __enter__(self) -> "OutputDir":
+    def __enter__(self) -> OutputDir:
         self._lock()
         try:
             self.remove_stale()
@@ -307,7 +308,7 @@ class OutputDir:
         self.staging.rmdir()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+                 tb: TracebackType | None) -> Literal[False]:
         try:
             if exc_type is None:
                 try:

@@ -429,7 +429,7 @@ class TraceMix:
         self.n_envs = cfg.training.n_envs
 
     @classmethod
-    def of(cls, cfg: Config) -> "TraceMix | None":
+    def of(cls, cfg: Config) -> TraceMix | None:
         """The mix of ``cfg``'s folders, or None where it replays one."""
         return cls(cfg) if mixes_folders(cfg) else None
 

@@ -76,8 +76,8 @@ class ObsLayout:
     ``OBS_BLOCKS`` order, K entries per per-RSU block) and the entity one used by
     the set-structured actor: the CV's own features plus one token per RSU
     (``split``). The twin builds the vector from the blocks (``assemble``), so a new
-    block appears in both views at once; a new per-RSU block (issue 12's per-RSU twin
-    features) becomes one more feature of every RSU token.
+    block appears in both views at once; a new per-RSU block (such as the global view's
+    per-RSU twin features) becomes one more feature of every RSU token.
     """
 
     n_rsus: int
@@ -158,7 +158,7 @@ class ObsLayout:
                 "twin": [b.name for b in self.blocks if b.twin]}
 
     @classmethod
-    def for_obs_dim(cls, dim: int, blocks: tuple[Block, ...] = OBS_BLOCKS) -> "ObsLayout":
+    def for_obs_dim(cls, dim: int, blocks: tuple[Block, ...] = OBS_BLOCKS) -> ObsLayout:
         """The layout of ``blocks`` whose flat vector has ``dim`` entries (K follows from it)."""
         probe = cls(0, blocks)
         K, rem = divmod(dim - probe.own_dim, probe.token_dim)

@@ -62,3 +62,29 @@ def test_missing_and_broken_files(tmp_path):
 
 def test_parse_overrides_types():
     assert parse_overrides(["a.b=1", "a.c=true", "d=x"]) == {"a": {"b": 1, "c": True}, "d": "x"}
+
+
+def test_training_extra_sections_come_from_the_algorithms(monkeypatch):
+    """A section is known once an algorithm registers it (cosim/config.py lists none); a misspelt one is
+    refused in one line naming the known ones."""
+    import agents  # noqa: F401 - registers the learners' sections
+    from cosim import extra_sections
+    monkeypatch.setitem(extra_sections._REGISTERED, "my_algo", "test")
+    cfg = load_config(overrides=["training.extra.my_algo.rate=0.5"])
+    assert cfg.training.extra["my_algo"] == {"rate": 0.5}
+    with pytest.raises(ConfigError, match=r"^unknown config key 'training.extra.my_algoo' \(allowed in "
+                                          r"training.extra: mappo, .*my_algo, dpp_opt\)$"):
+        load_config(overrides=["training.extra.my_algoo.rate=0.5"])
+
+
+def test_the_simulation_alone_loads_a_run_config_without_the_learners():
+    """Without agents imported, the learners' sections are kept as they are (the simulation never reads
+    them), and loading a config imports no learner."""
+    import subprocess
+    import sys
+    prog = ("import sys\nfrom cosim.config import load_config\n"
+            "cfg = load_config(overrides=['training.extra.mappo.obs_norm=true'])\n"
+            "assert cfg.training.extra == {'mappo': {'obs_norm': True}}\n"
+            "assert not any(m == 'agents' or m.startswith('agents.') for m in sys.modules), 'agents imported'\n")
+    p = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr

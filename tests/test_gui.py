@@ -144,7 +144,7 @@ def test_dashboard_window_without_display_fails_in_one_line(tmp_path: Path) -> N
 
 @pytest.mark.sumo
 def test_gui_records_sumo_and_dashboard_frames_and_one_animation(tmp_path: Path) -> None:
-    """The issue's 'done when': sumo-gui under a virtual display, --record writes both kinds of frame and a GIF."""
+    """sumo-gui under a virtual display, --record writes both kinds of frame and a GIF."""
     if shutil.which("xvfb-run") is None:
         pytest.skip(NO_XVFB)
     import imageio.v3 as iio

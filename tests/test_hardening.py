@@ -1,5 +1,5 @@
 """Hostile input, faults and resource limits end in one clear line (exit 2), never a traceback,
-a hang, a blow-up, mixed output folders or a silently wrong number (issue 9). One test per class."""
+a hang, a blow-up, mixed output folders or a silently wrong number. One test per class."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hardening, second round (issue 23): never touch a user's files, survive SIGTERM and a frozen SUMO,
+"""Hardening, second round: never touch a user's files, survive SIGTERM and a frozen SUMO,
 validate recorded traces. One test per class; the helpers are the first round's (tests/test_hardening.py)."""
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def test_grid_on_a_local_ray_instance(exp_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# Issue 12's experiments: named variant axes, exclude, long-horizon cells
+# The variant experiments: named variant axes, exclude, long-horizon cells
 
 from agents.experiments import EXPERIMENTS_DIR, Experiment, _key_value, validate  # noqa: E402
 from cosim.config import ConfigError  # noqa: E402

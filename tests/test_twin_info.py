@@ -1,4 +1,4 @@
-"""Twin fidelity and information (issue 22): twin.hide on both paths, the additive sync error, staleness
+"""Twin fidelity and information: twin.hide on both paths, the additive sync error, staleness
 that carries across episodes, and twin.info (oracle | reported | previous)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""twin.view = global: the twin's per-RSU view of the other CVs (issue 12, item 1)."""
+"""twin.view = global: the twin's per-RSU view of the other CVs."""
 
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def _evaluate(args: argparse.Namespace, cfg: Config, configs: dict[str, Config],
         if "options" in s:
             differ = " ".join(f"{k}={v}" for k, v in s["options"].items() if v != base[k])
             print(f"{label} runs under the options it was trained with: {differ}")
-    for name, s in summaries.items():
+    for s in summaries.values():
         if "diagnostics_text" in s:
             print(s["diagnostics_text"])
     if long is not None:
