@@ -26,7 +26,6 @@ from cosim.cli import add_common_args, config_from_args, run_main  # noqa: E402
 from cosim.env import BatchCoSim  # noqa: E402
 from cosim.evaluation import EVAL_SEED  # noqa: E402
 from cosim.optimizer import DppOptimizer  # noqa: E402
-from dtcosim.commands.bench import PREVIOUS_DPP_OPT  # noqa: E402
 
 VARIANTS = {
     "default": {},
@@ -35,7 +34,6 @@ VARIANTS = {
     "all 4 random starts at once": {"more_starts_gap": 0.0},
     "12 random starts at once": {"random_starts": 12, "more_starts_gap": 0.0},
     "300 iterations, no pruning": {"iterations": 300, "prune_gap": 1e6},
-    "previous method (FD, scan)": PREVIOUS_DPP_OPT,
 }
 
 
