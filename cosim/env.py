@@ -176,8 +176,9 @@ class BatchCoSim:
     def step(self, raw_actions: np.ndarray) -> StepOutput:
         """Apply raw actions (E, I, 3K+2) for the current slot and move to the next."""
         raw = np.asarray(raw_actions, dtype=float).reshape(self.n_envs, self.n_cvs, self.action_dim)
-        # The kernel covers the paper's actions.* and no report charge (twin.info: reported) only.
-        if self.fused and self.params.paper_actions and self.report is None:
+        # The kernels cover actions.bandwidth and actions.split, not actions.cpu: proportional (its CPU couples
+        # every CV at an RSU, each pass) nor the report charge of twin.info: reported; those run in numpy.
+        if self.fused and self.report is None and fast_step.projection_options(self.params) is not None:
             decision, result, self.queues = fast_step.project_and_slot(
                 self.params, self._fused_pv, self.queues, self.tasks, self.cv_cpu, self.spec_eff, raw,
                 self.covered, self.mob.active)

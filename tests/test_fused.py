@@ -17,6 +17,7 @@ from strategies import busy_queues
 pytestmark = pytest.mark.skipif(not fast.AVAILABLE, reason="numba is not installed (pip install dtcosim[fast])")
 
 RTOL = 1e-9
+SHIPPED_ACTIONS = {"actions.bandwidth": "full", "actions.split": "balanced"}  # configs/shipped.yaml's
 
 
 def _close(a, b, what):
@@ -68,6 +69,39 @@ def test_project_and_slot_equal_numpy(seed):
     np.testing.assert_allclose(res.agent_reward.sum(-1), res.reward, rtol=1e-9)
 
 
+@pytest.mark.parametrize("options", [{"actions.bandwidth": "full"}, {"actions.split": "balanced"}, SHIPPED_ACTIONS,
+                                     {**SHIPPED_ACTIONS, "actions.min_split_share": 0.25}])
+def test_shipped_action_options_equal_numpy(options):
+    """The full-bandwidth projection and the balanced split's exact solve in the kernel equal
+    model.project_actions, and the slot after them model.slot, within 1e-9."""
+    rng = np.random.default_rng(7)
+    sim = BatchCoSim(make_batch_env(n_envs=1).cfg.replace(**options), n_envs=1)
+    p = sim.params
+    tasks, cv_cpu, active, covered, spec_eff, st, raw = _random_slot(rng, p, E=64, I=6, t=int(rng.integers(0, 20)))
+    dec_ref = M.project_actions(p, raw, covered, active, tasks, spec_eff, M.start_of_slot_wait(p, st))
+    res_ref, new_ref = M.slot(p, st, tasks, cv_cpu, spec_eff, dec_ref, active)
+    dec, res, new = fast_step.project_and_slot(p, fast.params_of(p), st, tasks, cv_cpu, spec_eff, raw, covered, active)
+    for f in fields(M.Decision):
+        _close(getattr(dec, f.name), getattr(dec_ref, f.name), f.name)
+    for f in fields(M.SlotResult):
+        _close(getattr(res, f.name), getattr(res_ref, f.name), f.name)
+    for f in fields(M.QueueState):
+        _close(getattr(new, f.name), getattr(new_ref, f.name), f.name)
+    used = dec.split[..., 1:] > 0
+    if p.bandwidth_mode == "full":  # the whole bandwidth over the used links
+        np.testing.assert_allclose(dec.bandwidth.sum(-1)[used.any(-1)], 1.0, rtol=1e-12)
+    assert (used.sum(-1) >= 2).sum() >= 4  # tasks split over several RSUs: the balanced solve has work
+
+
+def test_proportional_cpu_has_no_kernel_and_says_so():
+    sim = BatchCoSim(make_batch_env(n_envs=1).cfg.replace(**{"actions.cpu": "proportional"}), n_envs=1)
+    assert fast_step.projection_options(sim.params) is None  # BatchCoSim.step runs model.project_actions
+    sim.reset(0)
+    with pytest.raises(ValueError, match="no kernel for actions.cpu = proportional"):
+        fast_step.project_and_slot(sim.params, sim._fused_pv, sim.queues, sim.tasks, sim.cv_cpu, sim.spec_eff,
+                                   np.zeros((1, sim.n_cvs, sim.action_dim)), sim.covered, sim.mob.active)
+
+
 def _pair(seed, twin=True, **cfg):
     sims = []
     for fused in (True, False):
@@ -87,9 +121,12 @@ def _with_inactive(sim, rng):
 
 
 @pytest.mark.parametrize("twin,cfg", [(True, {}), (False, {}),
-                                      (True, {"twin.staleness": 2, "twin.sync_error": 0.1})])
+                                      (True, {"twin.staleness": 2, "twin.sync_error": 0.1}),
+                                      (True, {**SHIPPED_ACTIONS, "twin.view": "global"}),
+                                      (True, {"actions.split": "balanced", "actions.min_split_share": 0.2})])
 def test_batch_env_fused_equals_numpy_over_an_episode(twin, cfg):
     a, b = _pair(3, twin, **cfg)
+    assert fast_step.projection_options(a.params) is not None  # the kernels run these actions.* options
     rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
     oa, sa = a.reset(11)
     ob, sb = b.reset(11)

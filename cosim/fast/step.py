@@ -242,17 +242,123 @@ def _project_env(p, ez, covered, active, cols, split, bw, req, e):
             req[e, i, k] = 1.0 / (1.0 + 1.0 / ez[e, i, cpu0 + k])
 
 
+class ProjectionOptions(NamedTuple):
+    """The ``actions.*`` options the projection kernel applies: ``bandwidth: full`` (a CV's whole bandwidth
+    over the links it uses, model.full_bandwidth), ``split: balanced`` (model.balance_parts' exact solve,
+    ``passes`` times). ``cpu: proportional`` has no kernel (its CPU couples every CV at an RSU to the
+    others' shares each pass): the environment runs it in numpy."""
+
+    full_bandwidth: bool
+    balanced: bool
+    passes: int
+
+
+def projection_options(p: M.ModelParams) -> ProjectionOptions | None:
+    """The kernel's options for ``p``'s ``actions.*``; None where the kernel has none (cpu: proportional)."""
+    if p.cpu_mode != "paper":
+        return None
+    return ProjectionOptions(p.bandwidth_mode == "full", p.split_mode == "balanced", 3)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _full_bandwidth_row(ez, split, bw0, bw, e, i):
+    """model.full_bandwidth on row (e, i): the K bandwidth logits' softmax over the links with a part
+    (``ez`` = their exponentials, clipped logits: no max to subtract)."""
+    K = bw.shape[2]
+    tot = 0.0
+    for k in range(K):
+        if split[e, i, k + 1] > 0:
+            tot += ez[e, i, bw0 + k]
+    for k in range(K):
+        bw[e, i, k] = ez[e, i, bw0 + k] / (tot if tot > 0 else 1.0) if split[e, i, k + 1] > 0 else 0.0
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _balanced_parts_row(p, inp, wait, dec, chosen, lines, share, e, i):
+    """One pass of model.project_actions' balanced split on row (e, i): the part delay lines at the
+    decision's rates and CPU (model.part_delay_lines), model.balance_parts' Newton solve on them, parts
+    below min_split_share dropped from ``chosen`` (I, K) and the rest rescaled to the offloaded share;
+    the new parts are written into dec.split[e, i, 1:] (the local share stays)."""
+    K = chosen.shape[1]
+    G, Ik, Ico, Gins = inp.size[e, i], inp.intensity[e, i], inp.co_intensity[e, i], inp.instr[e, i]
+    L = 1.0 - dec.split[e, i, 0]
+    tiny = 1e-300  # slopes stay positive so that the inverse exists
+    T = -np.inf
+    for k in range(K):  # lines: data0, data1, instr0, instr1
+        rate = p.sensing_gain * dec.bandwidth[e, i, k] * p.bandwidth * inp.spec_eff[e, i, k]
+        inv_r = 1.0 / max(rate, _EPS)
+        inv_f = 1.0 / max(dec.cpu[e, i, k], _EPS)
+        w = wait[e, k]
+        lines[0, k] = w
+        lines[1, k] = max(G * (inv_r + Ik * inv_f), tiny)
+        lines[2, k] = w + Gins * inv_r
+        lines[3, k] = max(G * (Ico + Ik) * inv_f, tiny)
+        if chosen[i, k]:  # right of the root: every chosen link alone could take all of it by then
+            T = max(T, min(lines[0, k] + lines[1, k] * L, lines[2, k] + lines[3, k] * L))
+    if not math.isfinite(T):
+        T = 0.0
+    for _ in range(3 * K + 1):  # sum_k l_k(T) is convex, increasing, piecewise linear: exact in 3K + 1 steps
+        f, df = -L, 0.0
+        for k in range(K):
+            if not chosen[i, k]:
+                continue
+            l_data, l_instr = (T - lines[0, k]) / lines[1, k], (T - lines[2, k]) / lines[3, k]
+            lk = max(l_data, l_instr)
+            f += max(0.0, lk)
+            if lk > 0:
+                df += 1.0 / lines[3, k] if l_instr > l_data else 1.0 / lines[1, k]
+        if f > 0 and df > 0:
+            T = T - f / df
+    tot = 0.0
+    for k in range(K):
+        share[k] = max(0.0, max((T - lines[0, k]) / lines[1, k], (T - lines[2, k]) / lines[3, k])) \
+            if chosen[i, k] else 0.0
+        tot += share[k]
+    top = 0.0
+    for k in range(K):
+        share[k] = share[k] * L / tot if tot > 0 else 0.0
+        top = max(top, share[k])
+    tot = 0.0
+    for k in range(K):  # a part too small to be worth a link is dropped (the largest always stays)
+        chosen[i, k] = chosen[i, k] and (share[k] >= p.min_split_share or share[k] == top)
+        share[k] = share[k] if chosen[i, k] else 0.0
+        tot += share[k]
+    for k in range(K):
+        dec.split[e, i, k + 1] = share[k] * L / tot if tot > 0 else 0.0
+
+
 @njit(cache=True, error_model="numpy")
-def _project_rows(p, ez, covered, active, cols):
-    """model.project for every row: exp'd logits (N, I, A) -> a DecisionArrays."""
+def _project_rows(p, ez, covered, active, cols, opt, inp, wait):
+    """model.project_actions for every row (cpu: paper): exp'd clipped logits (N, I, A) -> a DecisionArrays.
+    ``inp`` (the slot's tasks and spectral efficiencies) and ``wait`` (N, K, model.start_of_slot_wait) are
+    read by the balanced split only."""
     E, I, K = covered.shape
     dec = _decisions(E, I, K)
     bw_raw, req = np.empty((E, I, K)), np.empty((E, I, K))
     used, tmp = np.empty((I, K), dtype=np.bool_), np.empty(I)
+    chosen, lines, share = np.empty((I, K), dtype=np.bool_), np.empty((4, K)), np.empty(K)
     for e in range(E):
         _project_env(p, ez, covered, active, cols, dec.split, bw_raw, req, e)
+        if opt.full_bandwidth:
+            for i in range(I):
+                _full_bandwidth_row(ez, dec.split, cols.bandwidth, bw_raw, e, i)
         make_decision_env(p, dec.split, bw_raw, req, dec, used, tmp, e)
+        if not opt.balanced:
+            continue
+        for i in range(I):
+            for k in range(K):
+                chosen[i, k] = dec.split[e, i, k + 1] > 0
+        for _ in range(opt.passes):
+            for i in range(I):
+                _balanced_parts_row(p, inp, wait, dec, chosen, lines, share, e, i)
+            if opt.full_bandwidth:
+                for i in range(I):
+                    _full_bandwidth_row(ez, dec.split, cols.bandwidth, bw_raw, e, i)
+            make_decision_env(p, dec.split, bw_raw, req, dec, used, tmp, e)
     return dec
+
+
+PAPER_ACTIONS = ProjectionOptions(False, False, 0)
 
 
 # ---------------------------------------------------------------------------
@@ -399,12 +505,12 @@ def rewards(p: Params, inp: SlotInputs, j: int, dec: M.Decision) -> np.ndarray:
 
 
 @njit(cache=True, error_model="numpy")
-def _step_kernel(p, ez, covered, cols, inp, t):
-    """model.project then model.slot for every environment, and the next Little's-law windows."""
+def _step_kernel(p, ez, covered, cols, opt, inp, wait, t):
+    """model.project_actions then model.slot for every environment, and the next Little's-law windows."""
     E, I, K = covered.shape
     m = inp.hist_q_loc.shape[1]
     j = t % m
-    dec = _project_rows(p, ez, covered, inp.active, cols)
+    dec = _project_rows(p, ez, covered, inp.active, cols, opt, inp, wait)
     out = _outputs(E, I, K)
     slot_rows(p, inp, j, -1, 0, E, dec, out)
     nhq_loc, nhl_loc = inp.hist_q_loc.copy(), inp.hist_lam_loc.copy()
@@ -429,10 +535,15 @@ def _exp_logits(raw: np.ndarray) -> np.ndarray:
 def project_and_slot(p: M.ModelParams, kp: Params, state: M.QueueState, tasks: M.Tasks, cv_cpu: np.ndarray,
                      spec_eff: np.ndarray, raw: np.ndarray, covered: np.ndarray,
                      active: np.ndarray) -> tuple[M.Decision, M.SlotResult, M.QueueState]:
-    """model.project then model.slot, fused: the same Decision, SlotResult and next QueueState."""
+    """model.project_actions then model.slot, fused: the same Decision, SlotResult and next QueueState.
+    ``p``'s actions.cpu must be the paper's (:func:`projection_options`)."""
+    opt = projection_options(p)
+    if opt is None:
+        raise ValueError(f"the fused step has no kernel for actions.cpu = {p.cpu_mode}: use model.project_actions")
     inp = slot_inputs(state, tasks, cv_cpu, spec_eff, active)
+    wait = M.start_of_slot_wait(p, state) if opt.balanced else np.zeros((1, p.n_rsus))
     dec, out, nhq_loc, nhl_loc, nhq_rsu, nhl_rsu = _step_kernel(
-        kp, _exp_logits(raw), covered, action_columns(p.n_rsus), inp, state.t)
+        kp, _exp_logits(raw), covered, action_columns(p.n_rsus), opt, inp, wait, state.t)
     decision = M.Decision(split=dec.split, bandwidth=dec.bandwidth, cpu_request=dec.cpu_request, cpu=dec.cpu)
     result = M.SlotResult(**{f: getattr(out, f) for f in RESULT_FIELDS}, active=active)
     new = M.QueueState(out.next_q_loc, out.next_q_rsu, out.next_energy, nhq_loc, nhl_loc, nhq_rsu, nhl_rsu,
@@ -441,9 +552,13 @@ def project_and_slot(p: M.ModelParams, kp: Params, state: M.QueueState, tasks: M
 
 
 def project(p: M.ModelParams, kp: Params, raw: np.ndarray, covered: np.ndarray, active: np.ndarray) -> M.Decision:
-    """model.project, fused."""
+    """model.project (the paper's actions), fused."""
+    N, I, K = np.shape(covered)
+    z = np.zeros((1, 1))
+    inp = SlotInputs(z, z, z, z, z, z, np.zeros((1, 1, 1)), np.zeros((1, 1), dtype=bool), z, z, z,
+                     np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), np.zeros((1, 1, 1)))
     dec = _project_rows(kp, _exp_logits(raw), np.ascontiguousarray(covered), np.ascontiguousarray(active),
-                        action_columns(p.n_rsus))
+                        action_columns(p.n_rsus), PAPER_ACTIONS, inp, z)
     return M.Decision(split=dec.split, bandwidth=dec.bandwidth, cpu_request=dec.cpu_request, cpu=dec.cpu)
 
 
