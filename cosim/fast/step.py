@@ -278,16 +278,18 @@ def _balanced_parts_row(p, inp, wait, dec, chosen, lines, share, e, i):
     """One pass of model.project_actions' balanced split on row (e, i): the part delay lines at the
     decision's rates and CPU (model.part_delay_lines), model.balance_parts' Newton solve on them, parts
     below min_split_share dropped from ``chosen`` (I, K) and the rest rescaled to the offloaded share;
-    the new parts are written into dec.split[e, i, 1:] (the local share stays)."""
+    the new parts are written into dec.split[e, i, 1:] (the local share stays). Returns whether the
+    row's links in use (parts > 0) or ``chosen`` changed."""
     K = chosen.shape[1]
+    split, b, F, se = dec.split, dec.bandwidth, dec.cpu, inp.spec_eff  # once: each field read costs refcounting
     G, Ik, Ico, Gins = inp.size[e, i], inp.intensity[e, i], inp.co_intensity[e, i], inp.instr[e, i]
-    L = 1.0 - dec.split[e, i, 0]
+    L = 1.0 - split[e, i, 0]
     tiny = 1e-300  # slopes stay positive so that the inverse exists
     T = -np.inf
     for k in range(K):  # lines: data0, data1, instr0, instr1
-        rate = p.sensing_gain * dec.bandwidth[e, i, k] * p.bandwidth * inp.spec_eff[e, i, k]
+        rate = p.sensing_gain * b[e, i, k] * p.bandwidth * se[e, i, k]
         inv_r = 1.0 / max(rate, _EPS)
-        inv_f = 1.0 / max(dec.cpu[e, i, k], _EPS)
+        inv_f = 1.0 / max(F[e, i, k], _EPS)
         w = wait[e, k]
         lines[0, k] = w
         lines[1, k] = max(G * (inv_r + Ik * inv_f), tiny)
@@ -307,8 +309,9 @@ def _balanced_parts_row(p, inp, wait, dec, chosen, lines, share, e, i):
             f += max(0.0, lk)
             if lk > 0:
                 df += 1.0 / lines[3, k] if l_instr > l_data else 1.0 / lines[1, k]
-        if f > 0 and df > 0:
-            T = T - f / df
+        if not (f > 0 and df > 0):
+            break  # T stays: every further step would be this one (numpy's loop runs them all, to the same T)
+        T = T - f / df
     tot = 0.0
     for k in range(K):
         share[k] = max(0.0, max((T - lines[0, k]) / lines[1, k], (T - lines[2, k]) / lines[3, k])) \
@@ -319,12 +322,18 @@ def _balanced_parts_row(p, inp, wait, dec, chosen, lines, share, e, i):
         share[k] = share[k] * L / tot if tot > 0 else 0.0
         top = max(top, share[k])
     tot = 0.0
+    changed = False
     for k in range(K):  # a part too small to be worth a link is dropped (the largest always stays)
-        chosen[i, k] = chosen[i, k] and (share[k] >= p.min_split_share or share[k] == top)
-        share[k] = share[k] if chosen[i, k] else 0.0
+        keep = chosen[i, k] and (share[k] >= p.min_split_share or share[k] == top)
+        changed |= keep != chosen[i, k]
+        chosen[i, k] = keep
+        share[k] = share[k] if keep else 0.0
         tot += share[k]
     for k in range(K):
-        dec.split[e, i, k + 1] = share[k] * L / tot if tot > 0 else 0.0
+        was_used = split[e, i, k + 1] > 0
+        split[e, i, k + 1] = share[k] * L / tot if tot > 0 else 0.0
+        changed |= (split[e, i, k + 1] > 0) != was_used
+    return changed
 
 
 @njit(cache=True, error_model="numpy")
@@ -334,27 +343,34 @@ def _project_rows(p, ez, covered, active, cols, opt, inp, wait):
     read by the balanced split only."""
     E, I, K = covered.shape
     dec = _decisions(E, I, K)
+    split = dec.split
+    bw0 = cols.bandwidth
     bw_raw, req = np.empty((E, I, K)), np.empty((E, I, K))
     used, tmp = np.empty((I, K), dtype=np.bool_), np.empty(I)
     chosen, lines, share = np.empty((I, K), dtype=np.bool_), np.empty((4, K)), np.empty(K)
     for e in range(E):
-        _project_env(p, ez, covered, active, cols, dec.split, bw_raw, req, e)
+        _project_env(p, ez, covered, active, cols, split, bw_raw, req, e)
         if opt.full_bandwidth:
             for i in range(I):
-                _full_bandwidth_row(ez, dec.split, cols.bandwidth, bw_raw, e, i)
-        make_decision_env(p, dec.split, bw_raw, req, dec, used, tmp, e)
+                _full_bandwidth_row(ez, split, bw0, bw_raw, e, i)
+        make_decision_env(p, split, bw_raw, req, dec, used, tmp, e)
         if not opt.balanced:
             continue
         for i in range(I):
             for k in range(K):
-                chosen[i, k] = dec.split[e, i, k + 1] > 0
+                chosen[i, k] = split[e, i, k + 1] > 0
         for _ in range(opt.passes):
+            changed = False
             for i in range(I):
-                _balanced_parts_row(p, inp, wait, dec, chosen, lines, share, e, i)
+                changed |= _balanced_parts_row(p, inp, wait, dec, chosen, lines, share, e, i)
             if opt.full_bandwidth:
                 for i in range(I):
-                    _full_bandwidth_row(ez, dec.split, cols.bandwidth, bw_raw, e, i)
-            make_decision_env(p, dec.split, bw_raw, req, dec, used, tmp, e)
+                    _full_bandwidth_row(ez, split, bw0, bw_raw, e, i)
+            make_decision_env(p, split, bw_raw, req, dec, used, tmp, e)
+            if not changed:
+                # Rates and CPU depend on the links in use only (cpu: paper), so the next pass would
+                # compute these very parts again: the remaining passes are skipped, bit for bit the same.
+                break
     return dec
 
 
@@ -670,8 +686,11 @@ def _channel_obs_kernel(p, g, fading, inp, sc, off, with_obs):
     options). Blocks are written at ``off``'s offsets; -1: not in this view."""
     E, I = g.x.shape
     K = g.rsu_xy.shape[0]
+    # The records' arrays as locals, once: each field read inside a loop would cost reference counting.
     rsu_xy, rsu_h, rsu_r = g.rsu_xy, g.rsu_h, g.rsu_r
-    active = g.active
+    x, y, speed, heading, active = g.x, g.y, g.speed, g.heading, g.active
+    size, instr, intensity, co_int, deadline = inp.size, inp.instr, inp.intensity, inp.co_intensity, inp.deadline
+    cv_cpu, q_loc, q_rsu, energy_q = inp.cv_cpu, inp.q_loc, inp.q_rsu, inp.energy
     covered = np.empty((E, I, K), dtype=np.bool_)
     d3 = np.empty((E, I, K))
     se = np.empty((E, I, K))
@@ -691,14 +710,14 @@ def _channel_obs_kernel(p, g, fading, inp, sc, off, with_obs):
         qsum, qmax = 0.0, -np.inf
         if with_obs:
             for k in range(K):
-                qk = inp.q_rsu[e, k] / W
+                qk = q_rsu[e, k] / W
                 qsum += qk
                 qmax = max(qmax, qk)
         for i in range(I):
             a = active[e, i]
             for k in range(K):
-                dx = rsu_xy[k, 0] - g.x[e, i]
-                dy = rsu_xy[k, 1] - g.y[e, i]
+                dx = rsu_xy[k, 0] - x[e, i]
+                dy = rsu_xy[k, 1] - y[e, i]
                 h2 = dx * dx + dy * dy
                 covered[e, i, k] = h2 <= rsu_r[k] ** 2 and a
                 d2 = h2 + rsu_h[k] ** 2
@@ -712,7 +731,7 @@ def _channel_obs_kernel(p, g, fading, inp, sc, off, with_obs):
         if glob:  # twin.view global: per RSU, the sums over every covered active CV (cosim.twin.others_per_rsu)
             for i in range(I):
                 act = 1.0 if active[e, i] else 0.0
-                cyc[i] = inp.size[e, i] * inp.intensity[e, i] * act / W
+                cyc[i] = size[e, i] * intensity[e, i] * act / W
                 for k in range(K):
                     se_i[i, k] = se[e, i, k] / sc.spec_eff
             for k in range(K):
@@ -725,17 +744,17 @@ def _channel_obs_kernel(p, g, fading, inp, sc, off, with_obs):
         for i in range(I):
             a = active[e, i]
             act = 1.0 if a else 0.0
-            vx = g.speed[e, i] * math.cos(g.heading[e, i])
-            vy = g.speed[e, i] * math.sin(g.heading[e, i])
+            vx = speed[e, i] * math.cos(heading[e, i])
+            vy = speed[e, i] * math.sin(heading[e, i])
             c = off.task
-            row[c] = inp.size[e, i] / sc.size * act
-            row[c + 1] = inp.instr[e, i] / sc.instr * act
-            row[c + 2] = inp.intensity[e, i] / sc.intensity * act
-            row[c + 3] = inp.co_intensity[e, i] / sc.co_intensity * act
-            row[c + 4] = inp.cv_cpu[e, i] / sc.cv_cpu * act
-            row[c + 5] = inp.deadline[e, i] / sc.deadline * act
-            row[off.position] = (g.x[e, i] - sc.centre_x) / sc.half_width * act
-            row[off.position + 1] = (g.y[e, i] - sc.centre_y) / sc.half_width * act
+            row[c] = size[e, i] / sc.size * act
+            row[c + 1] = instr[e, i] / sc.instr * act
+            row[c + 2] = intensity[e, i] / sc.intensity * act
+            row[c + 3] = co_int[e, i] / sc.co_intensity * act
+            row[c + 4] = cv_cpu[e, i] / sc.cv_cpu * act
+            row[c + 5] = deadline[e, i] / sc.deadline * act
+            row[off.position] = (x[e, i] - sc.centre_x) / sc.half_width * act
+            row[off.position + 1] = (y[e, i] - sc.centre_y) / sc.half_width * act
             row[off.velocity] = vx / sc.speed * act
             row[off.velocity + 1] = vy / sc.speed * act
             for k in range(K):
@@ -743,19 +762,19 @@ def _channel_obs_kernel(p, g, fading, inp, sc, off, with_obs):
                 row[off.distance + k] = d3[e, i, k] / rsu_r[k] * act
                 row[off.spec_eff + k] = se[e, i, k] / sc.spec_eff * act
                 row[off.rsu_capacity + k] = p.rsu_capacity / sc.rsu_cpu
-            row[off.queues] = inp.q_loc[e, i] / W
-            row[off.queues + 1] = inp.energy[e, i] / Er
+            row[off.queues] = q_loc[e, i] / W
+            row[off.queues + 1] = energy_q[e, i] / Er
             row[off.active] = act
             if off.dt_backlog >= 0:
                 for k in range(K):
-                    row[off.dt_backlog + k] = inp.q_rsu[e, k] / W
+                    row[off.dt_backlog + k] = q_rsu[e, k] / W
             if off.dt_aggregate >= 0:
                 row[off.dt_aggregate] = qsum
                 row[off.dt_aggregate + 1] = qsum / K
                 row[off.dt_aggregate + 2] = qmax
             if off.dt_distance_next >= 0:  # the twin's constant-velocity prediction one slot ahead
-                xn = g.x[e, i] + vx * tau
-                yn = g.y[e, i] + vy * tau
+                xn = x[e, i] + vx * tau
+                yn = y[e, i] + vy * tau
                 for k in range(K):
                     dx = rsu_xy[k, 0] - xn
                     dy = rsu_xy[k, 1] - yn
