@@ -274,65 +274,74 @@ def _full_bandwidth_row(ez, split, bw0, bw, e, i):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _balanced_parts_row(p, inp, wait, dec, chosen, lines, share, e, i):
-    """One pass of model.project_actions' balanced split on row (e, i): the part delay lines at the
-    decision's rates and CPU (model.part_delay_lines), model.balance_parts' Newton solve on them, parts
-    below min_split_share dropped from ``chosen`` (I, K) and the rest rescaled to the offloaded share;
-    the new parts are written into dec.split[e, i, 1:] (the local share stays). Returns whether the
-    row's links in use (parts > 0) or ``chosen`` changed."""
-    K = chosen.shape[1]
-    split, b, F, se = dec.split, dec.bandwidth, dec.cpu, inp.spec_eff  # once: each field read costs refcounting
-    G, Ik, Ico, Gins = inp.size[e, i], inp.intensity[e, i], inp.co_intensity[e, i], inp.instr[e, i]
-    L = 1.0 - split[e, i, 0]
+def _balanced_parts_env(p, inp, wait, dec, chosen, lines, share, e):
+    """One pass of model.project_actions' balanced split on every row (e, i) of environment e: the part
+    delay lines at the decision's rates and CPU (model.part_delay_lines), model.balance_parts' Newton
+    solve on them, parts below min_split_share dropped from ``chosen`` (I, K) and the rest rescaled to
+    the offloaded share; the new parts are written into dec.split[e, i, 1:] (the local share stays).
+    Returns whether some row's links in use (parts > 0) or ``chosen`` changed. (One call per
+    environment and no helper per row: each call, and each record field read, costs reference
+    counting of the arrays.)"""
+    I, K = chosen.shape
+    split, b, F, se = dec.split, dec.bandwidth, dec.cpu, inp.spec_eff
+    size, intensity, co_int, instr = inp.size, inp.intensity, inp.co_intensity, inp.instr
+    sg, bw, min_share = p.sensing_gain, p.bandwidth, p.min_split_share
     tiny = 1e-300  # slopes stay positive so that the inverse exists
-    T = -np.inf
-    for k in range(K):  # lines: data0, data1, instr0, instr1
-        rate = p.sensing_gain * b[e, i, k] * p.bandwidth * se[e, i, k]
-        inv_r = 1.0 / max(rate, _EPS)
-        inv_f = 1.0 / max(F[e, i, k], _EPS)
-        w = wait[e, k]
-        lines[0, k] = w
-        lines[1, k] = max(G * (inv_r + Ik * inv_f), tiny)
-        lines[2, k] = w + Gins * inv_r
-        lines[3, k] = max(G * (Ico + Ik) * inv_f, tiny)
-        if chosen[i, k]:  # right of the root: every chosen link alone could take all of it by then
-            T = max(T, min(lines[0, k] + lines[1, k] * L, lines[2, k] + lines[3, k] * L))
-    if not math.isfinite(T):
-        T = 0.0
-    for _ in range(3 * K + 1):  # sum_k l_k(T) is convex, increasing, piecewise linear: exact in 3K + 1 steps
-        f, df = -L, 0.0
-        for k in range(K):
+    changed = False
+    for i in range(I):
+        G, Ik, Ico, Gins = size[e, i], intensity[e, i], co_int[e, i], instr[e, i]
+        L = 1.0 - split[e, i, 0]
+        T = -np.inf
+        for k in range(K):  # lines of the chosen links (the others are never read): data0, 1/data1, instr0, 1/instr1
             if not chosen[i, k]:
                 continue
-            l_data, l_instr = (T - lines[0, k]) / lines[1, k], (T - lines[2, k]) / lines[3, k]
-            lk = max(l_data, l_instr)
-            f += max(0.0, lk)
-            if lk > 0:
-                df += 1.0 / lines[3, k] if l_instr > l_data else 1.0 / lines[1, k]
-        if not (f > 0 and df > 0):
-            break  # T stays: every further step would be this one (numpy's loop runs them all, to the same T)
-        T = T - f / df
-    tot = 0.0
-    for k in range(K):
-        share[k] = max(0.0, max((T - lines[0, k]) / lines[1, k], (T - lines[2, k]) / lines[3, k])) \
-            if chosen[i, k] else 0.0
-        tot += share[k]
-    top = 0.0
-    for k in range(K):
-        share[k] = share[k] * L / tot if tot > 0 else 0.0
-        top = max(top, share[k])
-    tot = 0.0
-    changed = False
-    for k in range(K):  # a part too small to be worth a link is dropped (the largest always stays)
-        keep = chosen[i, k] and (share[k] >= p.min_split_share or share[k] == top)
-        changed |= keep != chosen[i, k]
-        chosen[i, k] = keep
-        share[k] = share[k] if keep else 0.0
-        tot += share[k]
-    for k in range(K):
-        was_used = split[e, i, k + 1] > 0
-        split[e, i, k + 1] = share[k] * L / tot if tot > 0 else 0.0
-        changed |= (split[e, i, k + 1] > 0) != was_used
+            rate = sg * b[e, i, k] * bw * se[e, i, k]
+            inv_r = 1.0 / max(rate, _EPS)
+            inv_f = 1.0 / max(F[e, i, k], _EPS)
+            w = wait[e, k]
+            data1 = max(G * (inv_r + Ik * inv_f), tiny)
+            instr1 = max(G * (Ico + Ik) * inv_f, tiny)
+            lines[0, k], lines[1, k] = w, 1.0 / data1
+            lines[2, k], lines[3, k] = w + Gins * inv_r, 1.0 / instr1
+            # right of the root: every chosen link alone could take all of it by then
+            T = max(T, min(w + data1 * L, lines[2, k] + instr1 * L))
+        if not math.isfinite(T):
+            T = 0.0
+        # Newton on sum_k l_k(T) - L (convex, increasing, piecewise linear: exact in at most 3K + 1 steps);
+        # the inverse slopes are multiplied, not divided by (within rounding of model.balance_parts' quotients)
+        for _ in range(3 * K + 1):
+            f, df = -L, 0.0
+            for k in range(K):
+                if not chosen[i, k]:
+                    continue
+                l_data, l_instr = (T - lines[0, k]) * lines[1, k], (T - lines[2, k]) * lines[3, k]
+                lk = max(l_data, l_instr)
+                f += max(0.0, lk)
+                if lk > 0:
+                    df += lines[3, k] if l_instr > l_data else lines[1, k]
+            if not (f > 0 and df > 0):
+                break  # T stays: every further step would be this one (numpy's loop runs them all, to the same T)
+            T = T - f / df
+        tot = 0.0
+        for k in range(K):
+            share[k] = max(0.0, max((T - lines[0, k]) * lines[1, k], (T - lines[2, k]) * lines[3, k])) \
+                if chosen[i, k] else 0.0
+            tot += share[k]
+        top = 0.0
+        for k in range(K):
+            share[k] = share[k] * L / tot if tot > 0 else 0.0
+            top = max(top, share[k])
+        tot = 0.0
+        for k in range(K):  # a part too small to be worth a link is dropped (the largest always stays)
+            keep = chosen[i, k] and (share[k] >= min_share or share[k] == top)
+            changed |= keep != chosen[i, k]
+            chosen[i, k] = keep
+            share[k] = share[k] if keep else 0.0
+            tot += share[k]
+        for k in range(K):
+            was_used = split[e, i, k + 1] > 0
+            split[e, i, k + 1] = share[k] * L / tot if tot > 0 else 0.0
+            changed |= (split[e, i, k + 1] > 0) != was_used
     return changed
 
 
@@ -360,9 +369,7 @@ def _project_rows(p, ez, covered, active, cols, opt, inp, wait):
             for k in range(K):
                 chosen[i, k] = split[e, i, k + 1] > 0
         for _ in range(opt.passes):
-            changed = False
-            for i in range(I):
-                changed |= _balanced_parts_row(p, inp, wait, dec, chosen, lines, share, e, i)
+            changed = _balanced_parts_env(p, inp, wait, dec, chosen, lines, share, e)
             if opt.full_bandwidth:
                 for i in range(I):
                     _full_bandwidth_row(ez, split, bw0, bw_raw, e, i)
