@@ -20,7 +20,8 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from . import fused as kernels
+from . import fast
+from .fast import step as fast_step
 from . import model as M
 from .config import Config, ConfigError, CosimError, load_config, with_rsus
 from .mobility import BatchMobility, MobilityState, make_mobility
@@ -65,13 +66,18 @@ def check_env_memory(n_envs: int, n_cvs: int, n_rsus: int) -> None:
 class BatchCoSim:
     """E co-simulated episodes stepped together; numpy arrays in and out."""
 
-    # The step runs in cosim/fused.py's numba kernels when numba is installed (the same numbers as
+    # The step runs in cosim/fast/step.py's numba kernels when numba is installed (the same numbers as
     # cosim.model within 1e-9); set False on the class or an instance for the numpy reference.
-    fused: bool = kernels.AVAILABLE
+    fused: bool = fast.AVAILABLE
 
     @functools.cached_property
-    def _fused_pv(self) -> np.ndarray:
-        return kernels.param_vector(self.params)
+    def _fused_pv(self) -> fast.Params:
+        return fast.params_of(self.params)
+
+    @functools.cached_property
+    def _fused_obs(self) -> tuple[fast_step.ObsOffsets, fast_step.ObsScales]:
+        """The observation kernel's block offsets (from the twin's layout) and scales."""
+        return fast_step.obs_offsets(self.layout), fast_step.obs_scales(self.params, self.twin.speed_scale)
 
     def __init__(self, cfg: Config | None = None, n_envs: int = 1, n_cvs: int | None = None,
                  backend: str | None = None, twin: bool | None = None, seed: int | None = None,
@@ -108,6 +114,8 @@ class BatchCoSim:
         self.state_dim = self.n_cvs * self.obs_dim
         self.actions = M.ActionLayout(self.n_rsus)
         self.action_dim = self.actions.dim
+        if self.fused:
+            self._fused_obs  # noqa: B018 - a view the observation kernel cannot write is refused here, in one line
         self.episode_slots = cfg.scenario.episode_slots
         # Training draws episodes' starting energy queues (training.initial_energy_queue); evaluation starts empty.
         self.initial_energy_queue = initial_energy_queue
@@ -125,7 +133,7 @@ class BatchCoSim:
         self.tasks = M.draw_tasks(self._rng, self.params, shape)
         self.fading = M.draw_fading(self._rng, shape + (self.n_rsus,))
         if self.fused:
-            kernels.channel_and_observation(self)
+            fast_step.channel_and_observation(self)
         else:
             mob = self.mob
             hd = M.horizontal_distance(self.params, mob.x, mob.y)
@@ -168,9 +176,10 @@ class BatchCoSim:
     def step(self, raw_actions: np.ndarray) -> StepOutput:
         """Apply raw actions (E, I, 3K+2) for the current slot and move to the next."""
         raw = np.asarray(raw_actions, dtype=float).reshape(self.n_envs, self.n_cvs, self.action_dim)
-        # The kernel covers the paper's actions.* and no report charge (twin.info: reported) only.
-        if self.fused and self.params.paper_actions and self.report is None:
-            decision, result, self.queues = kernels.project_and_slot(
+        # The kernels cover actions.bandwidth and actions.split, not actions.cpu: proportional (its CPU couples
+        # every CV at an RSU, each pass) nor the report charge of twin.info: reported; those run in numpy.
+        if self.fused and self.report is None and fast_step.projection_options(self.params) is not None:
+            decision, result, self.queues = fast_step.project_and_slot(
                 self.params, self._fused_pv, self.queues, self.tasks, self.cv_cpu, self.spec_eff, raw,
                 self.covered, self.mob.active)
         else:
@@ -191,7 +200,7 @@ class BatchCoSim:
             self._closed = True
             self.mobility.close()
 
-    def __enter__(self) -> BatchCoSim:
+    def __enter__(self) -> "BatchCoSim":
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -286,9 +295,11 @@ class CoSimParallelEnv(ParallelEnv):
         state["_fresh_entropy"] = True
         return state
 
-    def observation_space(self, agent: str) -> spaces.Box:  # the same object every call, as PettingZoo asks
+    @functools.lru_cache(maxsize=None)
+    def observation_space(self, agent: str) -> spaces.Box:
         return self._obs_space
 
+    @functools.lru_cache(maxsize=None)
     def action_space(self, agent: str) -> spaces.Box:
         return self._act_space
 
@@ -312,7 +323,7 @@ class CoSimParallelEnv(ParallelEnv):
 
     def reset(self, seed: int | None = None, options: dict | None = None):
         if seed is None and self._fresh_entropy:
-            seed = int(np.random.SeedSequence().entropy)  # fresh OS entropy, as a Gymnasium env's first reset
+            seed = np.random.SeedSequence().entropy  # fresh OS entropy, as a Gymnasium env's first reset
         self._fresh_entropy = False
         obs, _ = self.sim.reset(seed)
         self.agents = list(self.possible_agents)

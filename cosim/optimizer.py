@@ -1,96 +1,35 @@
 """A per-slot drift-plus-penalty optimiser ("dpp-opt"): the full-information reference.
 
-With everything about the current slot known (tasks, fading, queues, CPUs,
-coverage), :class:`DppOptimizer` minimises the per-slot problem P2 (eq. 39),
-i.e. maximises the slot's system reward R(t) of docs/model.md section 7 exactly as
-:func:`cosim.model.slot` computes it, jointly over every CV's task split,
-bandwidth shares and RSU CPU requests. The offloading mode is not a decision:
-the model picks InstrT/DataT, as the twin does. Each environment of a batch is
-optimised on its own; it is a myopic per-slot optimum (what P2 asks), not a
-policy that plans across slots.
+With everything about the current slot known (tasks, fading, queues, CPUs, coverage),
+:class:`DppOptimizer` minimises the per-slot problem P2 (eq. 39), i.e. maximises the slot's system
+reward R(t) of docs/model.md section 7 exactly as :func:`cosim.model.slot` computes it, jointly over
+every CV's task split, bandwidth shares and RSU CPU requests. The offloading mode is not a decision:
+the model picks InstrT/DataT, as the twin does. Each environment of a batch is optimised on its own:
+a myopic per-slot optimum (what P2 asks), not a policy that plans across slots.
 
-Parameterisation (:class:`SlotProblem`), chosen so that no share saturates:
+Parameterisation (:class:`SlotProblem`), chosen so that no share saturates: the split is a softmax
+over the local logit and the covered RSUs' logits (parts below ``min_split_share`` dropped as
+:func:`cosim.model.project` drops them); the bandwidth a softmax over the RSUs that get a part (a
+higher rate never costs anything); the RSU CPU, per RSU, a softmax over the CVs offloading there and
+an "idle" logit, F_ik = (F_max - C_twin) * share, so nothing is scaled down (C6; sigmoid requests
+stall at a saturated RSU). Only the entries that can matter are optimised (one local logit per
+covered CV, three per link, one idle logit per RSU in use), so the dimension grows with the links,
+not with I x K; logits stay in [-bound, bound].
 
-* split: softmax over the local logit and the covered RSUs' logits; parts
-  below ``min_split_share`` are dropped exactly as :func:`cosim.model.project`
-  drops them;
-* bandwidth: softmax over the RSUs that actually get a part (all of a CV's
-  bandwidth is used: a higher rate never costs anything);
-* RSU CPU: per RSU a softmax over the CVs offloading there plus an "idle"
-  logit, F_ik = (F_max - C_twin) * share. This is the projection's w_ik with
-  sum_i w_ik <= 1, so nothing is scaled down (C6). (Optimising sigmoid
-  requests directly stalls: at a saturated RSU the requests' scale is
-  degenerate and the sigmoids saturate.)
+Method: multi-start BFGS (dense inverse Hessian on small slots, L-BFGS above, ``method``) with a
+line search on a geometric grid of steps (``line_search``), from the 'equal' reference decision, a
+load-balanced heuristic and random perturbations of it (more of them only where the first starts
+disagree), pruning starts far behind; then a probe round of random directions (its gain is a
+convergence certificate), and the result is compared with the reference policies' own actions: the
+returned action is never worse on the slot than local, nearest or equal. With numba installed the
+objective, its exact gradient (derived by hand, reverse mode) and the BFGS loop run compiled
+(:mod:`cosim.fast.objective`); in numpy every objective value is a row of one batched
+:func:`cosim.model.slot` call and gradients are forward differences. How the settings were chosen,
+with the measurements and their commands: docs/speed.md ("The per-slot optimiser").
 
-Entries that cannot matter (uncovered RSUs, inactive CVs) are not optimised:
-the parameters are one local logit per covered CV, three per link (a covered
-CV-RSU pair: split, bandwidth unless it is the CV's only link, CPU) and one
-idle logit per RSU in use, so d grows with the links, not with I x K. All
-logits are kept in [-bound, bound] (default 8: e^-16 relative shares are far
-below ``min_split_share``).
-
-Method (every objective value is one row of a batched call to :func:`cosim.model.slot`,
-candidates stacked along the E axis; with numba installed the same method runs on
-:class:`cosim.fused.SlotObjective`: the slot compiled once into constants, the decode-and-slot
-objective in one pass (under 1 us on the default road), its exact gradient derived by hand (reverse
-mode: one forward and one backward pass instead of d finite-difference probes) and the BFGS loop
-compiled; the forward and backward passes visit the links only, O(links + I + K) per evaluation, so
-a city-sized slot, where each CV sees 0-2 of many RSUs, costs what its links cost):
-
-1. Starts: the 'equal' reference decision, a load-balanced heuristic
-   (offload evenly over covered RSUs, each RSU's CPU shared evenly by its CVs
-   and an idle share), and ``first_random_starts`` Gaussian perturbations of it;
-   the rest of the ``random_starts`` run only where the two best starts so far
-   differ by more than ``more_starts_gap`` (relative): on the default road they
-   agree in most slots, on a congested one they rarely do. With ``warm_start``,
-   the previous slot's solution of the same environment is one more start.
-2. BFGS from every start: gradients (analytic on the fused path, forward finite
-   differences in numpy), a line search on a geometric grid of step sizes, longest
-   first (``line_search``: the first step that improves, by default; the best before
-   the values rise again; or the grid's best), the BFGS inverse-Hessian update. A failed
-   line search resets the Hessian; a failure right after a reset stops the
-   start (converged). From iteration ``prune_after`` on, starts far behind the best are pruned.
-   The inverse Hessian H is held in one of two forms (``method``): dense, the d x d matrix
-   (O(d^2) per iteration: what stops it at city size), or limited-memory (L-BFGS): the
-   steps and gradient changes since the last reset, H g applied by the two-loop recursion on
-   the identity, O(pairs d) per iteration. Keeping every pair (``memory`` 0, at most
-   ``iterations``) makes L-BFGS the dense method's H exactly, so both take the same steps
-   (within rounding) and the default, ``auto``, only picks the cheaper: dense on small slots
-   (up to 0.625 x ``iterations`` parameters: the recursion's cost grows with the pairs kept, the
-   dense update's with d^2), L-BFGS above. A shorter memory is another, cheaper
-   method that ends measurably worse, and so is the textbook initial scaling s'y / y'y
-   (it leaves the dense method's path; on these kinked objectives the unscaled steps explore
-   further), which is why neither is the default.
-3. A final probe round of random directions at several scales around the best
-   point: its gain is a convergence certificate (0 means no improvement was
-   found near the point).
-4. The decision is turned into raw actions (:func:`raw_from_decision`),
-   projected exactly as the environment will and re-evaluated, and compared
-   with the reference policies' own raw actions: the returned action is never worse
-   on the slot than local, nearest or equal.
-
-Measured with ``scripts/dpp_convergence.py`` (every slot of dpp-opt's own trajectory solved by
-every variant; relative objective above the best variant's on that slot): on the default road
-(2 episodes) the defaults are 8e-5 above the best on average (300 iterations without pruning:
-3e-6), 4x closer than the previous method (finite differences, every random start at once, the
-scanned line search, pruning from iteration 15: 3.2e-4) in about a third of the time. Taking
-the first improving step rather than the grid's best was the larger part of that. What is left
-is mostly the iteration cap (most best starts still improve at iteration 80) and BFGS on kinks
-(max over parts). On ``configs/scenarios/congested.yaml`` (1 episode) the slot is multimodal:
-starts differ by 5.5% (median), the defaults are 3.0% above the best variant (previous method
-5.9%, 12 random starts 1.8%). A warm start was the best start in a third of the slots on the
-default road and half on the congested one, and per slot it helps there (1.8% above the best);
-over 20 episodes it leaves the default road as it is (cost 0.9326, reward -4.753 vs -4.754) and
-on the congested one raises the reward, the objective (-129.0 vs -145.7), but also the cost
-(15.14 vs 14.64; three optimiser seeds of one setting spread over 14.8-15.1). It costs one more
-start in every slot (a quarter more time on the default road), so it is off by default. Sigmoid CPU requests instead of the per-RSU softmax left gaps of 1-10%.
-
-Diagnostics: ``last_stats`` holds one dict per environment of the last slot,
-``history`` every slot's; :meth:`DppOptimizer.summary` aggregates them (e.g.
-the median relative gap between the two best starts).
-
-Options come from ``cfg.training.extra["dpp_opt"]`` (or keyword arguments),
-see :data:`DEFAULTS`.
+Diagnostics: ``last_stats`` holds one dict per environment of the last slot, ``history`` every
+slot's; :meth:`DppOptimizer.summary` aggregates them. Options come from
+``cfg.training.extra["dpp_opt"]`` (or keyword arguments), see :data:`DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -102,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from . import fused as F
+from .fast import AVAILABLE as FAST_AVAILABLE
+from .fast import step as fast_step
 from . import model as M
 from .config import CosimError, _f, load_settings, to_dict
 from .policies import REFERENCE_POLICIES
@@ -112,6 +52,7 @@ REFERENCES = ("local", "nearest", "equal")
 
 EXTRA_SECTION = "dpp_opt"  # training.extra key of the settings below
 METHODS = ("auto", "lbfgs", "dense")
+LINE_SEARCHES = ("first", "grid")
 # method auto: the dense inverse Hessian up to this many parameters per iteration allowed (see DppOptConfig;
 # L-BFGS's two-loop recursion costs grow with the pairs kept, at most ``iterations``, dense's with d)
 AUTO_DENSE_DIM_PER_ITERATION = 0.625
@@ -148,7 +89,7 @@ class DppOptConfig:
     line_steps: int = _f(12, 1, 60, doc="step sizes tried per iteration: line_max * 2^-j, j = 0..line_steps-1")
     line_max: float = _f(1.0, 1e-6, 1e3, doc="longest step, in units of the BFGS step")
     max_step: float = _f(8.0, 1e-6, 1e3, doc="longest BFGS step, logit units")
-    fd_step: float = _f(1e-6, 1e-12, 1.0, doc="finite-difference step, logit units")
+    fd_step: float = _f(1e-6, 1e-12, 1.0, doc="finite-difference step, logit units (the numpy path's gradients)")
     bound: float = _f(8.0, 1e-3, -LOGIT_FLOOR, doc="logits live in [-bound, bound]")
     tol: float = _f(1e-10, 0.0, 1.0, doc="relative decrease that counts as progress")
     prune_after: int = _f(30, 0, 100_000, doc="from this iteration on, drop starts ...")
@@ -156,14 +97,11 @@ class DppOptConfig:
     probe_dirs: int = _f(32, 0, 100_000, doc="final probe round: directions (each tried + and -, at 3 scales)")
     heuristic_start: bool = _f(True, doc="start from the load-balanced heuristic too (RefinedPolicy: off)")
     history: int = _f(100_000, 1, 100_000_000, doc="slots of diagnostics kept for summary() (oldest dropped first)")
-    line_search: str = _f("first", choices=("first", "scan", "grid"),
+    line_search: str = _f("first", choices=LINE_SEARCHES,
                           doc="which step of the grid (longest first) is taken: first: the first that improves; "
-                              "scan: the best before the values rise again after an improvement; grid: the best")
-    fused: bool = _f(True, doc="numba objective and BFGS (cosim/fused.py) when numba is installed")
-    gradient: str = _f("analytic", choices=("analytic", "fd"),
-                       doc="analytic: the objective's exact gradient, derived by hand in cosim/fused.py "
-                           "(one forward and one backward pass); fd: forward differences (d evaluations). "
-                           "numba path only; numpy: fd")
+                              "grid: the best")
+    fused: bool = _f(True, doc="numba objective, its exact gradient and the BFGS loop (cosim/fast/objective.py) "
+                               "when numba is installed; numpy: forward-difference gradients")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "DppOptConfig":
@@ -207,16 +145,6 @@ def raw_from_decision(p: M.ModelParams, split: np.ndarray, bandwidth: np.ndarray
 # ---------------------------------------------------------------------------
 # One environment's slot as a batched objective
 
-def _masked_softmax(z: np.ndarray, mask: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Softmax over the entries where ``mask``; zeros where nothing is allowed.
-
-    Logits are clipped to +-60, so exp neither overflows nor underflows (the
-    optimiser keeps them within +-bound anyway)."""
-    e = np.exp(np.clip(z, -60.0, 60.0)) * mask
-    tot = e.sum(axis=axis, keepdims=True)
-    return e / np.where(tot > 0, tot, 1.0)
-
-
 class SlotProblem:
     """The per-slot problem of one environment: candidate parameters in, -R(t) out.
 
@@ -256,11 +184,12 @@ class SlotProblem:
         self.n_calls = 0
         self._tiled: dict[str, Any] = {}
         self._cap = 0
-        self.fused: F.SlotObjective | None = None  # set by use_fused()
+        self.fused: Any = None  # cosim.fast.objective.SlotObjective, set by use_fused()
 
     def use_fused(self) -> "SlotProblem":
-        """Evaluate with cosim/fused.py's kernels (the same numbers within rounding)."""
-        self.fused = F.SlotObjective(self)
+        """Evaluate with cosim/fast/objective.py's kernels (the same numbers within rounding)."""
+        from .fast.objective import SlotObjective
+        self.fused = SlotObjective(self)
         return self
 
     # -- parameter maps ---------------------------------------------------------------------
@@ -277,11 +206,11 @@ class SlotProblem:
         """theta (N, I+1, 3K+1) -> feasible decisions (N, I, ...) in the projection's image."""
         p, K, I, lay = self.p, self.K, self.I, self.lay
         t = theta[..., :I, :]
-        split = M.drop_small_parts(_masked_softmax(t[..., lay.split], self.split_mask), p.min_split_share)
+        split = M.drop_small_parts(M.masked_softmax(t[..., lay.split], self.split_mask), p.min_split_share)
         used = split[..., 1:] > 0
-        bw = _masked_softmax(t[..., lay.bandwidth], used)
+        bw = M.masked_softmax(t[..., lay.bandwidth], used)
         cpu_mask = np.concatenate([used, np.ones(used.shape[:-2] + (1, K), bool)], axis=-2)
-        w = _masked_softmax(theta[..., lay.cpu], cpu_mask, axis=-2)[..., :I, :]
+        w = M.masked_softmax(theta[..., lay.cpu], cpu_mask, axis=-2)[..., :I, :]
         return M.make_decision(p, split, bw, w)
 
     def decision(self, x: np.ndarray) -> M.Decision:
@@ -359,9 +288,13 @@ class SlotProblem:
 # ---------------------------------------------------------------------------
 # Vectorised multi-start BFGS
 
-def _fd_gradient(prob: SlotProblem, x: np.ndarray, f: np.ndarray, h: float) -> np.ndarray:
-    """Forward differences at S points in one call; backward where +h would leave the box."""
+def _gradient(prob: SlotProblem, x: np.ndarray, f: np.ndarray, h: float) -> np.ndarray:
+    """The objective's gradient at S points: the compiled objective's exact one when in use, else forward
+    differences in one call (backward where +h would leave the box)."""
     S, d = x.shape
+    if prob.fused is not None:
+        prob.n_grads += S
+        return np.stack([prob.fused.value_grad(xs)[1] for xs in x]) if S else np.zeros((0, d))
     step = np.where(x + h > prob.bound, -h, h)  # (S, d)
     probes = x[:, None, :] + np.eye(d)[None] * step[:, None, :]
     fp = prob(probes.reshape(-1, d)).reshape(S, d)
@@ -370,22 +303,12 @@ def _fd_gradient(prob: SlotProblem, x: np.ndarray, f: np.ndarray, h: float) -> n
 
 def _line_pick(fc: np.ndarray, f: np.ndarray, tol: float, rule: str) -> np.ndarray:
     """The step each start takes from its grid values fc (S, steps; longest step first) and current values f:
-    grid: the best; first: the first that improves (by tol, relative); scan: the best before the values
-    rise again after an improvement. (The numba loop evaluates only up to that step.)"""
+    grid: the best; first: the first that improves (by tol, relative), else the best. (The numba loop
+    evaluates only up to that step.)"""
     if rule == "grid":
         return fc.argmin(axis=1)
     improves = fc < (f - tol * np.abs(f))[:, None]
-    if rule == "first":
-        return np.where(improves.any(axis=1), improves.argmax(axis=1), fc.argmin(axis=1))
-    j = np.zeros(len(fc), int)
-    for s, (row, f_s) in enumerate(zip(fc, f)):
-        best = np.inf
-        for a, v in enumerate(row):
-            if v < best:
-                best, j[s] = v, a
-            elif best < f_s:
-                break
-    return j
+    return np.where(improves.any(axis=1), improves.argmax(axis=1), fc.argmin(axis=1))
 
 
 class _LbfgsMemory:
@@ -428,10 +351,14 @@ def resolve_method(opt: dict[str, Any], d: int) -> str:
     return "dense" if small and not int(opt["memory"]) else "lbfgs"
 
 
-def bfgs_multistart(prob: SlotProblem, x0: np.ndarray, opt: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Minimise from every start (S, d) at once. Returns final x, f, and per-start status."""
+def bfgs_multistart(prob: SlotProblem, x0: np.ndarray, opt: dict[str, Any],
+                    compiled: bool = True) -> dict[str, np.ndarray]:
+    """Minimise from every start (S, d) at once. Returns final x, f, and per-start status.
+
+    On a fused problem the loop runs compiled (cosim/fast/objective.py) unless ``compiled`` is False:
+    then this numpy loop, the compiled one's reference, runs on the fused objective and its gradient."""
     opt = dict(opt, method=resolve_method(opt, prob.d))
-    if prob.fused is not None:  # the same loop in numba (cosim/fused.py)
+    if prob.fused is not None and compiled:  # the same loop in numba
         x, f, f0, code, last_gain, iters, n_evals, n_grads = prob.fused.bfgs(np.asarray(x0, dtype=float), opt)
         prob.n_evals += int(n_evals)
         prob.n_grads += int(n_grads)
@@ -450,7 +377,7 @@ def bfgs_multistart(prob: SlotProblem, x0: np.ndarray, opt: dict[str, Any]) -> d
     if d == 0:
         status[:] = "converged"
         return {"x": x, "f": f, "f0": f0, "status": status, "last_gain": np.zeros(S), "iterations": iters}
-    g = _fd_gradient(prob, x, f, h)
+    g = _gradient(prob, x, f, h)
     lbfgs = opt["method"] == "lbfgs"
     if lbfgs:  # a ring of each start's last m steps and gradient changes
         mem = _LbfgsMemory(S, d, int(opt["memory"]) or max(int(opt["iterations"]), 1))
@@ -493,7 +420,7 @@ def bfgs_multistart(prob: SlotProblem, x0: np.ndarray, opt: dict[str, Any]) -> d
             continue
         xn = cand[ok, j[ok]]
         fn = fnew[ok]
-        gn = _fd_gradient(prob, xn, fn, h)
+        gn = _gradient(prob, xn, fn, h)
         s, y = xn - x[io], gn - g[io]
         sy = np.einsum("si,si->s", s, y)
         upd = sy > 1e-12 * np.linalg.norm(s, axis=1) * np.linalg.norm(y, axis=1)
@@ -628,7 +555,7 @@ class DppOptimizer:
         t0 = time.perf_counter()
         opt = self.options
         prob = SlotProblem(p, state, tasks, cv_cpu, spec_eff, covered, active, bound=float(opt["bound"]))
-        fused = bool(opt["fused"]) and F.AVAILABLE
+        fused = bool(opt["fused"]) and FAST_AVAILABLE
         if fused:
             prob.use_fused()
         I, K, d = prob.I, prob.K, prob.d
@@ -637,7 +564,7 @@ class DppOptimizer:
         def project(raw: np.ndarray) -> M.Decision:
             n = raw.shape[0]
             cov, act = np.broadcast_to(cov1, (n, I, K)), np.broadcast_to(act1, (n, I))
-            return F.project(p, prob.fused.pv, raw, cov, act) if fused else M.project(p, raw, cov, act)
+            return fast_step.project(p, prob.fused.params, raw, cov, act) if fused else M.project(p, raw, cov, act)
 
         # Starts.
         starts, names = [], []

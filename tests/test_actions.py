@@ -222,9 +222,12 @@ def test_dpp_opt_refuses_other_parameterisations():
             DppOptimizer(sim).act_sim(sim)
 
 
-def test_fused_step_falls_back_to_numpy_for_other_options():
-    """The numba kernel covers the paper's projection only; other options take the numpy path."""
-    cfg = load_config().replace(**{"actions.split": "balanced", "actions.bandwidth": "full"})
+@pytest.mark.parametrize("options,exact", [({"actions.split": "balanced", "actions.bandwidth": "full"}, False),
+                                           ({"actions.split": "balanced", "actions.cpu": "proportional"}, True)])
+def test_fused_step_runs_the_shipped_options_and_numpy_the_others(options, exact):
+    """The numba kernel covers actions.bandwidth and actions.split (within 1e-9 of model.project_actions);
+    actions.cpu proportional takes the numpy path (its numbers exactly)."""
+    cfg = load_config().replace(**options)
     with BatchCoSim(cfg, n_envs=8, seed=2) as sim:
         sim.fused = True
         sim.reset(2)
@@ -232,8 +235,11 @@ def test_fused_step_falls_back_to_numpy_for_other_options():
         expected = M.project_actions(sim.params, raw, sim.covered, sim.mob.active, sim.tasks, sim.spec_eff,
                                      M.start_of_slot_wait(sim.params, sim.queues))
         out = sim.step(raw)
-    np.testing.assert_array_equal(out.decision.split, expected.split)
-    np.testing.assert_array_equal(out.decision.bandwidth, expected.bandwidth)
+    for name in ("split", "bandwidth", "cpu"):
+        if exact:
+            np.testing.assert_array_equal(getattr(out.decision, name), getattr(expected, name))
+        else:
+            np.testing.assert_allclose(getattr(out.decision, name), getattr(expected, name), rtol=1e-9, atol=1e-300)
 
 
 def test_a_checkpoint_deployed_under_other_action_options_says_so(capsys):

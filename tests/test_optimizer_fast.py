@@ -1,11 +1,11 @@
-"""dpp-opt's compiled solver (cosim/fused.py): the analytic gradient, the line-search rules, adaptive
+"""dpp-opt's compiled solver (cosim/fast/objective.py): the analytic gradient, the line-search rules, adaptive
 random starts, warm starts, the compiled decode and probe against their numpy forms, and the
 limited-memory method against the dense one, up to a city-sized slot (200 CVs, 20 RSUs)."""
 
 import numpy as np
 import pytest
 
-from cosim import fused as F
+from cosim import fast
 from cosim.config import load_config
 from cosim.env import BatchCoSim
 from cosim.optimizer import (AUTO_DENSE_DIM_PER_ITERATION, DEFAULTS, DppOptConfig, DppOptimizer, SlotProblem,
@@ -14,7 +14,7 @@ from cosim.runner import run_episodes
 from strategies import busy_queues
 from test_optimizer import _check_feasible
 
-pytestmark = pytest.mark.skipif(not F.AVAILABLE, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not fast.AVAILABLE, reason="numba is not installed")
 
 # Floors active often (large b_min and F_min), no dropped parts, a deadline penalty: every branch of
 # the backward pass sees use.
@@ -31,7 +31,7 @@ def _spread_rsus(n, radius, road=700.0):
 
 
 # Partial coverage as in a city: 6 small RSUs, each CV covered by 0-2 of them (the objective visits the
-# covered links only: cosim.fused.SlotObjective.links).
+# covered links only: cosim.fast.objective.Links).
 CONFIGS["city"] = {"scenario.n_cvs": 16, "scenario.rsus": _spread_rsus(6, 70.0)}
 
 
@@ -85,31 +85,37 @@ def test_gradient_is_zero_where_nothing_can_change():
     assert g.shape == (0,) and np.isfinite(f)
 
 
-@pytest.mark.parametrize("rule", ["grid", "scan", "first"])
+@pytest.mark.parametrize("rule", ["grid", "first"])
 def test_line_search_rules_numpy_equals_fused(rule):
-    """Both BFGS loops pick the same step on the same grid by the same rule (finite-difference
-    gradients on both: the numpy reference has no analytic one), so they reach the same values."""
+    """The compiled BFGS loop and the numpy one (on the same objective and analytic gradient) pick the
+    same step on the same grid by the same rule, so they reach the same values."""
     ref, prob, rng = _problem(1)
     x0 = np.stack([ref.heuristic()] + [np.clip(ref.heuristic() + rng.normal(0, 1, ref.d), -8, 8) for _ in range(2)])
-    opt = dict(DEFAULTS, iterations=20, line_search=rule, gradient="fd")
-    a = bfgs_multistart(ref, x0, opt)
+    opt = dict(DEFAULTS, iterations=20, line_search=rule)
+    a = bfgs_multistart(prob, x0, opt, compiled=False)
     b = bfgs_multistart(prob, x0, opt)
     np.testing.assert_allclose(b["f0"], a["f0"], rtol=1e-9)
     np.testing.assert_allclose(b["f"], a["f"], rtol=1e-6)
     assert list(b["status"]) == list(a["status"])
 
 
+def test_line_search_option_names_its_choices():
+    from cosim.config import ConfigError
+    with pytest.raises(ConfigError, match="line_search.*scan.*first, grid"):
+        DppOptConfig.from_config(load_config().replace(**{"training.extra": {"dpp_opt": {"line_search": "scan"}}}))
+
+
 def test_analytic_bfgs_needs_fewer_evaluations_and_is_not_worse():
-    ref, prob_fd, rng = _problem(2)
-    _, prob_an, _ = _problem(2)
+    """The compiled loop with the exact gradient against the numpy loop with finite differences."""
+    ref, prob_an, rng = _problem(2)
     x0 = np.stack([ref.heuristic()] + [np.clip(ref.heuristic() + rng.normal(0, 1, ref.d), -8, 8) for _ in range(3)])
-    fd = bfgs_multistart(prob_fd, x0, dict(DEFAULTS, gradient="fd"))
-    an = bfgs_multistart(prob_an, x0, dict(DEFAULTS, gradient="analytic"))
+    fd = bfgs_multistart(ref, x0, DEFAULTS)
+    an = bfgs_multistart(prob_an, x0, DEFAULTS)
     assert an["f"].min() <= fd["f"].min() + 1e-4 * abs(fd["f"].min())
-    assert prob_an.n_grads > 0 and prob_fd.n_grads == 0
+    assert prob_an.n_grads > 0 and ref.n_grads == 0
     # d - 1 evaluations saved per gradient: the evaluations (a gradient counted as one) per iteration
     per_it = lambda prob, run: (prob.n_evals + prob.n_grads) / run["iterations"].sum()  # noqa: E731
-    assert per_it(prob_an, an) < per_it(prob_fd, fd) / 3 and prob_an.d > 10
+    assert per_it(prob_an, an) < per_it(ref, fd) / 3 and prob_an.d > 10
 
 
 def test_compiled_decision_and_probe_equal_numpy():
@@ -189,14 +195,14 @@ def _busy_sim(n_cvs=5, rsus=None, seed=0):
 
 
 def test_lbfgs_numpy_equals_fused():
-    """The two-loop recursion in numpy and numba (finite-difference gradients on both), with every pair
-    kept and with a ring of 3 that wraps; with every pair kept it follows the dense method."""
+    """The two-loop recursion in numpy and numba (on the same objective and analytic gradient), with every
+    pair kept and with a ring of 3 that wraps; with every pair kept it follows the dense method."""
     ref, prob, rng = _problem(1)
     x0 = np.stack([ref.heuristic()] + [np.clip(ref.heuristic() + rng.normal(0, 1, ref.d), -8, 8) for _ in range(2)])
-    dense = bfgs_multistart(prob, x0, dict(DEFAULTS, iterations=20, gradient="fd", method="dense"))
+    dense = bfgs_multistart(prob, x0, dict(DEFAULTS, iterations=20, method="dense"))
     for memory in (0, 3):
-        opt = dict(DEFAULTS, iterations=20, gradient="fd", method="lbfgs", memory=memory)
-        a = bfgs_multistart(ref, x0, opt)
+        opt = dict(DEFAULTS, iterations=20, method="lbfgs", memory=memory)
+        a = bfgs_multistart(prob, x0, opt, compiled=False)
         b = bfgs_multistart(prob, x0, opt)
         np.testing.assert_allclose(b["f"], a["f"], rtol=1e-6)
         assert list(b["status"]) == list(a["status"]) and list(b["iterations"]) == list(a["iterations"])

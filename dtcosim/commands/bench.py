@@ -10,7 +10,7 @@
 Times are CPU time of this process (time.process_time), so other work on the machine
 disturbs them less than wall time; every ratio compares two measurements of this run.
 Rows marked "numpy" use the readable reference path (BatchCoSim.fused = False); the others
-use cosim/fused.py's numba kernels when numba is installed (their compilation is cached on
+use cosim/fast's numba kernels when numba is installed (their compilation is cached on
 disk and warmed up before timing).
 """
 
@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-from cosim import fused as F
+from cosim import fast
+from cosim.fast import step as fast_step
 from cosim.cli import add_config_args, add_debug_arg
 from cosim.config import CosimError, load_config
 from cosim.env import BatchCoSim, make_batch_env, make_env
@@ -88,8 +89,8 @@ def bench_kernels(cfg, n_envs: int, seconds: float) -> tuple[float, int]:
     p, pv, q, tk = sim.params, sim._fused_pv, sim.queues, sim.tasks
     steps, t0 = 0, clock()
     while clock() - t0 < seconds:
-        F.project_and_slot(p, pv, q, tk, sim.cv_cpu, sim.spec_eff, raw, sim.covered, sim.mob.active)
-        F.channel_and_observation(sim)
+        fast_step.project_and_slot(p, pv, q, tk, sim.cv_cpu, sim.spec_eff, raw, sim.covered, sim.mob.active)
+        fast_step.channel_and_observation(sim)
         steps += 1
     elapsed = clock() - t0
     sim.close()
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if not 0 < args.seconds < 3600:  # also refuses nan
         raise CosimError(f"--seconds must be above 0 and below 3600, got {args.seconds}")
     cfg = load_config(args.config, args.overrides)
-    print(f"numba kernels: {'yes' if F.AVAILABLE else 'no (pip install dtcosim[fast])'}")
+    print(f"numba kernels: {'yes' if fast.AVAILABLE else 'no (pip install dtcosim[fast])'}")
     if args.only in (None, "env"):
         bench_envs(cfg, args)
     if args.only in (None, "optimiser"):
@@ -177,7 +178,7 @@ def bench_envs(cfg, args) -> None:
             write_meta(d, cfg, cfg.scenario.n_cvs, cfg.scenario.rsus, "the paper's road")
             c = cfg.replace(**{"trace.dir": d, "trace.part": "all"})
             add("batch", "trace", 256, cfg.scenario.n_cvs, *bench_batch_env(c, "trace", 256, args.seconds))
-    if F.AVAILABLE:
+    if fast.AVAILABLE:
         add("fused kernels only", "analytic", 256, cfg.scenario.n_cvs, *bench_kernels(cfg, 256, args.seconds))
     if args.sumo:
         for cvs in (5, 50):
@@ -211,19 +212,13 @@ def bench_envs(cfg, args) -> None:
         print()
 
 
-# dpp-opt's method before issue 15's work on it (finite-difference gradients, every random start at once,
-# the scanned line search, pruning from iteration 15), for a before/after ratio within one run.
-PREVIOUS_DPP_OPT = {"gradient": "fd", "line_search": "scan", "more_starts_gap": 0.0, "prune_after": 15}
-
-
 def bench_optimiser(cfg, episodes: int) -> None:
-    """dpp-opt against the equal split on the same seeds: compiled (its defaults, and its previous method)
-    and numpy."""
+    """dpp-opt against the equal split on the same seeds: compiled and numpy."""
     rows = []
     t_eq, c_eq, _ = bench_policy(cfg, "equal", episodes)
-    rows.append({"policy": "equal split", "path": "fused" if F.AVAILABLE else "numpy", "episodes": episodes,
+    rows.append({"policy": "equal split", "path": "fused" if fast.AVAILABLE else "numpy", "episodes": episodes,
                  "ms": t_eq * 1e3, "cost": c_eq, "evals": float("nan")})
-    runs = [("fused", {}), ("fused, previous method", PREVIOUS_DPP_OPT)] if F.AVAILABLE else []
+    runs = [("fused", {})] if fast.AVAILABLE else []
     runs.append(("numpy", {"fused": False}))
     by = {}
     for path, opts in runs:
@@ -247,10 +242,8 @@ def bench_optimiser(cfg, episodes: int) -> None:
                               ("gap", "median start gap", "{:.2e}"),
                               ("cost", "mean cost", "{:.5f}")]))
     if "fused" in by:
-        new, old, ref = by["fused"], by["fused, previous method"], by["numpy"]
+        new, ref = by["fused"], by["numpy"]
         print(f"dpp-opt: {new['ratio']:.1f}x the equal split's time (target: at most 10x); "
-              f"{old['ms'] / new['ms']:.1f}x faster than its previous method "
-              f"(cost {new['cost'] / old['cost'] - 1:+.3%}), "
               f"{ref['ms'] / new['ms']:.1f}x faster than numpy (cost {new['cost'] / ref['cost'] - 1:+.3%})")
 
 
@@ -277,7 +270,7 @@ def bench_city(cfg, slots: int) -> None:
     """dpp-opt per slot, its default (L-BFGS) and the dense method (the reference), on the same slots: the
     first ``slots`` of an episode driven by the default's actions (queues build up), one environment."""
     from cosim.optimizer import AUTO_DENSE_DIM_PER_ITERATION, DppOptimizer, resolve_method
-    if not F.AVAILABLE:
+    if not fast.AVAILABLE:
         print("\n--city needs the numba kernels (pip install dtcosim[fast])")
         return
     rows = []
@@ -331,7 +324,7 @@ def bench_train(cfg, episodes: int) -> None:
     """Ly-DTMPPO training (rollout and PPO update) on the fused and the numpy environment."""
     rows = []
     bench_training(cfg, "ly-dtmppo", 16)  # warm-up: imports (torch, agents) and first-call costs
-    if F.AVAILABLE:
+    if fast.AVAILABLE:
         rows.append({"path": "fused", "slots_s": bench_training(cfg, "ly-dtmppo", episodes)})
     with numpy_path():
         rows.append({"path": "numpy", "slots_s": bench_training(cfg, "ly-dtmppo", episodes)})

@@ -24,7 +24,6 @@ from cosim.cli import add_common_args, config_from_args
 from cosim.env import BatchCoSim
 from cosim.evaluation import EVAL_SEED
 from cosim.optimizer import DppOptimizer
-from dtcosim.commands.bench import PREVIOUS_DPP_OPT
 from dtcosim.commands.warmup import prepare
 
 VARIANTS = {
@@ -34,7 +33,6 @@ VARIANTS = {
     "all 4 random starts at once": {"more_starts_gap": 0.0},
     "12 random starts at once": {"random_starts": 12, "more_starts_gap": 0.0},
     "300 iterations, no pruning": {"iterations": 300, "prune_gap": 1e6},
-    "previous method (FD, scan)": PREVIOUS_DPP_OPT,
 }
 
 
