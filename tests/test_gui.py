@@ -247,8 +247,15 @@ def test_dashboard_draws_the_simulators_numbers(twin: bool) -> None:
     if twin:
         assert seen == pytest.approx(obs[0][:, sim.layout["dt_backlog"]].mean(axis=0))
         assert max(seen) > 0.5 and seen != pytest.approx(true_q)  # one slot behind
-        assert "distance forecast off by" in dash.ax["twin"].get_title()
+        assert "forecast off " in dash.ax["twin"].get_title()
     else:
         assert seen == pytest.approx(np.zeros(sim.n_rsus))
         assert "twin off" in dash.ax["twin"].get_title()
     assert [list(line.get_ydata()) for line in dash.l_rsu][0][-1] == pytest.approx(true_q[0])
+    # No RSU colour outside what is per RSU: the delay bars are white (hatched when missed), energy brown.
+    from matplotlib.colors import to_rgb
+    from cosim.palette import RSU_HUES
+    hues = {tuple(round(c / 255, 3) for c in h) for h in RSU_HUES}
+    for bar in [*dash.b_delay, *dash.b_energy]:
+        assert tuple(round(c, 3) for c in to_rgb(bar.get_facecolor())) not in hues
+    assert dash.t_rsu.get_text() == ""  # backlogs built up: no note over the panel

@@ -1,6 +1,6 @@
 """Compile the numba kernels once, ahead of time, so that no later run waits for them.
 
-    dtcosim warmup            # the environment's step (~10 s) and the optimiser dpp-opt (~20-110 s)
+    dtcosim warmup            # the environment's step (~10-40 s) and the optimiser dpp-opt (~20-110 s)
 
 With numba installed (the ``fast`` extra) the model step and the per-slot optimiser run as
 compiled kernels (cosim/fused.py). numba compiles each kernel on its first use and caches it on
@@ -22,7 +22,7 @@ from cosim.cli import add_debug_arg
 # What a first run compiles, as a user would name it, and what it took on the 2-core machine the
 # project is developed on (the range: an idle machine to one shared by several jobs).
 GROUPS = {
-    "env": ("the environment's kernels", "about 10 s", ("_step_kernel", "_channel_obs_kernel")),
+    "env": ("the environment's kernels", "about 10-40 s", ("_step_kernel", "_channel_obs_kernel")),
     "optimiser": ("the optimiser's kernels", "about 20-110 s", ("_bfgs_kernel", "_probe_kernel")),
 }
 SOLVER_PREFIXES = ("dpp-opt", "refined")  # policies that run the optimiser (refinedN:POLICY too)
