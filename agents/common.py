@@ -249,9 +249,9 @@ class FlatAdam(torch.optim.Adam):
         loaded = [self.state.get(p, {}) for p in self._params]
         with torch.no_grad():
             for i, st in enumerate(loaded):
-                self._steps[i] = st["step"] if "step" in st else 0.0
-                self._view(self._exp_avg, i).copy_(st["exp_avg"] if "exp_avg" in st else 0.0)
-                self._view(self._exp_avg_sq, i).copy_(st["exp_avg_sq"] if "exp_avg_sq" in st else 0.0)
+                self._steps[i] = st.get("step", 0.0)
+                self._view(self._exp_avg, i).copy_(st.get("exp_avg", 0.0))
+                self._view(self._exp_avg_sq, i).copy_(st.get("exp_avg_sq", 0.0))
         self._bind()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
