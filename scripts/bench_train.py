@@ -172,9 +172,11 @@ def main() -> None:
         for _ in range(args.reps):
             base.append(measure(args.base, recipe, args.iterations))
             new.append(measure(HERE, recipe, args.iterations))
-        n = args.iterations
-        med = lambda rows, k: statistics.median(r[k] for r in rows) / n  # noqa: E731
-        ratio = lambda k: statistics.median(b[k] / a[k] for b, a in zip(base, new))  # noqa: E731
+        def med(rows: list[dict], k: str, n: int = args.iterations) -> float:
+            return statistics.median(r[k] for r in rows) / n
+
+        def ratio(k: str, base: list[dict] = base, new: list[dict] = new) -> float:
+            return statistics.median(b[k] / a[k] for b, a in zip(base, new))
         same = "yes" if {r["hash"] for r in base} == {r["hash"] for r in new} and len({r["hash"] for r in new}) == 1 \
             else f"NO ({base[0]['hash']} vs {new[0]['hash']})"
         print(f"| {recipe} | {med(base, 'total'):.3f} | {med(new, 'total'):.3f} | {ratio('total'):.2f}x "
