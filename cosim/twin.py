@@ -225,7 +225,7 @@ class DigitalTwin:
     noise to it, relative (``sync_error_kind = multiplicative``: an empty queue always shows
     exactly 0) or in the observation's scaled units (``additive``), drawn from the twin's own
     generator, so it never shifts the task or fading streams. ``hide`` shows named twin blocks
-    as zeros. The numpy and the fused (cosim/fused.py) observation share :meth:`seen_dt`, which
+    as zeros. The numpy and the fused (cosim/fast/step.py) observation share :meth:`seen_dt`, which
     applies all of these to the true DT part in layout order.
 
     ``info`` (``twin.view = global`` only) is what the twin knows about the other CVs when the

@@ -6,6 +6,8 @@
     dtcosim bench --only env      # one part: env | optimiser | training
     dtcosim bench --city          # also dpp-opt per slot from 5 CVs x 3 RSUs to 200 x 20: L-BFGS vs dense
     dtcosim bench --only city     # that table alone
+    dtcosim bench --only fastpath --baseline /tmp/bench_base   # the step's targets, this tree against another
+                                  # checkout (git worktree add /tmp/bench_base 125c673), each in its own process
 
 Times are CPU time of this process (time.process_time), so other work on the machine
 disturbs them less than wall time; every ratio compares two measurements of this run.
@@ -17,8 +19,13 @@ disk and warmed up before timing).
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -130,7 +137,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--sumo", action="store_true", help="also measure the SUMO backend")
     ap.add_argument("--trace", action="store_true",
                     help="also the trace backend at 256 envs (on 16 road episodes recorded first)")
-    ap.add_argument("--only", choices=("env", "optimiser", "training", "city"), help="run one part")
+    ap.add_argument("--only", choices=("env", "optimiser", "training", "city", "fastpath"), help="run one part")
+    ap.add_argument("--repeats", type=int, default=3, help="fastpath: processes per tree (the median is kept)")
+    ap.add_argument("--baseline", type=Path, help="fastpath: also measure this checkout of the repository (e.g. "
+                                                   "git worktree add /tmp/bench_base 125c673) and print the ratios")
     ap.add_argument("--opt-episodes", type=int, default=10, help="episodes of each optimiser run")
     ap.add_argument("--train-episodes", type=int, default=160, help="episodes of each training run")
     ap.add_argument("--city", action="store_true",
@@ -139,6 +149,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     add_config_args(ap)
     add_debug_arg(ap)
     args = ap.parse_args(argv)
+    if args.baseline is not None and not (args.baseline / "cosim" / "env.py").is_file():
+        ap.error(f"--baseline {args.baseline}: not a checkout of this repository (no cosim/env.py there)")
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
     if args.opt_episodes < 1 or args.train_episodes < 16 or args.city_slots < 1:
         ap.error("--opt-episodes and --city-slots must be >= 1 and --train-episodes >= 16 (one iteration)")
     if not 0 < args.seconds < 3600:  # also refuses nan
@@ -153,6 +167,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         bench_city(cfg, args.city_slots)
     if args.only in (None, "training"):
         bench_train(cfg, args.train_episodes)
+    if args.only in (None, "fastpath"):
+        bench_fastpath(args.seconds, args.baseline, args.repeats)
     return 0
 
 
@@ -337,3 +353,77 @@ def bench_train(cfg, episodes: int) -> None:
                               ("slots_s", "slots/s", "{:,.0f}"), ("ratio", "x numpy env", "{:.2f}"),
                               ("budget_s", "paper's budget (1800 episodes), CPU s", "{:.0f}")]))
 
+
+
+# The batch step's throughput per agent-slot in one fresh process of a checkout, with only the API every
+# version has (load_config, make_batch_env, step), so that a checkout from before a change runs it too.
+STEP_PROBE = r"""
+import json, sys, time
+import numpy as np
+from cosim.config import load_config
+from cosim.env import make_batch_env
+root, seconds, cases = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
+clock = time.process_time
+out = {}
+for name, config, E, I in cases:
+    cfg = (load_config([root + "/" + config]) if config else load_config()).replace(**{"scenario.n_cvs": I})
+    sim = make_batch_env(cfg, n_envs=E, backend="analytic", seed=0)
+    raw = np.random.default_rng(0).uniform(-10, 10, (E, I, sim.action_dim))
+    sim.reset(0)
+    sim.step(raw)  # warm-up (kernels from numba's cache)
+    steps, t0 = 0, clock()
+    while clock() - t0 < seconds or steps < 3:
+        if sim.step(raw).done:
+            sim.reset()
+        steps += 1
+    out[name] = steps * E * I / (clock() - t0)
+    sim.close()
+print(json.dumps(out))
+"""
+
+# (name, config beside the default, envs, CVs): the paper's actions and the shipped set policy's options
+# (configs/shipped.yaml: full bandwidth, balanced split, the twin's global view), small and large batches.
+FASTPATH_CASES = [("paper 256x5", "", 256, 5), ("shipped 256x5", "configs/shipped.yaml", 256, 5),
+                  ("paper 256x20", "", 256, 20), ("shipped 256x20", "configs/shipped.yaml", 256, 20),
+                  ("paper 4096x200", "", 4096, 200), ("shipped 4096x200", "configs/shipped.yaml", 4096, 200)]
+
+
+def probe_steps(root: Path, seconds: float) -> dict[str, float]:
+    """Agent-slots/s of FASTPATH_CASES in a fresh process importing ``root``'s cosim."""
+    env = dict(os.environ, PYTHONPATH=str(root))
+    run = subprocess.run([sys.executable, "-c", STEP_PROBE, str(root), str(seconds), json.dumps(FASTPATH_CASES)],
+                         env=env, cwd=root, capture_output=True, text=True)
+    if run.returncode:
+        raise CosimError(f"the step probe failed in {root}: {run.stderr.strip().splitlines()[-1:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def bench_fastpath(seconds: float, baseline: Path | None, repeats: int = 3) -> None:
+    """The batch step's two targets (the shipped set policy's step within 1.2x of the paper-action step;
+    per-agent-slot throughput at 4096 envs x 200 CVs within 1.2x of 256 x 20), in this tree and, with
+    ``baseline``, in another checkout: ``repeats`` fresh processes per tree, alternating, the median kept."""
+    here = Path(__file__).resolve().parents[2]
+    trees = [("this tree", here)] + ([("baseline", baseline.resolve())] if baseline else [])
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in trees}
+    for _ in range(repeats):
+        for name, root in trees:
+            runs[name].append(probe_steps(root, seconds))
+    got = {name: {case: float(np.median([r[case] for r in rs])) for case in rs[0]} for name, rs in runs.items()}
+    rows = []
+    for case, *_ in FASTPATH_CASES:
+        row = {"case": case, "now": got["this tree"][case]}
+        if baseline:
+            row["base"] = got["baseline"][case]
+            row["speedup"] = row["now"] / row["base"]
+        rows.append(row)
+    cols = [("case", "step (config envs x CVs)", "{}"), ("now", "agent-slots/s, this tree", "{:,.0f}")]
+    if baseline:
+        cols += [("base", f"agent-slots/s, {baseline}", "{:,.0f}"), ("speedup", "x faster", "{:.2f}")]
+    print()
+    print(format_table(rows, cols))
+    for name, _ in trees:
+        g = got[name]
+        print(f"{name}: the shipped options' step takes {g['paper 256x5'] / g['shipped 256x5']:.2f}x the paper "
+              f"actions' (256 x 5; {g['paper 256x20'] / g['shipped 256x20']:.2f}x at 256 x 20; target 1.2x); "
+              f"256 x 20 runs {g['paper 256x20'] / g['paper 4096x200']:.2f}x the agent-slots/s of 4096 x 200 "
+              f"(shipped: {g['shipped 256x20'] / g['shipped 4096x200']:.2f}x; target 1.2x)")
