@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents import config_for, make_policy  # noqa: E402
 from agents.checkpoint import fits, read_policy_file  # noqa: E402
-from cosim.cli import run_main  # noqa: E402
+from cosim.cli import add_debug_arg, run_main  # noqa: E402
 from cosim.config import load_config  # noqa: E402
 from cosim.env import BatchCoSim  # noqa: E402
 from cosim.evaluation import EVAL_SEED  # noqa: E402
@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--policy", nargs="+", default=POLICIES, help="dpp-opt and/or checkpoints")
     ap.add_argument("--slots", type=int, default=20)
     ap.add_argument("--out", default=None, help="folder for optimality.md and optimality.json")
+    add_debug_arg(ap)
     args = ap.parse_args()
     rows, lines = [], []
     head = ("| scenario | policy | slots | policy vs thorough: median / mean / max | dpp-opt vs thorough: "

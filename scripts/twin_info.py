@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents import make_policy  # noqa: E402
 from agents.checkpoint import config_for_policy, load_policy, read_policy_file  # noqa: E402
-from cosim.cli import run_main  # noqa: E402
+from cosim.cli import add_debug_arg, run_main  # noqa: E402
 from cosim.config import load_config  # noqa: E402
 from cosim.evaluation import EVAL_SEED, evaluate_each  # noqa: E402
 from cosim.stats import ci95  # noqa: E402
@@ -138,6 +138,7 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--out", default=None, help="folder for twin_info.md and twin_info.json")
+    add_debug_arg(ap)
     args = ap.parse_args()
     head = ("| scenario | policy | cost (mean ± 95 % CI) | vs no twin (paired by seed; city: vs the twin hidden) "
             "| per seed |\n|---|---|---|---|---|")
