@@ -72,7 +72,7 @@ class Experiment:
     figures: tuple[str, ...] = _f((), doc="figures and tables the experiment feeds")
 
     @classmethod
-    def load(cls, path: Path) -> "Experiment":
+    def load(cls, path: Path) -> Experiment:
         where = f"experiment file {path}"
         exp = load_settings(cls, read_yaml(path, "experiment file"), where)
         if not exp.algos:
@@ -271,7 +271,7 @@ class Cell:
         return key
 
     @property
-    def training_cell(self) -> "Cell | None":
+    def training_cell(self) -> Cell | None:
         """The cell whose trained policy a long-horizon cell evaluates (None: nothing to share)."""
         return replace(self, eval_slots=0, long_episodes=0) if self.eval_slots and is_learned(self.algo) else None
 
@@ -578,8 +578,8 @@ def run_grid(cells: list[Cell], root: str | Path, workers: int = 2, ray_address:
                     for phase in phases:
                         futures = {pool.submit(_run_cell_args, (c, str(root))): c for c in runnable(phase)}
                         for fut in as_completed(futures):
-                            exc = fut.exception()
-                            finished(futures[fut], None if exc else fut.result(), exc)
+                            err = fut.exception()
+                            finished(futures[fut], None if err else fut.result(), err)
                 except BaseException:  # Ctrl-C, SIGTERM: no worker (nor its SUMO) outlives the grid
                     stop_workers(pool)
                     raise

@@ -72,7 +72,7 @@ class MAPPOConfig:
         return {f.name: getattr(cfg.training, f.name) for f in fields(cls) if hasattr(cfg.training, f.name)}
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "MAPPOConfig":
+    def from_config(cls, cfg: Config) -> MAPPOConfig:
         return load_settings(cls, cfg.training.extra.get(EXTRA_SECTION), f"training.extra.{EXTRA_SECTION}",
                              inherited=cls.inherited(cfg))
 
@@ -180,10 +180,10 @@ class MAPPOTrainer(Trainer):
                                   "(the input length changes with K)")
             # The view's per-RSU twin blocks are more features of every RSU token (agents/entity.py).
             blocks = sim.layout.blocks
-            self.actor_net = SetActor(blocks, c.hidden, c.orthogonal_init, c.policy_head_gain)
+            self.actor_net: nn.Module = SetActor(blocks, c.hidden, c.orthogonal_init, c.policy_head_gain)
             # One log std per output kind (PER_CV + PER_RSU), so it fits any K.
             self.log_std = nn.Parameter(torch.full((len(PER_CV) + len(PER_RSU),), c.log_std_init))
-            self.critic = SetCritic(blocks, c.hidden, c.orthogonal_init)
+            self.critic: nn.Module = SetCritic(blocks, c.hidden, c.orthogonal_init)
         else:
             self.actor_net = AgentMLP(I, D, A, c.hidden, c.share_params, c.orthogonal_init, c.policy_head_gain)
             self.log_std = nn.Parameter(torch.full((1 if c.share_params else I, A), c.log_std_init))

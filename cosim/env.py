@@ -200,7 +200,7 @@ class BatchCoSim:
             self._closed = True
             self.mobility.close()
 
-    def __enter__(self) -> "BatchCoSim":
+    def __enter__(self) -> BatchCoSim:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -295,11 +295,9 @@ class CoSimParallelEnv(ParallelEnv):
         state["_fresh_entropy"] = True
         return state
 
-    @functools.lru_cache(maxsize=None)
-    def observation_space(self, agent: str) -> spaces.Box:
+    def observation_space(self, agent: str) -> spaces.Box:  # the same object every call, as PettingZoo asks
         return self._obs_space
 
-    @functools.lru_cache(maxsize=None)
     def action_space(self, agent: str) -> spaces.Box:
         return self._act_space
 
@@ -323,7 +321,7 @@ class CoSimParallelEnv(ParallelEnv):
 
     def reset(self, seed: int | None = None, options: dict | None = None):
         if seed is None and self._fresh_entropy:
-            seed = np.random.SeedSequence().entropy  # fresh OS entropy, as a Gymnasium env's first reset
+            seed = int(np.random.SeedSequence().entropy)  # fresh OS entropy, as a Gymnasium env's first reset
         self._fresh_entropy = False
         obs, _ = self.sim.reset(seed)
         self.agents = list(self.possible_agents)

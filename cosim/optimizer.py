@@ -104,7 +104,7 @@ class DppOptConfig:
                                "when numba is installed; numpy: forward-difference gradients")
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "DppOptConfig":
+    def from_config(cls, cfg: Any) -> DppOptConfig:
         return load_settings(cls, cfg.training.extra.get(EXTRA_SECTION), f"training.extra.{EXTRA_SECTION}")
 
 
@@ -186,7 +186,7 @@ class SlotProblem:
         self._cap = 0
         self.fused: Any = None  # cosim.fast.objective.SlotObjective, set by use_fused()
 
-    def use_fused(self) -> "SlotProblem":
+    def use_fused(self) -> SlotProblem:
         """Evaluate with cosim/fast/objective.py's kernels (the same numbers within rounding)."""
         from .fast.objective import SlotObjective
         self.fused = SlotObjective(self)

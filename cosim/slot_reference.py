@@ -266,8 +266,9 @@ def trajectory_gaps(sim: Any, act: Any, slots: int, seed: int, thorough: Thoroug
     sim.reset(seed)
     pol, dpp, tho, lb = [], [], [], []
     for _ in range(slots):
-        args = _slot_args(sim)
-        raw_t, f_t, f_d = thorough.solve(*args, ref_raw=reference_raw(sim)[:, 0])
+        params, queues, tasks, cv_cpu, spec_eff, covered, active = args = _slot_args(sim)
+        raw_t, f_t, f_d = thorough.solve(params, queues, tasks, cv_cpu, spec_eff, covered, active,
+                                         ref_raw=reference_raw(sim)[:, 0])
         tho.append(f_t)
         dpp.append(f_d)
         lb.append(slot_lower_bound(*args) if with_bound else -np.inf)

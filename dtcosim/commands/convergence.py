@@ -14,8 +14,6 @@ was the best start.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         summaries, long = evaluate_each(policies, args.episodes, slots=args.slots)
         print(f"\n== {sc}: {cfg.scenario.n_cvs} CVs, {args.episodes} episodes x {args.slots} slots")
         print(long_horizon_table(long))
-        for name, s in summaries.items():
+        for s in summaries.values():
             if "diagnostics_text" in s:
                 print(f"{sc}: {s['diagnostics_text']}")
         results[sc] = {"long_horizon": {k: dataclasses.asdict(v) for k, v in long.items()},

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context

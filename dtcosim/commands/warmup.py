@@ -3,8 +3,8 @@
     dtcosim warmup            # the environment's step (~10-40 s) and the optimiser dpp-opt (~20-110 s)
 
 With numba installed (the ``fast`` extra) the model step and the per-slot optimiser run as
-compiled kernels (cosim/fused.py). numba compiles each kernel on its first use and caches it on
-disk (``__pycache__`` beside cosim/fused.py, or NUMBA_CACHE_DIR), so only the very first run pays.
+compiled kernels (cosim/fast/). numba compiles each kernel on its first use and caches it on
+disk (``__pycache__`` beside cosim/fast/, or NUMBA_CACHE_DIR), so only the very first run pays.
 Without this command that first run says so before it compiles ("compiling the optimiser's kernels
 once ...") and its progress bar starts after the compile. Running it again costs only the loading.
 """
@@ -30,18 +30,19 @@ _WARMED: set[str] = set()
 
 
 def numba_available() -> bool:
-    from cosim import fused
-    return bool(fused.AVAILABLE)
+    from cosim import fast
+    return bool(fast.AVAILABLE)
 
 
 def cached(group: str) -> bool:
     """Whether ``group``'s kernels are compiled in this process or cached on disk for the current source
     (numba's own index; when it cannot be read, assume they are, and say nothing)."""
-    from cosim import fused
-    if not fused.AVAILABLE:
+    from cosim import fast
+    if not fast.AVAILABLE:
         return True
+    module = _kernel_module(group)
     for name in GROUPS[group][2]:
-        disp = getattr(fused, name, None)
+        disp = getattr(module, name, None)
         if disp is None or getattr(disp, "signatures", None):
             continue
         try:
@@ -50,6 +51,15 @@ def cached(group: str) -> bool:
         except Exception:  # numba's private layout changed: no claim either way
             continue
     return True
+
+
+def _kernel_module(group: str) -> Any:
+    """The module holding ``group``'s kernels: the env step's or the optimiser's objective."""
+    if group == "env":
+        from cosim.fast import step
+        return step
+    from cosim.fast import objective
+    return objective
 
 
 def uses_optimiser(policies: Iterable[str]) -> bool:
@@ -112,6 +122,5 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         for cfg in configs if group == "env" else configs[:1]:  # dpp-opt runs under the paper's actions only
             warm(cfg, group)
         print(f"{what}: {was} in {time.perf_counter() - t0:.1f} s")
-    from cosim import fused
-    print(f"cache: {fused._step_kernel._cache._cache_path}")
+    print(f"cache: {_kernel_module('env')._step_kernel._cache._cache_path}")
     return 0
