@@ -150,6 +150,7 @@ def main() -> None:
         child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_debug_arg(ap)
     ap.add_argument("--base", required=True, type=Path, help="the other checkout (e.g. a worktree of 125c673)")
     ap.add_argument("--iterations", type=int, default=12, help="timed iterations per process (default 12)")
     ap.add_argument("--reps", type=int, default=3, help="A/B pairs per recipe (default 3)")
@@ -188,4 +189,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        main()  # a measured child imports the checkout it is given, never this one's cosim first
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from cosim.cli import add_debug_arg, run_main
+        run_main(main)
