@@ -127,6 +127,22 @@ _KINDS = ("gaussian", "deterministic", "squashed")
 MAX_POLICY_SIZE = 1 << 16  # a bound on every size in a header (agents, observation, action, hidden width)
 
 
+def tensor_digest(path: str | Path) -> str:
+    """sha256 over a policy file's tensors (name, dtype, shape and bytes, by name), not its JSON header.
+
+    The header embeds the resolved config, which gains a key whenever the config does, so a policy
+    retrained from its command gives the same tensors but another file sha256; this digest is what
+    "retrains bit-identically" compares (checkpoints/README.md lists each shipped file's)."""
+    import hashlib
+    _, tensors = read_policy_file(path)
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        x = tensors[name].contiguous()
+        h.update(f"{name}|{x.dtype}|{tuple(x.shape)}|".encode())
+        h.update(x.numpy().tobytes())
+    return h.hexdigest()
+
+
 def validate_policy_header(p: Path, meta: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
     """One CosimError unless the header describes an actor this code can rebuild: its fields have the
     right types and sensible values and the tensors in the file have exactly the shapes it implies."""

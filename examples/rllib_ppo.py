@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """RLlib multi-agent PPO (new API stack) on the co-simulation, one module shared by every CV.
 
-    pip install -e ".[peers]"
+    pip install -e ".[peers-rllib]"   # in an environment of its own: ray[rllib] pins gymnasium 1.2.2
     python examples/rllib_ppo.py --slots 9000
 
 Starts a local Ray instance with one CPU; sampling and learning run in this

@@ -1,4 +1,4 @@
-"""Adapters between the environments and RL libraries users already have (``pip install -e ".[peers]"``).
+"""Adapters between the environments and RL libraries users already have (``pip install -e ".[peers]"`` for SB3 and BenchMARL, ``".[peers-rllib]"`` for RLlib).
 
 Each submodule imports its library at the top, so import only the one you use:
 
