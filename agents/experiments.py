@@ -237,8 +237,8 @@ class Budget:
 
 PRESETS = {
     "full": Budget(episodes=1800, eval_episodes=20, seeds=3),   # the paper's budget
-    "quick": Budget(episodes=150, eval_episodes=5, seeds=3),    # the whole grid in ~5 min on 2 cores
-    "tiny": Budget(episodes=4, eval_episodes=1, seeds=1),       # tests: every code path, seconds
+    "quick": Budget(episodes=150, eval_episodes=5, seeds=3),    # the paper's 135 cells in ~7 min on 2 cores (docs/guide/reproduction.md)
+    "tiny": Budget(episodes=4, eval_episodes=1, seeds=1),       # tests: every code path; every experiment in ~1 min
 }
 
 
